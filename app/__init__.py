@@ -1,0 +1,125 @@
+"""The recommendation service for Braze Connected Content: create_app() plugs every part together."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask
+
+from .batch import BatchRecommender, parse_batch_output
+from .cache import AnswerCache, cache_config
+from .catalog import parse_catalog
+from .errors import register_error_handlers
+from .extensions import cache
+from .personalize import PersonalizeRecommender, client_config
+from .recommendation import Recommender
+from .service import RecommendationService
+from .settings import ConfigError, Settings
+from .sources import Reloadable, SourceError, open_source
+
+__all__ = ["ConfigError", "create_app", "warm_up"]
+
+
+def create_app(config: Settings | Mapping[str, Any] | None = None, **services: Any) -> Flask:
+    """Build the app from settings (the environment by default); tests may pass services to replace real ones.
+
+    services: `recommender` (a Recommender), `s3_client_factory` and `personalize_client_factory`
+    (callables returning boto3 clients). Nothing here does network I/O; see warm_up().
+    """
+    settings = _settings(config)
+    configure_logging()
+    app = Flask(__name__)
+    app.config.update(SETTINGS=settings, DEFAULT_NUM_RESULTS=settings.default_num_results, JSON_SORT_KEYS=False)
+
+    cache.init_app(
+        app,
+        config=cache_config(settings.cache_redis_url, settings.cache_dir, settings.cache_threshold,
+                            settings.cache_ttl_seconds),
+    )
+    s3_client_factory: Callable[[], Any] = services.get("s3_client_factory") or _boto3_client_factory("s3", settings)
+    catalog = Reloadable(
+        _source("CATALOG_URI", settings.catalog_uri, s3_client_factory),
+        parse_catalog,
+        settings.catalog_refresh_seconds,
+        "catalog",
+    )
+    recommender: Recommender = services.get("recommender") or _recommender(settings, s3_client_factory, services)
+    app.extensions["recommendations"] = RecommendationService(
+        recommender, catalog, AnswerCache(app.extensions["cache"][cache], settings.cache_ttl_seconds)
+    )
+
+    from .views import bp
+
+    app.register_blueprint(bp)
+    register_error_handlers(app)
+    return app
+
+
+def warm_up(app: Flask) -> None:
+    """Load the catalog (and batch output) now, raising when they cannot be read: call before serving."""
+    service: RecommendationService = app.extensions["recommendations"]
+    service.catalog.load()
+    service.check_ready()
+
+
+def configure_logging() -> None:
+    """Send the service's logs to stderr at LOG_LEVEL (INFO), unless logging is already set up."""
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+    )
+
+
+def _settings(config: Settings | Mapping[str, Any] | None) -> Settings:
+    if isinstance(config, Settings):
+        return config
+    if config is None:
+        return Settings.from_env()
+    return Settings.from_mapping(config)
+
+
+def _source(variable: str, uri: str, s3_client_factory: Callable[[], Any]) -> Any:
+    try:
+        return open_source(uri, s3_client_factory)
+    except SourceError as exc:
+        raise ConfigError(f"{variable}: {exc}") from exc
+
+
+def _recommender(settings: Settings, s3_client_factory: Callable[[], Any], services: Mapping[str, Any]) -> Recommender:
+    if settings.personalize_campaign_arn:
+        factory = services.get("personalize_client_factory") or _boto3_client_factory(
+            "personalize-runtime", settings
+        )
+        return PersonalizeRecommender(settings.personalize_campaign_arn, factory)
+    assert settings.recommendations_uri is not None  # Settings guarantees one source
+    answers = Reloadable(
+        _source("RECOMMENDATIONS_URI", settings.recommendations_uri, s3_client_factory),
+        parse_batch_output,
+        settings.catalog_refresh_seconds,
+        "batch recommendations",
+    )
+    return BatchRecommender(answers)
+
+
+def _boto3_client_factory(service_name: str, settings: Settings) -> Callable[[], Any]:
+    """Return a function that builds a boto3 client; boto3 picks up credentials and AWS_ENDPOINT_URL_* itself."""
+
+    def build() -> Any:
+        import boto3
+
+        if service_name == "personalize-runtime":
+            config = client_config(
+                settings.personalize_connect_timeout,
+                settings.personalize_read_timeout,
+                settings.personalize_max_attempts,
+                settings.personalize_max_connections,
+            )
+            return boto3.session.Session().client(service_name, region_name=settings.aws_region, config=config)
+        config = client_config(connect_timeout=5, read_timeout=30, max_attempts=3, pool_size=2)
+        return boto3.session.Session().client(service_name, config=config)
+
+    # One client per process, built on first use (after gunicorn forks, never at import).
+    return functools.cache(build)

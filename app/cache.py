@@ -1,0 +1,91 @@
+"""The answer cache: each source's answer per (source, user, parameters), kept in flask-caching's backend."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from cachelib.base import BaseCache
+from redis.exceptions import RedisError
+
+from .recommendation import Recommendation
+
+log = logging.getLogger(__name__)
+
+# What a cache backend raises when it is down or holds garbage: the cache is then skipped, never fatal.
+CACHE_FAILURES = (RedisError, OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError)
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    recommendation: Recommendation
+    stored_at: float
+
+
+def cache_config(redis_url: str | None, cache_dir: str, threshold: int, ttl: int) -> dict[str, Any]:
+    """Return flask-caching settings: Redis when a URL is given, else files shared by the host's workers."""
+    if redis_url:
+        return {
+            "CACHE_TYPE": "RedisCache",
+            "CACHE_REDIS_URL": redis_url,
+            "CACHE_DEFAULT_TIMEOUT": ttl,
+            # A Redis that hangs must cost a request milliseconds, not the whole budget.
+            "CACHE_OPTIONS": {"socket_timeout": 0.25, "socket_connect_timeout": 0.25, "health_check_interval": 30},
+        }
+    return {
+        "CACHE_TYPE": "FileSystemCache",
+        "CACHE_DIR": cache_dir,
+        "CACHE_THRESHOLD": threshold,
+        "CACHE_DEFAULT_TIMEOUT": ttl,
+    }
+
+
+class AnswerCache:
+    """Read and write answers; a backend failure is logged once and treated as a miss."""
+
+    def __init__(self, backend: BaseCache, ttl: int) -> None:
+        self.backend = backend
+        self.ttl = ttl
+        self._failing = False
+
+    @staticmethod
+    def key(source_key: str, user_id: str, params: Mapping[str, Any]) -> str:
+        """Return a key that differs for every source, user and parameter set (and holds no user id)."""
+        material = orjson.dumps([source_key, user_id, params], option=orjson.OPT_SORT_KEYS)
+        return "recs:v1:" + hashlib.sha256(material).hexdigest()
+
+    def get(self, key: str) -> CachedAnswer | None:
+        """Return the stored answer, or None on a miss or a backend failure."""
+        try:
+            value = self.backend.get(key)
+        except CACHE_FAILURES as exc:
+            self._report(exc)
+            return None
+        self._report(None)
+        return value if isinstance(value, CachedAnswer) else None
+
+    def put(self, key: str, recommendation: Recommendation) -> None:
+        """Store an answer for the TTL; a failure only costs the next request a miss."""
+        try:
+            self.backend.set(key, CachedAnswer(recommendation, time.time()), timeout=self.ttl)
+        except CACHE_FAILURES as exc:
+            self._report(exc)
+
+    def max_age(self, answer: CachedAnswer | None) -> int:
+        """Return how many more seconds the answer stays fresh (the full TTL for a new answer)."""
+        if answer is None:
+            return self.ttl
+        return max(0, int(answer.stored_at + self.ttl - time.time()))
+
+    def _report(self, exc: Exception | None) -> None:
+        # Log when the cache starts and stops failing, not once per request during an outage.
+        if exc is not None and not self._failing:
+            log.error("answer cache failing, serving without it: %s", exc)
+        elif exc is None and self._failing:
+            log.warning("answer cache is back")
+        self._failing = exc is not None

@@ -1,0 +1,160 @@
+"""The item catalog: product rows parsed from CSV, JSON lines or JSON, held in memory by item id."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .sources import SourceError
+
+log = logging.getLogger(__name__)
+
+# Output field -> accepted column names, compared case-insensitively. The first match wins.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "id": ("item_id", "id", "itemid", "item id", "sku", "product_id"),
+    "name": ("name", "title", "item_name", "product_name"),
+    "url": ("url", "link", "item_url", "product_url", "page_url"),
+    "price": ("price", "item_price"),
+    "image": ("image", "image_url", "imageurl", "image_link", "img", "thumbnail"),
+}
+MAX_REPORTED_PROBLEMS = 20
+
+Item = dict[str, Any]
+
+
+@dataclass
+class Catalog:
+    """Items by id, each already in the response shape {id, name, url, price, image}."""
+
+    items: dict[str, Item]
+    problems: list[str] = field(default_factory=list)
+    skipped_rows: int = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def join(self, item_ids: Iterable[str]) -> list[Item]:
+        """Return the known items in the given order; ids the catalog lacks are left out."""
+        items = self.items
+        return [items[i] for i in item_ids if i in items]
+
+
+def parse_catalog(data: bytes, fmt: str, uri: str) -> Catalog:
+    """Parse a catalog file, reporting rows that cannot be used instead of silently serving them."""
+    rows = _rows(data, fmt, uri)
+    catalog = Catalog(items={})
+    columns: dict[str, str | None] | None = None
+    for number, row in rows:
+        if columns is None or fmt != "csv":
+            columns = _match_columns(row.keys())
+            if columns["id"] is None and fmt == "csv":
+                raise SourceError(
+                    f"{uri}: no item id column; expected one of {', '.join(ALIASES['id'])} (any case)."
+                )
+        problem = _add(catalog.items, row, columns, number)
+        if problem:
+            catalog.skipped_rows += problem.startswith("skipped")
+            if len(catalog.problems) < MAX_REPORTED_PROBLEMS:
+                catalog.problems.append(problem)
+    if not catalog.items:
+        raise SourceError(f"{uri}: no usable items ({catalog.skipped_rows} rows skipped).")
+    if catalog.problems:
+        log.warning(
+            "catalog %s: %d rows skipped; first problems: %s", uri, catalog.skipped_rows, "; ".join(catalog.problems)
+        )
+    return catalog
+
+
+def _rows(data: bytes, fmt: str, uri: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """Yield (row number, row) pairs; row numbers are 1-based data rows (CSV: the header is row 0)."""
+    try:
+        if fmt == "csv":
+            text = data.decode("utf-8-sig")
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            return ((n, row) for n, row in enumerate(reader, start=1))
+        if fmt == "jsonl":
+            return _jsonl(data, uri)
+        document = orjson.loads(data)
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{uri}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
+    except orjson.JSONDecodeError as exc:
+        raise SourceError(f"{uri}: not valid JSON ({exc}).") from exc
+    if isinstance(document, Mapping):
+        # A product feed often wraps its list: {"items": [...]} or {"products": [...]}.
+        document = next((document[k] for k in ("items", "products", "data") if isinstance(document.get(k), list)), None)
+    if not isinstance(document, list):
+        raise SourceError(f"{uri}: a .json catalog must be an array of objects (or an object with an \"items\" array).")
+    return ((n, row) for n, row in enumerate(document, start=1))
+
+
+def _jsonl(data: bytes, uri: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise SourceError(f"{uri}: line {number} is not valid JSON ({exc}).") from exc
+
+
+def _match_columns(names: Iterable[Any]) -> dict[str, str | None]:
+    lowered = {str(n).strip().lower(): n for n in names if n is not None}
+    return {out: next((lowered[a] for a in aliases if a in lowered), None) for out, aliases in ALIASES.items()}
+
+
+def _add(items: dict[str, Item], row: Any, columns: Mapping[str, str | None], number: int) -> str | None:
+    """Add one row to items; return a sentence describing any problem with it."""
+    if not isinstance(row, Mapping):
+        return f"skipped row {number}: not an object"
+    item_id = _cell(row, columns["id"])
+    if not item_id:
+        return f"skipped row {number}: no item id"
+    price, price_problem = _price(row.get(columns["price"]) if columns["price"] is not None else None)
+    duplicate = item_id in items
+    items[item_id] = {
+        "id": item_id,
+        "name": _cell(row, columns["name"]) or "",
+        "url": _cell(row, columns["url"]) or "",
+        "price": price,
+        "image": _cell(row, columns["image"]) or None,
+    }
+    if duplicate:
+        return f"row {number}: item id {item_id!r} repeated; the later row is used"
+    if price_problem:
+        return f"row {number}: item {item_id!r} price {price_problem}; served as null"
+    return None
+
+
+def _cell(row: Mapping[str, Any], column: str | None) -> str | None:
+    """Return a column's value as stripped text, or None when the column or value is absent."""
+    value = row.get(column) if column is not None else None
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _price(value: Any) -> tuple[float | int | None, str | None]:
+    """Return a JSON-number price (or None) and, when the value was unusable, why."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, None
+    if isinstance(value, bool):
+        return None, f"{value!r} is not a number"
+    if isinstance(value, (int, float)):
+        number: float | int = value
+    else:
+        text = str(value).strip().lstrip("$€£")
+        try:
+            number = int(text) if text.lstrip("-").isdigit() else float(text)
+        except ValueError:
+            return None, f"{value!r} is not a number"
+    if isinstance(number, float) and not math.isfinite(number):
+        return None, f"{value!r} is not a finite number"
+    return number, None

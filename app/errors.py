@@ -1,0 +1,94 @@
+"""The service's errors and the one JSON shape every error response has."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from .json import json_response
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status and a stable machine-readable code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        errors: dict[str, Any] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.status = status or self.status
+        self.errors = errors
+        self.retry_after = retry_after
+
+
+class InvalidParameterError(ServiceError):
+    """The request's parameters are wrong; `errors` maps each parameter to what is wrong with it."""
+
+    status = 400
+    code = "invalid_parameter"
+
+
+class UpstreamError(ServiceError):
+    """The recommendation source failed or could not be reached."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class UnavailableError(ServiceError):
+    """The service cannot answer yet, e.g. no catalog has been loaded."""
+
+    status = 503
+    code = "unavailable"
+
+
+def error_response(status: int, code: str, message: str, errors: dict[str, Any] | None = None) -> Response:
+    """Build the JSON error body used for every error: {"error": {"code", "status", "message"[, "errors"]}}."""
+    body: dict[str, Any] = {"code": code, "status": status, "message": message}
+    if errors:
+        body["errors"] = errors
+    response = json_response({"error": body}, status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every error, including unknown routes and crashes, with the JSON error shape."""
+
+    @app.errorhandler(ServiceError)
+    def handle_service_error(exc: ServiceError) -> Response:
+        if exc.status >= 500:
+            log.warning("%s: %s", exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message, exc.errors)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = (exc.name or "error").lower().replace(" ", "_")
+        response = error_response(status, code, exc.description or exc.name)
+        for name, value in exc.get_headers():  # e.g. Allow on a 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_crash(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "The service failed unexpectedly; the error is logged.")

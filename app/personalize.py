@@ -1,0 +1,109 @@
+"""Amazon Personalize Runtime GetRecommendations, behind a small class that raises the project's errors."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError as BotoConnectionError,
+    ConnectTimeoutError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from .errors import InvalidParameterError, UpstreamError
+from .recommendation import Recommendation
+
+log = logging.getLogger(__name__)
+
+
+def request_for(arn: str, user_id: str, num_results: int) -> dict[str, Any]:
+    """Build GetRecommendations parameters; a recommender ARN goes in recommenderArn, a campaign in campaignArn."""
+    arn_field = "recommenderArn" if ":recommender/" in arn else "campaignArn"
+    return {arn_field: arn, "userId": user_id, "numResults": num_results}
+
+
+def client_config(connect_timeout: float, read_timeout: float, max_attempts: int, pool_size: int) -> Config:
+    """Configure botocore for a request budget of seconds, not botocore's default minutes."""
+    return Config(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        max_pool_connections=pool_size,
+    )
+
+
+class PersonalizeRecommender:
+    """Ask a Personalize campaign or recommender for a user's items."""
+
+    name = "personalize"
+
+    def __init__(self, arn: str, client_factory: Callable[[], Any]) -> None:
+        self.arn = arn
+        self.key = arn
+        self._client_factory = client_factory
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """Build the boto3 client on first use, in the worker process that uses it."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._client_factory()
+        return self._client
+
+    def check_ready(self) -> None:
+        """Nothing to load: Personalize is only called per request."""
+
+    def recommend(self, user_id: str, num_results: int) -> Recommendation:
+        """Return Personalize's item ids for the user, in Personalize's order."""
+        try:
+            answer = self.client.get_recommendations(**request_for(self.arn, user_id, num_results))
+        except ClientError as exc:
+            raise _client_error(exc, self.arn) from exc
+        except (ReadTimeoutError, ConnectTimeoutError) as exc:
+            raise UpstreamError("Personalize did not answer in time.", code="upstream_timeout", status=504) from exc
+        except NoCredentialsError as exc:
+            raise UpstreamError(
+                "No AWS credentials were found for Personalize (see the README's settings).",
+                code="upstream_credentials",
+                status=503,
+            ) from exc
+        except (BotoConnectionError, BotoCoreError) as exc:
+            log.warning("personalize call failed: %s", exc)
+            raise UpstreamError("Personalize could not be reached.", code="upstream_unavailable", status=502) from exc
+        return Recommendation(
+            item_ids=[entry["itemId"] for entry in answer.get("itemList", []) if entry.get("itemId")],
+            recommendation_id=answer.get("recommendationId"),
+        )
+
+
+def _client_error(exc: ClientError, arn: str) -> Exception:
+    """Translate Personalize's error codes into the service's errors."""
+    error = exc.response.get("Error", {})
+    code = error.get("Code", "")
+    message = error.get("Message", "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if code == "InvalidInputException":
+        return InvalidParameterError(
+            f"Personalize rejected the request: {message}", code="rejected_by_personalize"
+        )
+    if code == "ResourceNotFoundException":
+        return UpstreamError(
+            f"Personalize has no campaign or recommender {arn}; check PERSONALIZE_CAMPAIGN_ARN and AWS_REGION.",
+            code="recommender_not_found",
+        )
+    if code in ("ThrottlingException", "TooManyRequestsException") or status == 429:
+        return UpstreamError("Personalize is throttling requests.", code="upstream_throttled", status=503, retry_after=1)
+    if code in ("AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
+                "ExpiredTokenException"):
+        return UpstreamError(f"Personalize refused the credentials: {code}.", code="upstream_access_denied")
+    log.warning("personalize error %s (HTTP %s): %s", code, status, message)
+    return UpstreamError(f"Personalize failed ({code or status}).", code="upstream_error")

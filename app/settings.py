@@ -1,0 +1,142 @@
+"""Typed settings, read once from the environment."""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+# arn:PARTITION:personalize:REGION:ACCOUNT:campaign/NAME or .../recommender/NAME
+ARN_PATTERN = re.compile(
+    r"^arn:aws[a-z-]*:personalize:(?P<region>[a-z0-9-]+):\d{12}:(?P<kind>campaign|recommender)/[A-Za-z0-9_.-]+$"
+)
+MAX_NUM_RESULTS = 100
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _text(raw: Any) -> str | None:
+    """Return the value as stripped text, or None when it is absent or blank."""
+    return (str(raw).strip() or None) if raw is not None else None
+
+
+def _integer(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}.")
+    return value
+
+
+def _number(name: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}.") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the service; the environment variable is the field name in capitals."""
+
+    catalog_uri: str
+    personalize_campaign_arn: str | None = None
+    recommendations_uri: str | None = None
+    aws_region: str | None = None
+    default_num_results: int = 10
+    cache_ttl_seconds: int = 300
+    cache_redis_url: str | None = None
+    cache_dir: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "recs-cache"))
+    cache_threshold: int = 100_000
+    catalog_refresh_seconds: float = 60.0
+    personalize_connect_timeout: float = 0.5
+    personalize_read_timeout: float = 1.0
+    personalize_max_attempts: int = 2
+    personalize_max_connections: int = 10
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every setting, raising ConfigError with a sentence on the first bad one."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is not None and raw.strip() != "":
+                values[f.name] = raw.strip()
+        return cls.from_mapping(values, aws_region_fallback=env.get("AWS_DEFAULT_REGION"))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], aws_region_fallback: str | None = None) -> Settings:
+        """Convert and check raw values (strings from the environment or typed values from tests)."""
+        raw = dict(values)
+        unknown = set(raw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
+
+        catalog_uri = _text(raw.get("catalog_uri"))
+        if not catalog_uri:
+            raise ConfigError(
+                "CATALOG_URI is not set: point it at your item catalog, a local path, file://, s3:// or "
+                "https:// URL of a .csv, .jsonl or .json file (optionally .gz), e.g. sample/catalog.csv."
+            )
+        arn = _text(raw.get("personalize_campaign_arn"))
+        batch_uri = _text(raw.get("recommendations_uri"))
+        if not arn and not batch_uri:
+            raise ConfigError(
+                "No recommendation source is configured: set PERSONALIZE_CAMPAIGN_ARN to a Personalize "
+                "campaign or recommender ARN, or RECOMMENDATIONS_URI to a Personalize batch inference "
+                "output file (e.g. sample/batch-output.json.out)."
+            )
+        region = _text(raw.get("aws_region")) or _text(aws_region_fallback)
+        if arn:
+            match = ARN_PATTERN.match(arn)
+            if not match:
+                raise ConfigError(
+                    f"PERSONALIZE_CAMPAIGN_ARN is not a Personalize campaign or recommender ARN: {arn!r} "
+                    "(expected arn:aws:personalize:REGION:ACCOUNT:campaign/NAME or .../recommender/NAME)."
+                )
+            # The ARN names the campaign's region, so AWS_REGION is optional.
+            region = region or match.group("region")
+
+        def conv(name: str, kind: str, low: float, high: float) -> Any:
+            value = raw.get(name)
+            if value is None:
+                return next(f.default for f in fields(cls) if f.name == name)
+            convert = _integer if kind == "int" else _number
+            return convert(name.upper(), str(value), low, high)  # type: ignore[arg-type]
+
+        settings = cls(
+            catalog_uri=catalog_uri,
+            personalize_campaign_arn=arn,
+            recommendations_uri=batch_uri,
+            aws_region=region,
+            default_num_results=conv("default_num_results", "int", 1, MAX_NUM_RESULTS),
+            cache_ttl_seconds=conv("cache_ttl_seconds", "int", 1, 7 * 24 * 3600),
+            cache_redis_url=_text(raw.get("cache_redis_url")),
+            cache_threshold=conv("cache_threshold", "int", 0, 10**9),
+            catalog_refresh_seconds=conv("catalog_refresh_seconds", "float", 0.1, 86400),
+            personalize_connect_timeout=conv("personalize_connect_timeout", "float", 0.01, 10),
+            personalize_read_timeout=conv("personalize_read_timeout", "float", 0.01, 10),
+            personalize_max_attempts=conv("personalize_max_attempts", "int", 1, 5),
+            personalize_max_connections=conv("personalize_max_connections", "int", 1, 1000),
+            **({"cache_dir": str(raw["cache_dir"])} if raw.get("cache_dir") else {}),
+        )
+        if settings.cache_redis_url and not settings.cache_redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"CACHE_REDIS_URL must start with redis://, rediss:// or unix://, got {settings.cache_redis_url!r}."
+            )
+        return settings
+
+    @property
+    def source_name(self) -> str:
+        """Name the recommendation source in use: Personalize when an ARN is set, else the batch file."""
+        return "personalize" if self.personalize_campaign_arn else "batch"
