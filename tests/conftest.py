@@ -1,0 +1,97 @@
+"""Fixtures shared by every tier: sample data, a fake recommender that records calls, the app."""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.recommendation import Recommendation
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_CATALOG = ROOT / "sample" / "catalog.csv"
+SAMPLE_BATCH = ROOT / "sample" / "batch-output.json.out"
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+class FakeRecommender:
+    """A recommendation source that answers from a dict and records every call."""
+
+    name = "fake"
+
+    def __init__(self, answers: dict[str, list[str]] | None = None, key: str = "fake-source") -> None:
+        self.answers = answers or {}
+        self.key = key
+        self.calls: list[tuple[str, int]] = []
+        self.error: Exception | None = None
+
+    def recommend(self, user_id: str, num_results: int) -> Recommendation:
+        self.calls.append((user_id, num_results))
+        if self.error is not None:
+            raise self.error
+        return Recommendation(self.answers.get(user_id, [])[:num_results], recommendation_id=f"rid-{user_id}")
+
+    def check_ready(self) -> None:
+        return None
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> str:
+    return str(tmp_path / "cache")
+
+
+@pytest.fixture
+def make_app(cache_dir: str) -> Callable[..., Flask]:
+    """Build an app on the sample catalog with a file cache of its own; keyword settings override."""
+
+    def build(services: dict[str, Any] | None = None, **settings: Any) -> Flask:
+        config = {"catalog_uri": str(SAMPLE_CATALOG), "recommendations_uri": str(SAMPLE_BATCH), "cache_dir": cache_dir}
+        config.update(settings)
+        app = create_app(config, **(services or {}))
+        app.config["TESTING"] = True
+        return app
+
+    return build
+
+
+@pytest.fixture
+def fake_recommender() -> FakeRecommender:
+    return FakeRecommender({"u1": ["1000", "1037", "1074"], "u2": ["1111", "1000"]})
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask], fake_recommender: FakeRecommender) -> Flask:
+    return make_app({"recommender": fake_recommender})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """Yield a URL of the real Redis (a database of its own, emptied); fail, never skip, when Redis is down."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        message = f"Redis is not reachable at {REDIS_URL} ({exc}); start it (see .ci/run)."
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:8]
