@@ -14,8 +14,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 # The bundled sample: a 40-item catalog and a Personalize batch inference output for 20 users.
 run: $(STAMP)
-	CATALOG_URI="$${CATALOG_URI:-sample/catalog.csv}" \
-	RECOMMENDATIONS_URI="$${RECOMMENDATIONS_URI:-sample/batch-output.json.out}" \
+	env -u PERSONALIZE_CAMPAIGN_ARN CATALOG_URI=sample/catalog.csv RECOMMENDATIONS_URI=sample/batch-output.json.out \
 	$(VENV)/bin/gunicorn wsgi:app
 
 test: $(STAMP)

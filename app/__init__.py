@@ -7,18 +7,21 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import redis
 from flask import Flask
 
 from .batch import BatchRecommender, parse_batch_output
 from .cache import AnswerCache, cache_config
-from .catalog import parse_catalog
+from .catalog import parse_catalog, parse_item_list
 from .errors import register_error_handlers
 from .extensions import cache
 from .personalize import PersonalizeRecommender, client_config
 from .recommendation import Recommender
 from .service import RecommendationService
 from .settings import ConfigError, Settings
+from .singleflight import SingleFlight
 from .sources import Reloadable, SourceError, open_source
+from .upstream import GuardedRecommender
 
 __all__ = ["ConfigError", "create_app", "warm_up"]
 
@@ -40,15 +43,25 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
                             settings.cache_ttl_seconds),
     )
     s3_client_factory: Callable[[], Any] = services.get("s3_client_factory") or _boto3_client_factory("s3", settings)
-    catalog = Reloadable(
-        _source("CATALOG_URI", settings.catalog_uri, s3_client_factory),
-        parse_catalog,
-        settings.catalog_refresh_seconds,
-        "catalog",
-    )
-    recommender: Recommender = services.get("recommender") or _recommender(settings, s3_client_factory, services)
+    catalog = _reloadable("CATALOG_URI", settings.catalog_uri, parse_catalog, settings, s3_client_factory, "catalog")
+    assert catalog is not None  # Settings requires CATALOG_URI
+    answers = AnswerCache(app.extensions["cache"][cache], settings.cache_ttl_seconds, settings.cache_stale_seconds)
+    batch = _batch(settings, s3_client_factory)
+    primary: Recommender = services.get("recommender") or _personalize(settings, services) or batch
     app.extensions["recommendations"] = RecommendationService(
-        recommender, catalog, AnswerCache(app.extensions["cache"][cache], settings.cache_ttl_seconds)
+        GuardedRecommender(
+            primary,
+            max_concurrency=settings.personalize_max_concurrency,
+            failure_threshold=settings.breaker_failure_threshold,
+            recovery_seconds=settings.breaker_recovery_seconds,
+        ),
+        catalog,
+        answers,
+        SingleFlight(answers, _lock_client(settings.cache_redis_url)),
+        budget_seconds=settings.request_budget_ms / 1000,
+        batch=batch if primary is not batch else None,
+        popular=_reloadable("POPULAR_ITEMS_URI", settings.popular_items_uri, parse_item_list, settings,
+                            s3_client_factory, "popular items"),
     )
 
     from .views import bp
@@ -63,6 +76,10 @@ def warm_up(app: Flask) -> None:
     service: RecommendationService = app.extensions["recommendations"]
     service.catalog.load()
     service.check_ready()
+    if service.batch is not None:
+        service.batch.check_ready()
+    if service.popular is not None:
+        service.popular.load()
 
 
 def configure_logging() -> None:
@@ -88,20 +105,32 @@ def _source(variable: str, uri: str, s3_client_factory: Callable[[], Any]) -> An
         raise ConfigError(f"{variable}: {exc}") from exc
 
 
-def _recommender(settings: Settings, s3_client_factory: Callable[[], Any], services: Mapping[str, Any]) -> Recommender:
-    if settings.personalize_campaign_arn:
-        factory = services.get("personalize_client_factory") or _boto3_client_factory(
-            "personalize-runtime", settings
-        )
-        return PersonalizeRecommender(settings.personalize_campaign_arn, factory)
-    assert settings.recommendations_uri is not None  # Settings guarantees one source
-    answers = Reloadable(
-        _source("RECOMMENDATIONS_URI", settings.recommendations_uri, s3_client_factory),
-        parse_batch_output,
-        settings.catalog_refresh_seconds,
-        "batch recommendations",
-    )
-    return BatchRecommender(answers)
+def _personalize(settings: Settings, services: Mapping[str, Any]) -> Recommender | None:
+    if not settings.personalize_campaign_arn:
+        return None
+    factory = services.get("personalize_client_factory") or _boto3_client_factory("personalize-runtime", settings)
+    return PersonalizeRecommender(settings.personalize_campaign_arn, factory)
+
+
+def _batch(settings: Settings, s3_client_factory: Callable[[], Any]) -> BatchRecommender | None:
+    answers = _reloadable("RECOMMENDATIONS_URI", settings.recommendations_uri, parse_batch_output, settings,
+                          s3_client_factory, "batch recommendations")
+    return BatchRecommender(answers) if answers is not None else None
+
+
+def _reloadable(variable: str, uri: str | None, parse: Callable[[bytes, str, str], Any], settings: Settings,
+                s3_client_factory: Callable[[], Any], what: str) -> Reloadable[Any] | None:
+    """Return the file a setting names, re-read when it changes; None when the setting is empty."""
+    if not uri:
+        return None
+    return Reloadable(_source(variable, uri, s3_client_factory), parse, settings.catalog_refresh_seconds, what)
+
+
+def _lock_client(redis_url: str | None) -> redis.Redis | None:
+    """Return the Redis client single-flight locks use across workers, when Redis is the cache."""
+    if not redis_url:
+        return None
+    return redis.Redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
 
 
 def _boto3_client_factory(service_name: str, settings: Settings) -> Callable[[], Any]:
@@ -115,7 +144,7 @@ def _boto3_client_factory(service_name: str, settings: Settings) -> Callable[[],
                 settings.personalize_connect_timeout,
                 settings.personalize_read_timeout,
                 settings.personalize_max_attempts,
-                settings.personalize_max_connections,
+                settings.personalize_max_concurrency,
             )
             return boto3.session.Session().client(service_name, region_name=settings.aws_region, config=config)
         config = client_config(connect_timeout=5, read_timeout=30, max_attempts=3, pool_size=2)

@@ -48,9 +48,12 @@ def cache_config(redis_url: str | None, cache_dir: str, threshold: int, ttl: int
 class AnswerCache:
     """Read and write answers; a backend failure is logged once and treated as a miss."""
 
-    def __init__(self, backend: BaseCache, ttl: int) -> None:
+    def __init__(self, backend: BaseCache, ttl: int, stale_seconds: int = 0) -> None:
         self.backend = backend
         self.ttl = ttl
+        # Answers are kept past their TTL for stale-if-error, but only served fresh within it.
+        self.keep_seconds = max(ttl, stale_seconds)
+        self.failures = 0
         self._failing = False
 
     @staticmethod
@@ -72,17 +75,21 @@ class AnswerCache:
     def put(self, key: str, recommendation: Recommendation) -> None:
         """Store an answer for the TTL; a failure only costs the next request a miss."""
         try:
-            self.backend.set(key, CachedAnswer(recommendation, time.time()), timeout=self.ttl)
+            self.backend.set(key, CachedAnswer(recommendation, time.time()), timeout=self.keep_seconds)
         except CACHE_FAILURES as exc:
             self._report(exc)
 
-    def max_age(self, answer: CachedAnswer | None) -> int:
-        """Return how many more seconds the answer stays fresh (the full TTL for a new answer)."""
-        if answer is None:
-            return self.ttl
+    def is_fresh(self, answer: CachedAnswer) -> bool:
+        """Say whether the answer is younger than the TTL (older ones only serve when the source fails)."""
+        return time.time() - answer.stored_at < self.ttl
+
+    def max_age(self, answer: CachedAnswer) -> int:
+        """Return how many more seconds the answer stays fresh."""
         return max(0, int(answer.stored_at + self.ttl - time.time()))
 
     def _report(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.failures += 1
         # Log when the cache starts and stops failing, not once per request during an outage.
         if exc is not None and not self._failing:
             log.error("answer cache failing, serving without it: %s", exc)

@@ -1,6 +1,7 @@
 """The item catalog: product rows parsed from CSV, JSON lines or JSON, held in memory by item id."""
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import logging
@@ -23,6 +24,14 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "price": ("price", "item_price"),
     "image": ("image", "image_url", "imageurl", "image_link", "img", "thumbnail"),
 }
+# Optional columns that shape serving without being returned: stock drops items, rank/popularity
+# orders the popular list used as the fallback and to backfill short lists.
+CONTROL_ALIASES: dict[str, tuple[str, ...]] = {
+    "stock": ("in_stock", "instock", "availability", "available", "stock", "inventory"),
+    "rank": ("popularity_rank", "rank", "sales_rank"),
+    "popularity": ("popularity", "popularity_score", "sales", "sales_count"),
+}
+OUT_OF_STOCK = {"false", "no", "n", "0", "out of stock", "out_of_stock", "outofstock", "sold out", "unavailable"}
 MAX_REPORTED_PROBLEMS = 20
 
 Item = dict[str, Any]
@@ -35,6 +44,8 @@ class Catalog:
     items: dict[str, Item]
     problems: list[str] = field(default_factory=list)
     skipped_rows: int = 0
+    out_of_stock: int = 0
+    popular: list[str] = field(default_factory=list)  # in-stock ids, most popular first
 
     def __len__(self) -> int:
         return len(self.items)
@@ -47,28 +58,69 @@ class Catalog:
 
 def parse_catalog(data: bytes, fmt: str, uri: str) -> Catalog:
     """Parse a catalog file, reporting rows that cannot be used instead of silently serving them."""
-    rows = _rows(data, fmt, uri)
     catalog = Catalog(items={})
     columns: dict[str, str | None] | None = None
-    for number, row in rows:
+    ranking: list[tuple[float, int, str]] = []
+    for number, row in _rows(data, fmt, uri):
+        if not isinstance(row, Mapping):
+            _report(catalog, f"skipped row {number}: not an object", skipped=True)
+            continue
         if columns is None or fmt != "csv":
             columns = _match_columns(row.keys())
             if columns["id"] is None and fmt == "csv":
                 raise SourceError(
                     f"{uri}: no item id column; expected one of {', '.join(ALIASES['id'])} (any case)."
                 )
-        problem = _add(catalog.items, row, columns, number)
+        item_id = _cell(row, columns["id"])
+        if not item_id:
+            _report(catalog, f"skipped row {number}: no item id", skipped=True)
+            continue
+        if _out_of_stock(row.get(columns["stock"]) if columns["stock"] is not None else None):
+            catalog.out_of_stock += 1
+            catalog.items.pop(item_id, None)
+            continue
+        problem = _add(catalog.items, item_id, row, columns, number)
         if problem:
-            catalog.skipped_rows += problem.startswith("skipped")
-            if len(catalog.problems) < MAX_REPORTED_PROBLEMS:
-                catalog.problems.append(problem)
+            _report(catalog, problem)
+        if (order := _popularity_order(row, columns)) is not None:
+            ranking.append((order, number, item_id))
     if not catalog.items:
-        raise SourceError(f"{uri}: no usable items ({catalog.skipped_rows} rows skipped).")
+        raise SourceError(f"{uri}: no usable items ({catalog.skipped_rows} rows skipped, "
+                          f"{catalog.out_of_stock} out of stock).")
+    ranking.sort()
+    catalog.popular = list(dict.fromkeys(i for _, _, i in ranking if i in catalog.items))
     if catalog.problems:
         log.warning(
             "catalog %s: %d rows skipped; first problems: %s", uri, catalog.skipped_rows, "; ".join(catalog.problems)
         )
     return catalog
+
+
+def _report(catalog: Catalog, problem: str, skipped: bool = False) -> None:
+    catalog.skipped_rows += skipped
+    if len(catalog.problems) < MAX_REPORTED_PROBLEMS:
+        catalog.problems.append(problem)
+
+
+def _out_of_stock(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return value is False
+    if isinstance(value, (int, float)):
+        return value <= 0
+    text = str(value).strip().lower()
+    if text.lstrip("-").isdigit():
+        return int(text) <= 0
+    return text in OUT_OF_STOCK
+
+
+def _popularity_order(row: Mapping[str, Any], columns: Mapping[str, str | None]) -> float | None:
+    """Return a sort key, smaller = more popular: the rank itself, or minus the popularity."""
+    for name, sign in (("rank", 1.0), ("popularity", -1.0)):
+        if columns[name] is not None:
+            value, problem = _price(row.get(columns[name]))
+            if value is not None and problem is None:
+                return sign * float(value)
+    return None
 
 
 def _rows(data: bytes, fmt: str, uri: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
@@ -78,6 +130,7 @@ def _rows(data: bytes, fmt: str, uri: str) -> Iterator[tuple[int, Mapping[str, A
             text = data.decode("utf-8-sig")
             reader = csv.DictReader(io.StringIO(text, newline=""))
             return ((n, row) for n, row in enumerate(reader, start=1))
+        data = data.removeprefix(codecs.BOM_UTF8)  # exported from Excel and friends
         if fmt == "jsonl":
             return _jsonl(data, uri)
         document = orjson.loads(data)
@@ -105,16 +158,15 @@ def _jsonl(data: bytes, uri: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
 
 def _match_columns(names: Iterable[Any]) -> dict[str, str | None]:
     lowered = {str(n).strip().lower(): n for n in names if n is not None}
-    return {out: next((lowered[a] for a in aliases if a in lowered), None) for out, aliases in ALIASES.items()}
+    return {
+        out: next((lowered[a] for a in aliases if a in lowered), None)
+        for out, aliases in (ALIASES | CONTROL_ALIASES).items()
+    }
 
 
-def _add(items: dict[str, Item], row: Any, columns: Mapping[str, str | None], number: int) -> str | None:
+def _add(items: dict[str, Item], item_id: str, row: Mapping[str, Any], columns: Mapping[str, str | None],
+         number: int) -> str | None:
     """Add one row to items; return a sentence describing any problem with it."""
-    if not isinstance(row, Mapping):
-        return f"skipped row {number}: not an object"
-    item_id = _cell(row, columns["id"])
-    if not item_id:
-        return f"skipped row {number}: no item id"
     price, price_problem = _price(row.get(columns["price"]) if columns["price"] is not None else None)
     duplicate = item_id in items
     items[item_id] = {
@@ -158,3 +210,27 @@ def _price(value: Any) -> tuple[float | int | None, str | None]:
     if isinstance(number, float) and not math.isfinite(number):
         return None, f"{value!r} is not a finite number"
     return number, None
+
+
+def parse_item_list(data: bytes, fmt: str, uri: str) -> list[str]:
+    """Parse a popular-items list, most popular first: a JSON array of ids, or rows with an item id column."""
+    if fmt == "json":
+        try:
+            document = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise SourceError(f"{uri}: not valid JSON ({exc}).") from exc
+        if isinstance(document, list) and all(isinstance(i, (str, int)) for i in document):
+            return _unique_ids(str(i) for i in document)
+    ids = []
+    for _, row in _rows(data, fmt, uri):
+        if isinstance(row, Mapping):
+            item_id = _cell(row, _match_columns(row.keys())["id"])
+            if item_id:
+                ids.append(item_id)
+    if not ids:
+        raise SourceError(f"{uri}: no item ids found (expected an {'/'.join(ALIASES['id'])} column or a JSON array).")
+    return _unique_ids(ids)
+
+
+def _unique_ids(ids: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(i for i in ids if i))

@@ -33,7 +33,8 @@ def client_config(connect_timeout: float, read_timeout: float, max_attempts: int
     return Config(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        # total_max_attempts counts the first call too; botocore's max_attempts would count retries only.
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
         max_pool_connections=pool_size,
     )
 

@@ -1,13 +1,22 @@
-"""The request path's logic: cache, then the recommendation source, then the catalog join."""
+"""The request path's logic: cache, then the recommendation source (once per key), then the catalog join;
+on failure the fallback chain (stale answer, batch output, popular items)."""
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 from .cache import AnswerCache
 from .catalog import Catalog, Item
-from .errors import UnavailableError
-from .recommendation import Recommender
+from .errors import InvalidParameterError, ServiceError, UnavailableError, UpstreamError
+from .recommendation import Recommendation, Recommender
+from .singleflight import SingleFlight
 from .sources import Reloadable, SourceError
+from .upstream import GuardedRecommender
+
+log = logging.getLogger(__name__)
+
+PopularIds = list[str]
 
 
 @dataclass(frozen=True)
@@ -16,36 +25,126 @@ class Result:
 
     items: list[Item]
     recommendation_id: str | None
-    cache_hit: bool
-    max_age: int
-    source: str
+    cache: str  # HIT, MISS or STALE
+    max_age: int  # seconds a caller may keep it; 0 for a fallback
+    source: str  # the primary source's name, or stale / batch / fallback
+    backfilled: int = 0
+    fallback_reason: str | None = None
 
 
 class RecommendationService:
-    """Answer GET /recommendations: a cached answer if there is one, else the source's; joined to the catalog."""
+    """Answer GET /recommendations within a time budget, never with an error while a fallback can answer."""
 
-    def __init__(self, recommender: Recommender, catalog: Reloadable[Catalog], cache: AnswerCache) -> None:
+    def __init__(
+        self,
+        recommender: GuardedRecommender,
+        catalog: Reloadable[Catalog],
+        cache: AnswerCache,
+        flights: SingleFlight,
+        budget_seconds: float,
+        batch: Recommender | None = None,
+        popular: Reloadable[PopularIds] | None = None,
+    ) -> None:
         self.recommender = recommender
         self.catalog = catalog
         self.cache = cache
+        self.flights = flights
+        self.budget_seconds = budget_seconds
+        self.batch = batch
+        self.popular = popular
 
-    def recommend(self, user_id: str, num_results: int) -> Result:
-        """Return up to num_results catalog items for the user, in the source's order."""
+    def recommend(self, user_id: str, num_results: int, started: float | None = None) -> Result:
+        """Return up to num_results catalog items for the user, in the source's order, backfilled if short."""
+        deadline = (started or time.monotonic()) + self.budget_seconds
         catalog = self.current_catalog()
         key = self.cache.key(self.recommender.key, user_id, {"num_results": num_results})
         cached = self.cache.get(key)
-        if cached is not None:
-            recommendation = cached.recommendation
-        else:
-            recommendation = self.recommender.recommend(user_id, num_results)
-            self.cache.put(key, recommendation)
-        return Result(
-            items=catalog.join(recommendation.item_ids),
-            recommendation_id=recommendation.recommendation_id,
-            cache_hit=cached is not None,
-            max_age=self.cache.max_age(cached),
-            source=self.recommender.name,
+        if cached is not None and self.cache.is_fresh(cached):
+            return self._result(catalog, cached.recommendation, num_results, "HIT", self.cache.max_age(cached),
+                                self.recommender.name)
+        try:
+            recommendation = self.flights.run(
+                key, lambda remaining: self._fetch(key, user_id, num_results, remaining), deadline
+            )
+        except InvalidParameterError:
+            raise  # Personalize rejected the request itself: the caller must see it, not a fallback
+        except ServiceError as exc:
+            return self._fallback(catalog, cached.recommendation if cached else None, user_id, num_results, exc)
+        except Exception:  # a bug must not blank an email either; it is logged with its traceback
+            log.exception("recommendation source crashed; serving the fallback")
+            return self._fallback(catalog, cached.recommendation if cached else None, user_id, num_results,
+                                  UpstreamError("The recommendation source failed.", code="internal_error"))
+        return self._result(catalog, recommendation, num_results, "MISS", self.cache.ttl, self.recommender.name)
+
+    def _fetch(self, key: str, user_id: str, num_results: int, remaining: float) -> Recommendation:
+        recommendation = self.recommender.recommend(user_id, num_results, timeout=remaining)
+        self.cache.put(key, recommendation)
+        return recommendation
+
+    def _fallback(
+        self, catalog: Catalog, stale: Recommendation | None, user_id: str, num_results: int, exc: ServiceError
+    ) -> Result:
+        """Answer from the last good answer, the batch output, or the popular items, in that order."""
+        reason = exc.code
+        if stale is not None:
+            return self._result(catalog, stale, num_results, "STALE", 0, "stale", reason)
+        if self.batch is not None:
+            try:
+                answer = self.batch.recommend(user_id, num_results)
+            except ServiceError as batch_exc:
+                log.warning("batch fallback unavailable: %s", batch_exc.message)
+            else:
+                if answer.item_ids:
+                    return self._result(catalog, answer, num_results, "MISS", 0, "batch", reason)
+        result = self._result(catalog, Recommendation([]), num_results, "MISS", 0, "fallback", reason)
+        if result.items:
+            return result
+        raise UnavailableError(
+            f"No recommendations can be served: {exc.message} No fallback answered "
+            "(set POPULAR_ITEMS_URI or a popularity column in the catalog).",
+            code="no_recommendations",
+            retry_after=1,
         )
+
+    def _result(
+        self,
+        catalog: Catalog,
+        recommendation: Recommendation,
+        num_results: int,
+        cache: str,
+        max_age: int,
+        source: str,
+        fallback_reason: str | None = None,
+    ) -> Result:
+        items = catalog.join(recommendation.item_ids)
+        backfilled = 0
+        if len(items) < num_results:
+            before = len(items)
+            items = self._backfill(catalog, items, num_results)
+            backfilled = len(items) - before
+        return Result(items, recommendation.recommendation_id, cache, max_age, source, backfilled, fallback_reason)
+
+    def _backfill(self, catalog: Catalog, items: list[Item], num_results: int) -> list[Item]:
+        """Fill a short list up to num_results from the popular items, skipping ones already in it."""
+        seen = {item["id"] for item in items}
+        filled = list(items)
+        for item_id in self.popular_ids(catalog):
+            if len(filled) >= num_results:
+                break
+            item = catalog.items.get(item_id)
+            if item is not None and item_id not in seen:
+                filled.append(item)
+                seen.add(item_id)
+        return filled
+
+    def popular_ids(self, catalog: Catalog) -> PopularIds:
+        """Return the popular list: POPULAR_ITEMS_URI's ids, else the catalog's rank/popularity column."""
+        if self.popular is not None:
+            try:
+                return self.popular.get()
+            except SourceError as exc:
+                log.warning("popular items unavailable, using the catalog's ranking: %s", exc)
+        return catalog.popular
 
     def check_ready(self) -> Catalog:
         """Return the loaded catalog once the source can answer too; raise UnavailableError otherwise."""

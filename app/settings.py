@@ -58,10 +58,15 @@ class Settings:
     cache_dir: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "recs-cache"))
     cache_threshold: int = 100_000
     catalog_refresh_seconds: float = 60.0
-    personalize_connect_timeout: float = 0.5
-    personalize_read_timeout: float = 1.0
+    personalize_connect_timeout: float = 0.3
+    personalize_read_timeout: float = 0.5
     personalize_max_attempts: int = 2
-    personalize_max_connections: int = 10
+    personalize_max_concurrency: int = 8
+    request_budget_ms: int = 800
+    cache_stale_seconds: int = 86_400
+    popular_items_uri: str | None = None
+    breaker_failure_threshold: int = 5
+    breaker_recovery_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -104,8 +109,8 @@ class Settings:
                     f"PERSONALIZE_CAMPAIGN_ARN is not a Personalize campaign or recommender ARN: {arn!r} "
                     "(expected arn:aws:personalize:REGION:ACCOUNT:campaign/NAME or .../recommender/NAME)."
                 )
-            # The ARN names the campaign's region, so AWS_REGION is optional.
-            region = region or match.group("region")
+            # A campaign lives in the region its ARN names; any other region can only answer "not found".
+            region = match.group("region")
 
         def conv(name: str, kind: str, low: float, high: float) -> Any:
             value = raw.get(name)
@@ -127,7 +132,12 @@ class Settings:
             personalize_connect_timeout=conv("personalize_connect_timeout", "float", 0.01, 10),
             personalize_read_timeout=conv("personalize_read_timeout", "float", 0.01, 10),
             personalize_max_attempts=conv("personalize_max_attempts", "int", 1, 5),
-            personalize_max_connections=conv("personalize_max_connections", "int", 1, 1000),
+            personalize_max_concurrency=conv("personalize_max_concurrency", "int", 1, 1000),
+            request_budget_ms=conv("request_budget_ms", "int", 50, 1900),
+            cache_stale_seconds=conv("cache_stale_seconds", "int", 0, 30 * 86400),
+            popular_items_uri=_text(raw.get("popular_items_uri")),
+            breaker_failure_threshold=conv("breaker_failure_threshold", "int", 1, 10_000),
+            breaker_recovery_seconds=conv("breaker_recovery_seconds", "float", 0.1, 3600),
             **({"cache_dir": str(raw["cache_dir"])} if raw.get("cache_dir") else {}),
         )
         if settings.cache_redis_url and not settings.cache_redis_url.startswith(("redis://", "rediss://", "unix://")):

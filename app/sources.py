@@ -221,6 +221,7 @@ class Reloadable(Generic[T]):
         try:
             snapshot = self.source.fetch(self._version if self._value is not None else None)
             if snapshot is None:
+                self.last_error = None  # the source answers again, with the version we hold
                 return False
             value = self._parse(snapshot.data, self.source.format, self.source.uri)
         except SourceError as exc:

@@ -1,6 +1,8 @@
 """HTTP routes: GET /recommendations and the health checks."""
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, Response, current_app, request
 
 from .errors import ServiceError
@@ -20,15 +22,22 @@ def service() -> RecommendationService:
 @bp.get("/recommendations")
 def recommendations() -> Response:
     """Return the user's recommended catalog items as a JSON array, in rank order."""
+    started = time.monotonic()
     query = load_query(query_schema, request.args)
     num_results = query.get("num_results", current_app.config["DEFAULT_NUM_RESULTS"])
-    result = service().recommend(query["user_id"], num_results)
+    result = service().recommend(query["user_id"], num_results, started)
     response = json_response(result.items)
-    response.headers["X-Cache"] = "HIT" if result.cache_hit else "MISS"
-    response.headers["X-Recommendations-Source"] = result.source
-    response.headers["Cache-Control"] = f"private, max-age={result.max_age}"
+    headers = response.headers
+    headers["X-Cache"] = result.cache
+    headers["X-Recommendations-Source"] = result.source
+    # A fallback is for this send only: nobody should keep it as if it were the user's answer.
+    headers["Cache-Control"] = f"private, max-age={result.max_age}" if result.max_age else "no-store"
     if result.recommendation_id:
-        response.headers["X-Recommendation-Id"] = result.recommendation_id
+        headers["X-Recommendation-Id"] = result.recommendation_id
+    if result.fallback_reason:
+        headers["X-Fallback-Reason"] = result.fallback_reason
+    if result.backfilled:
+        headers["X-Backfilled"] = str(result.backfilled)
     return response
 
 

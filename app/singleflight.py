@@ -1,0 +1,111 @@
+"""One upstream call per cache key at a time: in this process with an event, across workers with a Redis lock."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+from redis.exceptions import LockError, RedisError
+
+from .cache import AnswerCache
+from .errors import UpstreamError
+from .recommendation import Recommendation
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[float], Recommendation]  # given the seconds left, fetch and cache an answer
+
+
+@dataclass
+class _Flight:
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Recommendation | None = None
+    error: BaseException | None = None
+
+
+def _timeout() -> UpstreamError:
+    return UpstreamError("No answer within the request budget.", code="upstream_timeout", status=504)
+
+
+class SingleFlight:
+    """Run fetch once per key while concurrent callers for the same key wait for its answer.
+
+    Within a process the first caller fetches and the others wait on an event. With a Redis client,
+    the caller first takes a short Redis lock (expiring with the budget, so a dead worker cannot
+    hold it); a worker that finds the lock taken polls the cache for the answer the holder writes.
+    Nobody waits past the deadline: they get UpstreamError and the caller falls back.
+    """
+
+    def __init__(self, cache: AnswerCache, lock_client: redis.Redis | None = None, poll_seconds: float = 0.01) -> None:
+        self.cache = cache
+        self.lock_client = lock_client
+        self.poll_seconds = poll_seconds
+        self._flights: dict[str, _Flight] = {}
+        self._mutex = threading.Lock()
+
+    def run(self, key: str, fetch: Fetch, deadline: float) -> Recommendation:
+        """Return the answer for key, fetched by this caller or by the one already fetching it."""
+        with self._mutex:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if leader:
+                flight = self._flights[key] = _Flight()
+        assert flight is not None
+        if not leader:
+            if not flight.done.wait(max(0.0, deadline - time.monotonic())):
+                raise _timeout()
+            if flight.error is not None:
+                raise flight.error
+            assert flight.result is not None
+            return flight.result
+        try:
+            flight.result = self._across_workers(key, fetch, deadline)
+            return flight.result
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._mutex:
+                del self._flights[key]
+            flight.done.set()
+
+    def _across_workers(self, key: str, fetch: Fetch, deadline: float) -> Recommendation:
+        remaining = deadline - time.monotonic()
+        if self.lock_client is None:
+            return fetch(remaining)
+        try:
+            lock = self.lock_client.lock(f"{key}:lock", timeout=max(remaining, 0.05), blocking=False)
+            acquired = lock.acquire()
+        except RedisError as exc:
+            log.debug("single-flight lock unavailable, fetching without it: %s", exc)
+            return fetch(remaining)
+        if not acquired:
+            return self._wait_for_answer(key, lock, deadline)
+        try:
+            return fetch(remaining)
+        finally:
+            try:
+                lock.release()
+            except (LockError, RedisError):
+                pass  # expired, or Redis went away: the lock expires by itself
+
+    def _wait_for_answer(self, key: str, lock: redis.lock.Lock, deadline: float) -> Recommendation:
+        """Poll the cache until the lock holder's answer lands; its failure is this caller's failure too."""
+        while time.monotonic() < deadline:
+            time.sleep(min(self.poll_seconds, max(0.0, deadline - time.monotonic())))
+            cached = self.cache.get(key)
+            if cached is not None and self.cache.is_fresh(cached):
+                return cached.recommendation
+            try:
+                holder_done = not lock.locked()
+            except RedisError:
+                holder_done = True
+            if holder_done:
+                cached = self.cache.get(key)  # it may have landed between the two reads
+                if cached is not None and self.cache.is_fresh(cached):
+                    return cached.recommendation
+                raise UpstreamError("The worker fetching this answer failed.", code="upstream_error")
+        raise _timeout()

@@ -1,0 +1,72 @@
+"""Guard the live recommendation source: a hard deadline, a cap on concurrent calls and a circuit breaker."""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from circuitbreaker import CircuitBreaker, CircuitBreakerError
+
+from .errors import UpstreamError
+from .recommendation import Recommendation, Recommender
+
+log = logging.getLogger(__name__)
+
+
+class GuardedRecommender:
+    """Call a recommender within a deadline, at most max_concurrency at a time, behind a circuit breaker.
+
+    The call runs on a small thread pool so a request can stop waiting at its deadline even when
+    botocore has not given up yet; the late answer is simply dropped. Calls beyond the cap and calls
+    while the breaker is open fail at once, so requests go to the fallback instead of queueing
+    behind a dead upstream (and Personalize's provisioned TPS is not multiplied by a burst).
+    """
+
+    def __init__(
+        self, inner: Recommender, max_concurrency: int, failure_threshold: int, recovery_seconds: float
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.key = inner.key
+        self.breaker = CircuitBreaker(
+            failure_threshold=failure_threshold,
+            recovery_timeout=recovery_seconds,
+            # Only upstream failures trip it; a request Personalize rejects as invalid is the caller's fault.
+            expected_exception=UpstreamError,
+            name=f"{inner.name}-breaker",
+        )
+        self._call = self.breaker.decorate(inner.recommend)
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=f"{inner.name}-call")
+
+    def check_ready(self) -> None:
+        """Ready whenever the inner source is."""
+        self.inner.check_ready()
+
+    def recommend(self, user_id: str, num_results: int, timeout: float | None = None) -> Recommendation:
+        """Return the inner source's answer, or raise UpstreamError at once or when timeout seconds pass."""
+        if self.breaker.opened:
+            raise UpstreamError("Personalize is failing; answering from the fallback.", code="circuit_open", status=503)
+        if not self._slots.acquire(blocking=False):
+            raise UpstreamError("Too many Personalize calls in flight.", code="upstream_busy", status=503)
+        try:
+            future = self._pool.submit(self._run, user_id, num_results)
+        except BaseException:
+            self._slots.release()
+            raise
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            raise UpstreamError(
+                "Personalize did not answer within the request budget.", code="upstream_timeout", status=504
+            ) from None
+        except CircuitBreakerError:
+            raise UpstreamError("Personalize is failing; answering from the fallback.", code="circuit_open",
+                                status=503) from None
+
+    def _run(self, user_id: str, num_results: int) -> Recommendation:
+        try:
+            return self._call(user_id, num_results)
+        finally:
+            self._slots.release()

@@ -1,0 +1,282 @@
+"""app/personalize.py against a real boto3 personalize-runtime client stubbed with botocore's Stubber."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import (
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+from botocore.stub import Stubber
+
+from app.errors import InvalidParameterError, UpstreamError
+from app.personalize import PersonalizeRecommender, client_config, request_for
+from app.recommendation import Recommendation
+
+CAMPAIGN_ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/braze-recs"
+RECOMMENDER_ARN = "arn:aws:personalize:us-east-1:123456789012:recommender/top-picks"
+
+
+@pytest.fixture(autouse=True)
+def dummy_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give boto3 credentials that cannot reach anything real, and no profile or endpoint from the host."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_PERSONALIZE_RUNTIME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def runtime() -> Iterator[tuple[Any, Stubber]]:
+    client = boto3.client("personalize-runtime", region_name="us-east-1")
+    with Stubber(client) as stubber:
+        yield client, stubber
+        stubber.assert_no_pending_responses()
+
+
+def recommender_on(client: Any, arn: str = CAMPAIGN_ARN) -> PersonalizeRecommender:
+    return PersonalizeRecommender(arn, lambda: client)
+
+
+# --- request building -------------------------------------------------------------------------------
+
+
+def test_request_for_campaign_arn_uses_campaign_arn() -> None:
+    assert request_for(CAMPAIGN_ARN, "user-1", 7) == {"campaignArn": CAMPAIGN_ARN, "userId": "user-1", "numResults": 7}
+
+
+def test_request_for_recommender_arn_uses_recommender_arn() -> None:
+    assert request_for(RECOMMENDER_ARN, "user-1", 3) == {
+        "recommenderArn": RECOMMENDER_ARN,
+        "userId": "user-1",
+        "numResults": 3,
+    }
+
+
+def test_campaign_request_reaches_the_client_exactly(runtime: tuple[Any, Stubber]) -> None:
+    client, stubber = runtime
+    stubber.add_response(
+        "get_recommendations",
+        {"itemList": [{"itemId": "1000"}], "recommendationId": "RID-1"},
+        expected_params={"campaignArn": CAMPAIGN_ARN, "userId": "user 42/é", "numResults": 5},
+    )
+    assert recommender_on(client).recommend("user 42/é", 5).item_ids == ["1000"]
+
+
+def test_recommender_request_reaches_the_client_exactly(runtime: tuple[Any, Stubber]) -> None:
+    client, stubber = runtime
+    stubber.add_response(
+        "get_recommendations",
+        {"itemList": [{"itemId": "7"}]},
+        expected_params={"recommenderArn": RECOMMENDER_ARN, "userId": "u1", "numResults": 25},
+    )
+    assert recommender_on(client, RECOMMENDER_ARN).recommend("u1", 25).item_ids == ["7"]
+
+
+# --- responses ----------------------------------------------------------------------------------------
+
+
+def test_response_becomes_recommendation_in_order(runtime: tuple[Any, Stubber]) -> None:
+    client, stubber = runtime
+    stubber.add_response(
+        "get_recommendations",
+        {
+            "itemList": [
+                {"itemId": "1740", "score": 0.9},
+                {"itemId": "1333", "score": 0.5},
+                {"itemId": "1000", "score": 0.7},
+            ],
+            "recommendationId": "RID-abc",
+        },
+        expected_params={"campaignArn": CAMPAIGN_ARN, "userId": "u1", "numResults": 3},
+    )
+    answer = recommender_on(client).recommend("u1", 3)
+    assert answer == Recommendation(item_ids=["1740", "1333", "1000"], recommendation_id="RID-abc")
+
+
+def test_entries_without_item_id_are_dropped(runtime: tuple[Any, Stubber]) -> None:
+    client, stubber = runtime
+    stubber.add_response(
+        "get_recommendations",
+        {"itemList": [{"itemId": "a"}, {"score": 0.4}, {"itemId": ""}, {"itemId": "b"}], "recommendationId": "R"},
+    )
+    assert recommender_on(client).recommend("u1", 10).item_ids == ["a", "b"]
+
+
+def test_empty_response_gives_no_items_and_no_id(runtime: tuple[Any, Stubber]) -> None:
+    client, stubber = runtime
+    stubber.add_response("get_recommendations", {})
+    assert recommender_on(client).recommend("u1", 10) == Recommendation(item_ids=[], recommendation_id=None)
+
+
+# --- error mapping from Personalize's answers -------------------------------------------------------
+
+
+def call_with_error(runtime: tuple[Any, Stubber], code: str, status: int, message: str = "nope") -> Exception:
+    client, stubber = runtime
+    stubber.add_client_error(
+        "get_recommendations", service_error_code=code, service_message=message, http_status_code=status
+    )
+    with pytest.raises(Exception) as info:
+        recommender_on(client).recommend("u1", 5)
+    return info.value
+
+
+def test_invalid_input_is_a_400_rejected_by_personalize(runtime: tuple[Any, Stubber]) -> None:
+    error = call_with_error(runtime, "InvalidInputException", 400, "userId is too long")
+    assert isinstance(error, InvalidParameterError)
+    assert (error.status, error.code) == (400, "rejected_by_personalize")
+    assert "userId is too long" in error.message
+
+
+def test_resource_not_found_is_a_502_recommender_not_found(runtime: tuple[Any, Stubber]) -> None:
+    error = call_with_error(runtime, "ResourceNotFoundException", 404)
+    assert isinstance(error, UpstreamError)
+    assert (error.status, error.code) == (502, "recommender_not_found")
+    assert CAMPAIGN_ARN in error.message
+
+
+@pytest.mark.parametrize(("code", "status"), [("ThrottlingException", 400), ("TooManyRequestsException", 400),
+                                              ("SlowDown", 429)])
+def test_throttling_is_a_503_with_retry_after(runtime: tuple[Any, Stubber], code: str, status: int) -> None:
+    error = call_with_error(runtime, code, status)
+    assert isinstance(error, UpstreamError)
+    assert (error.status, error.code, error.retry_after) == (503, "upstream_throttled", 1)
+
+
+def test_internal_failure_is_a_502_upstream_error(runtime: tuple[Any, Stubber]) -> None:
+    error = call_with_error(runtime, "InternalFailure", 500)
+    assert isinstance(error, UpstreamError)
+    assert (error.status, error.code, error.retry_after) == (502, "upstream_error", None)
+    assert "InternalFailure" in error.message
+
+
+@pytest.mark.parametrize("code", ["AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException"])
+def test_refused_credentials_are_upstream_access_denied(runtime: tuple[Any, Stubber], code: str) -> None:
+    error = call_with_error(runtime, code, 403)
+    assert isinstance(error, UpstreamError)
+    assert (error.status, error.code) == (502, "upstream_access_denied")
+    assert code in error.message
+
+
+# --- errors raised by botocore itself -----------------------------------------------------------------
+
+
+class RaisingClient:
+    """Stands in for the boto3 client: every call raises the given exception."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+        self.calls = 0
+
+    def get_recommendations(self, **params: Any) -> dict[str, Any]:
+        self.calls += 1
+        raise self.exc
+
+
+ENDPOINT = "https://personalize-runtime.us-east-1.amazonaws.com"
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (ReadTimeoutError(endpoint_url=ENDPOINT), 504, "upstream_timeout"),
+        (ConnectTimeoutError(endpoint_url=ENDPOINT), 504, "upstream_timeout"),
+        (EndpointConnectionError(endpoint_url=ENDPOINT), 502, "upstream_unavailable"),
+        (NoCredentialsError(), 503, "upstream_credentials"),
+    ],
+    ids=["read-timeout", "connect-timeout", "endpoint-connection", "no-credentials"],
+)
+def test_transport_errors_are_mapped(exc: Exception, status: int, code: str) -> None:
+    client = RaisingClient(exc)
+    with pytest.raises(UpstreamError) as info:
+        recommender_on(client).recommend("u1", 5)
+    assert (info.value.status, info.value.code) == (status, code)
+    assert info.value.__cause__ is exc
+    assert client.calls == 1
+
+
+# --- client configuration and construction ---------------------------------------------------------
+
+
+def test_client_config_sets_timeouts_retries_and_pool() -> None:
+    config = client_config(connect_timeout=0.3, read_timeout=0.8, max_attempts=4, pool_size=17)
+    assert isinstance(config, Config)
+    assert config.connect_timeout == 0.3
+    assert config.read_timeout == 0.8
+    assert config.retries is not None and config.retries["mode"] == "standard"
+    assert config.max_pool_connections == 17
+
+
+def test_client_config_is_accepted_by_a_real_client() -> None:
+    client = boto3.client(
+        "personalize-runtime", region_name="us-east-1", config=client_config(0.25, 1.5, 2, 9)
+    )
+    assert client.meta.config.connect_timeout == 0.25
+    assert client.meta.config.read_timeout == 1.5
+    assert client.meta.config.max_pool_connections == 9
+    assert client.meta.config.retries["mode"] == "standard"
+    assert client.meta.config.retries["total_max_attempts"] == 2  # the first call included
+
+
+class FailingRaw:
+    """The raw body botocore's AWSResponse reads: an InternalFailure JSON error."""
+
+    def __init__(self) -> None:
+        self.body = b'{"__type": "InternalFailure", "message": "boom"}'
+
+    def stream(self, **kwargs: Any) -> Iterator[bytes]:
+        yield self.body
+
+
+@pytest.mark.parametrize("max_attempts", [1, 2, 3])
+def test_max_attempts_is_the_total_number_of_attempts(monkeypatch: pytest.MonkeyPatch, max_attempts: int) -> None:
+    from botocore.awsrequest import AWSResponse
+    from botocore.retries import standard
+
+    monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", lambda self, context: 0)
+    client = boto3.client(
+        "personalize-runtime", region_name="us-east-1", config=client_config(0.5, 1.0, max_attempts, 2)
+    )
+    sent: list[str] = []
+
+    def answer_500(request: Any, **kwargs: Any) -> AWSResponse:
+        sent.append(request.url)
+        return AWSResponse(request.url, 500, {"Content-Type": "application/x-amz-json-1.1"}, FailingRaw())
+
+    client.meta.events.register("before-send.personalize-runtime.GetRecommendations", answer_500)
+    with pytest.raises(UpstreamError) as info:
+        recommender_on(client).recommend("u1", 5)
+    assert info.value.code == "upstream_error"
+    assert len(sent) == max_attempts
+
+
+def test_client_is_built_lazily_and_once(runtime: tuple[Any, Stubber]) -> None:
+    client, stubber = runtime
+    built: list[Any] = []
+
+    def factory() -> Any:
+        built.append(client)
+        return client
+
+    recommender = PersonalizeRecommender(CAMPAIGN_ARN, factory)
+    recommender.check_ready()
+    assert built == []  # nothing is built before the first call
+    for user in ("u1", "u2", "u3"):
+        stubber.add_response("get_recommendations", {"itemList": [{"itemId": user}]},
+                             expected_params={"campaignArn": CAMPAIGN_ARN, "userId": user, "numResults": 1})
+        assert recommender.recommend(user, 1).item_ids == [user]
+    assert len(built) == 1
+
+
+def test_recommender_identifies_itself_by_arn() -> None:
+    factory: Callable[[], Any] = lambda: None  # noqa: E731
+    recommender = PersonalizeRecommender(RECOMMENDER_ARN, factory)
+    assert (recommender.name, recommender.key) == ("personalize", RECOMMENDER_ARN)

@@ -1,0 +1,219 @@
+"""app/settings.py: Settings.from_env / from_mapping, and create_app's checks of the source URIs."""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+
+import pytest
+from flask import Flask
+
+from app.settings import ConfigError, Settings
+
+CATALOG = "sample/catalog.csv"
+BATCH = "sample/batch-output.json.out"
+ARN = "arn:aws:personalize:eu-west-1:123456789012:campaign/braze-recs"
+RECOMMENDER_ARN = "arn:aws:personalize:ap-southeast-2:123456789012:recommender/top-picks"
+
+
+def env(**values: str) -> dict[str, str]:
+    """An environment with a catalog and a batch file, plus the given variables."""
+    base = {"CATALOG_URI": CATALOG, "RECOMMENDATIONS_URI": BATCH}
+    base.update(values)
+    return base
+
+
+def config_error(environ: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(environ)
+    return str(info.value)
+
+
+# --- defaults and reading ------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env(env())
+    assert settings.catalog_uri == CATALOG
+    assert settings.recommendations_uri == BATCH
+    assert settings.personalize_campaign_arn is None
+    assert settings.aws_region is None
+    assert settings.default_num_results == 10
+    assert settings.cache_ttl_seconds == 300
+    assert settings.cache_redis_url is None
+    assert settings.cache_dir == os.path.join(tempfile.gettempdir(), "recs-cache")
+    assert settings.catalog_refresh_seconds == 60.0
+    assert settings.source_name == "batch"
+    # Every tunable not given takes the dataclass's default, converted to its declared type.
+    assert settings == Settings(catalog_uri=CATALOG, recommendations_uri=BATCH)
+    assert isinstance(settings.personalize_connect_timeout, float)
+    assert isinstance(settings.personalize_max_attempts, int)
+    assert 0 < settings.personalize_connect_timeout <= settings.personalize_read_timeout <= 2
+
+
+def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CATALOG_URI", "s3://bucket/items.csv.gz")
+    monkeypatch.setenv("RECOMMENDATIONS_URI", "s3://bucket/out/batch.json.out")
+    monkeypatch.setenv("DEFAULT_NUM_RESULTS", "25")
+    monkeypatch.delenv("PERSONALIZE_CAMPAIGN_ARN", raising=False)
+    settings = Settings.from_env()
+    assert (settings.catalog_uri, settings.default_num_results) == ("s3://bucket/items.csv.gz", 25)
+
+
+def test_values_are_converted_and_stripped() -> None:
+    settings = Settings.from_env(env(
+        DEFAULT_NUM_RESULTS=" 25 ", CACHE_TTL_SECONDS="60", CATALOG_REFRESH_SECONDS="2.5",
+        PERSONALIZE_READ_TIMEOUT="0.75", CACHE_REDIS_URL=" redis://cache:6379/2 ", CACHE_DIR="/var/cache/recs",
+        CATALOG_URI="  https://feeds.example.com/products.json  ",
+    ))
+    assert settings.default_num_results == 25
+    assert settings.cache_ttl_seconds == 60
+    assert settings.catalog_refresh_seconds == 2.5
+    assert settings.personalize_read_timeout == 0.75
+    assert settings.cache_redis_url == "redis://cache:6379/2"
+    assert settings.cache_dir == "/var/cache/recs"
+    assert settings.catalog_uri == "https://feeds.example.com/products.json"
+
+
+def test_blank_variables_count_as_unset() -> None:
+    settings = Settings.from_env(env(DEFAULT_NUM_RESULTS="   ", CACHE_REDIS_URL="", AWS_REGION=" "))
+    assert (settings.default_num_results, settings.cache_redis_url, settings.aws_region) == (10, None, None)
+
+
+def test_from_mapping_accepts_typed_values() -> None:
+    settings = Settings.from_mapping({"catalog_uri": CATALOG, "recommendations_uri": BATCH,
+                                      "default_num_results": 3, "catalog_refresh_seconds": 0.5})
+    assert (settings.default_num_results, settings.catalog_refresh_seconds) == (3, 0.5)
+
+
+def test_from_mapping_rejects_unknown_settings() -> None:
+    with pytest.raises(ConfigError, match="Unknown setting.*catalog_url"):
+        Settings.from_mapping({"catalog_uri": CATALOG, "recommendations_uri": BATCH, "catalog_url": "x"})
+
+
+# --- required settings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_missing_catalog_uri_names_the_variable(value: str | None) -> None:
+    environ = {"RECOMMENDATIONS_URI": BATCH}
+    if value is not None:
+        environ["CATALOG_URI"] = value
+    assert "CATALOG_URI" in config_error(environ)
+
+
+def test_no_recommendation_source_names_both_variables() -> None:
+    message = config_error({"CATALOG_URI": CATALOG})
+    assert "PERSONALIZE_CAMPAIGN_ARN" in message
+    assert "RECOMMENDATIONS_URI" in message
+
+
+# --- the Personalize ARN and the region ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("arn", [
+    "campaign/braze-recs",
+    "arn:aws:personalize:eu-west-1:12345:campaign/x",  # account is not 12 digits
+    "arn:aws:personalize:eu-west-1:123456789012:dataset/x",  # not a campaign or recommender
+    "arn:aws:s3:eu-west-1:123456789012:campaign/x",  # not Personalize
+    "arn:aws:personalize:eu-west-1:123456789012:campaign/",
+    "arn:aws:personalize:eu-west-1:123456789012:campaign/has space",
+])
+def test_malformed_arn_is_rejected(arn: str) -> None:
+    message = config_error({"CATALOG_URI": CATALOG, "PERSONALIZE_CAMPAIGN_ARN": arn})
+    assert "PERSONALIZE_CAMPAIGN_ARN" in message
+    assert repr(arn) in message
+
+
+@pytest.mark.parametrize(("arn", "region"), [
+    (ARN, "eu-west-1"),
+    (RECOMMENDER_ARN, "ap-southeast-2"),
+    ("arn:aws-cn:personalize:cn-north-1:123456789012:campaign/c", "cn-north-1"),
+])
+def test_region_comes_from_the_arn_when_aws_region_is_unset(arn: str, region: str) -> None:
+    settings = Settings.from_env({"CATALOG_URI": CATALOG, "PERSONALIZE_CAMPAIGN_ARN": arn})
+    assert settings.aws_region == region
+    assert settings.personalize_campaign_arn == arn
+    assert settings.source_name == "personalize"
+
+
+@pytest.mark.parametrize("variable", ["AWS_REGION", "AWS_DEFAULT_REGION"])
+def test_the_arn_region_wins_over_the_environment(variable: str) -> None:
+    settings = Settings.from_env({"CATALOG_URI": CATALOG, "PERSONALIZE_CAMPAIGN_ARN": ARN, variable: "us-west-2"})
+    assert settings.aws_region == ARN.split(":")[3]
+
+
+def test_batch_source_takes_aws_region_as_given() -> None:
+    assert Settings.from_env(env(AWS_REGION="us-west-2")).aws_region == "us-west-2"
+
+
+# --- numbers ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("DEFAULT_NUM_RESULTS", "0", "between 1 and 100, got 0"),
+    ("DEFAULT_NUM_RESULTS", "101", "between 1 and 100, got 101"),
+    ("DEFAULT_NUM_RESULTS", "ten", "whole number, got 'ten'"),
+    ("DEFAULT_NUM_RESULTS", "2.5", "whole number, got '2.5'"),
+    ("CACHE_TTL_SECONDS", "0", "got 0"),
+    ("CACHE_TTL_SECONDS", "-5", "got -5"),
+    ("CATALOG_REFRESH_SECONDS", "0", "got 0.0"),
+    ("CATALOG_REFRESH_SECONDS", "soon", "number, got 'soon'"),
+    ("PERSONALIZE_READ_TIMEOUT", "nan", "PERSONALIZE_READ_TIMEOUT"),
+    ("PERSONALIZE_CONNECT_TIMEOUT", "inf", "PERSONALIZE_CONNECT_TIMEOUT"),
+    ("PERSONALIZE_MAX_ATTEMPTS", "0", "got 0"),
+])
+def test_bad_numbers_are_rejected_naming_the_variable(variable: str, value: str, expected: str) -> None:
+    message = config_error(env(**{variable: value}))
+    assert message.startswith(variable + " must be")
+    assert expected in message
+
+
+@pytest.mark.parametrize(("variable", "value", "field", "expected"), [
+    ("DEFAULT_NUM_RESULTS", "1", "default_num_results", 1),
+    ("DEFAULT_NUM_RESULTS", "100", "default_num_results", 100),
+    ("CACHE_TTL_SECONDS", "1", "cache_ttl_seconds", 1),
+])
+def test_range_limits_are_inclusive(variable: str, value: str, field: str, expected: int) -> None:
+    assert getattr(Settings.from_env(env(**{variable: value})), field) == expected
+
+
+# --- the Redis URL ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://cache:6379", "cache:6379", "memcached://cache:11211"])
+def test_bad_redis_url_scheme_is_rejected(url: str) -> None:
+    message = config_error(env(CACHE_REDIS_URL=url))
+    assert "CACHE_REDIS_URL" in message
+    assert repr(url) in message
+
+
+@pytest.mark.parametrize("url", ["redis://cache:6379/0", "rediss://:secret@cache:6380/1", "unix:///run/redis.sock"])
+def test_good_redis_urls_are_accepted(url: str) -> None:
+    assert Settings.from_env(env(CACHE_REDIS_URL=url)).cache_redis_url == url
+
+
+# --- create_app checks the URIs' scheme and format -----------------------------------------------
+
+
+@pytest.mark.parametrize(("settings", "variable", "expected"), [
+    ({"catalog_uri": "ftp://files.example.com/catalog.csv"}, "CATALOG_URI", "unsupported scheme 'ftp'"),
+    ({"catalog_uri": "sample/catalog.xml"}, "CATALOG_URI", "cannot tell the format"),
+    ({"catalog_uri": "s3://bucket/catalog.parquet"}, "CATALOG_URI", "cannot tell the format"),
+    ({"catalog_uri": "s3://bucket-only"}, "CATALOG_URI", "s3://bucket/key"),
+    ({"recommendations_uri": "gopher://x/batch.json.out"}, "RECOMMENDATIONS_URI", "unsupported scheme 'gopher'"),
+])
+def test_create_app_rejects_unusable_uris(
+    make_app: Callable[..., Flask], settings: dict[str, str], variable: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_app(**settings)
+    message = str(info.value)
+    assert message.startswith(variable + ": ")
+    assert expected in message
+
+
+def test_create_app_accepts_the_sample_files(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    assert app.config["SETTINGS"].catalog_uri.endswith("catalog.csv")
+    assert app.config["DEFAULT_NUM_RESULTS"] == 10
