@@ -54,7 +54,7 @@ class AnswerCache:
         # Answers are kept past their TTL for stale-if-error, but only served fresh within it.
         self.keep_seconds = max(ttl, stale_seconds)
         self.failures = 0
-        self._failing = False
+        self._failing = {"read": False, "write": False}
 
     @staticmethod
     def key(source_key: str, user_id: str, params: Mapping[str, Any]) -> str:
@@ -66,33 +66,36 @@ class AnswerCache:
         """Return the stored answer, or None on a miss or a backend failure."""
         try:
             value = self.backend.get(key)
-        except CACHE_FAILURES as exc:
-            self._report(exc)
+        except Exception as exc:  # noqa: BLE001 - down, or an entry a different release pickled: both a miss
+            self._report("read", exc)
             return None
-        self._report(None)
+        self._report("read", None)
         return value if isinstance(value, CachedAnswer) else None
 
     def put(self, key: str, recommendation: Recommendation) -> None:
-        """Store an answer for the TTL; a failure only costs the next request a miss."""
+        """Store an answer (kept past its TTL for stale-if-error); a failure only costs a later miss."""
         try:
             self.backend.set(key, CachedAnswer(recommendation, time.time()), timeout=self.keep_seconds)
         except CACHE_FAILURES as exc:
-            self._report(exc)
+            self._report("write", exc)
+            return
+        self._report("write", None)
 
     def is_fresh(self, answer: CachedAnswer) -> bool:
         """Say whether the answer is younger than the TTL (older ones only serve when the source fails)."""
         return time.time() - answer.stored_at < self.ttl
 
     def max_age(self, answer: CachedAnswer) -> int:
-        """Return how many more seconds the answer stays fresh."""
-        return max(0, int(answer.stored_at + self.ttl - time.time()))
+        """Return how many more seconds the answer stays fresh (never more than the TTL, whatever the clocks)."""
+        return max(0, min(self.ttl, int(answer.stored_at + self.ttl - time.time())))
 
-    def _report(self, exc: Exception | None) -> None:
+    def _report(self, operation: str, exc: Exception | None) -> None:
+        # Log when the cache as a whole starts and stops failing, not once per request during an outage.
         if exc is not None:
             self.failures += 1
-        # Log when the cache starts and stops failing, not once per request during an outage.
-        if exc is not None and not self._failing:
-            log.error("answer cache failing, serving without it: %s", exc)
-        elif exc is None and self._failing:
-            log.warning("answer cache is back")
-        self._failing = exc is not None
+        was_failing = any(self._failing.values())
+        self._failing[operation] = exc is not None
+        if exc is not None and not was_failing:
+            log.error("answer cache failing (%s), serving without it: %s", operation, exc)
+        elif was_failing and not any(self._failing.values()):
+            log.warning("answer cache works again")

@@ -32,7 +32,7 @@ def recommendations() -> Response:
     headers["X-Recommendations-Source"] = result.source
     # A fallback is for this send only: nobody should keep it as if it were the user's answer.
     headers["Cache-Control"] = f"private, max-age={result.max_age}" if result.max_age else "no-store"
-    if result.recommendation_id:
+    if result.recommendation_id and result.recommendation_id.isascii() and result.recommendation_id.isprintable():
         headers["X-Recommendation-Id"] = result.recommendation_id
     if result.fallback_reason:
         headers["X-Fallback-Reason"] = result.fallback_reason

@@ -1,0 +1,237 @@
+"""The answer cache on a real Redis (db 15, flushed by the redis_url fixture): shared, private, expiring, optional."""
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import redis
+from flask import Flask
+from werkzeug.test import TestResponse
+
+from app.cache import AnswerCache, CachedAnswer
+from app.extensions import cache as cache_extension
+from app.recommendation import Recommendation
+from tests.conftest import FakeRecommender
+
+DOWN_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused at once
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def get(app: Flask, **params: Any) -> TestResponse:
+    return app.test_client().get("/recommendations", query_string=urlencode(params))
+
+
+def full_key(app: Flask, source_key: str, user_id: str, num_results: int = 10) -> str:
+    """The Redis key of an answer: flask-caching's key prefix + AnswerCache.key()."""
+    backend = app.extensions["cache"][cache_extension]
+    prefix = backend.key_prefix
+    assert prefix == "flask_cache_"  # flask-caching's CACHE_KEY_PREFIX default; the app sets none
+    return prefix + AnswerCache.key(source_key, user_id, {"num_results": num_results})
+
+
+def answer_keys(client: redis.Redis) -> list[str]:
+    return [k.decode() for k in client.scan_iter(count=1000) if not k.endswith(b":lock")]
+
+
+def test_two_apps_share_the_redis_cache(make_app: Callable[..., Flask], redis_url: str, tmp_path: Any) -> None:
+    fake_a = FakeRecommender({"u1": ["1000", "1037"]})
+    fake_b = FakeRecommender({"u1": ["9999"]})  # would answer differently if asked
+    # Different cache_dirs: only Redis can connect them (two hosts).
+    host_a = make_app({"recommender": fake_a}, cache_redis_url=redis_url, cache_dir=str(tmp_path / "a"))
+    host_b = make_app({"recommender": fake_b}, cache_redis_url=redis_url, cache_dir=str(tmp_path / "b"))
+
+    a = get(host_a, user_id="u1")
+    b = get(host_b, user_id="u1")
+
+    assert a.status_code == b.status_code == 200
+    assert a.headers["X-Cache"] == "MISS"
+    assert b.headers["X-Cache"] == "HIT"
+    assert fake_a.calls == [("u1", 10)]
+    assert fake_b.calls == []
+    assert b.get_json() == a.get_json()
+    assert b.headers["X-Recommendation-Id"] == "rid-u1"
+
+
+def test_users_do_not_share_redis_entries(make_app: Callable[..., Flask], redis_url: str,
+                                          redis_client: redis.Redis) -> None:
+    fake = FakeRecommender({"u1": ["1000"], "u2": ["1037"]})
+    app = make_app({"recommender": fake}, cache_redis_url=redis_url)
+
+    one, two = get(app, user_id="u1"), get(app, user_id="u2")
+
+    assert one.headers["X-Cache"] == two.headers["X-Cache"] == "MISS"
+    assert fake.calls == [("u1", 10), ("u2", 10)]
+    assert len(answer_keys(redis_client)) == 2
+
+
+def test_redis_keys_hold_no_user_id(make_app: Callable[..., Flask], redis_url: str, redis_client: redis.Redis,
+                                    unique: str) -> None:
+    user_id = f"alice.{unique}@example.com"
+    fake = FakeRecommender({user_id: ["1000"]})
+    app = make_app({"recommender": fake}, cache_redis_url=redis_url)
+
+    assert get(app, user_id=user_id).status_code == 200
+
+    keys = [k.decode("utf-8", "replace") for k in redis_client.scan_iter(count=1000)]
+    assert full_key(app, fake.key, user_id) in keys
+    for key in keys:
+        for clear in (user_id, unique, "alice", urlencode({"u": user_id})[2:]):
+            assert clear not in key
+
+
+def test_redis_entry_expires(make_app: Callable[..., Flask], redis_url: str, redis_client: redis.Redis) -> None:
+    fake = FakeRecommender({"u1": ["1000"]})
+    app = make_app({"recommender": fake}, cache_redis_url=redis_url, cache_ttl_seconds=60, cache_stale_seconds=0)
+
+    resp = get(app, user_id="u1")
+
+    ttl = redis_client.ttl(full_key(app, fake.key, "u1"))
+    assert 0 < ttl <= 60
+    assert resp.headers["Cache-Control"] == "private, max-age=60"
+
+
+def test_redis_entry_outlives_ttl_only_for_the_stale_window(
+    make_app: Callable[..., Flask], redis_url: str, redis_client: redis.Redis
+) -> None:
+    """With stale-if-error on, the key lives cache_stale_seconds (never forever), served fresh only for the TTL."""
+    fake = FakeRecommender({"u1": ["1000"]})
+    app = make_app({"recommender": fake}, cache_redis_url=redis_url, cache_ttl_seconds=60, cache_stale_seconds=3600)
+
+    resp = get(app, user_id="u1")
+
+    ttl = redis_client.ttl(full_key(app, fake.key, "u1"))
+    assert 60 < ttl <= 3600
+    assert resp.headers["Cache-Control"] == "private, max-age=60"
+
+
+def test_redis_down_serves_without_cache_and_logs_once(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeRecommender({"u1": ["1000", "1037"]})
+    app = make_app({"recommender": fake}, cache_redis_url=DOWN_REDIS_URL)
+    client = app.test_client()
+
+    with caplog.at_level(logging.WARNING):
+        started = time.monotonic()
+        responses = [client.get("/recommendations", query_string="user_id=u1") for _ in range(5)]
+        elapsed = time.monotonic() - started
+
+    for resp in responses:
+        assert resp.status_code == 200
+        assert resp.headers["X-Cache"] == "MISS"
+        assert resp.headers["X-Recommendations-Source"] == "fake"
+        assert [item["id"] for item in resp.get_json()][:2] == ["1000", "1037"]
+    assert fake.calls == [("u1", 10)] * 5
+    cache_errors = [r for r in caplog.records if r.name == "app.cache" and r.levelno >= logging.ERROR]
+    assert len(cache_errors) == 1, [r.getMessage() for r in cache_errors]
+    assert "answer cache failing" in cache_errors[0].getMessage()
+    assert elapsed < 5  # a refused connection costs milliseconds, not socket timeouts
+
+
+def test_redis_down_readyz_and_healthz_still_answer(make_app: Callable[..., Flask]) -> None:
+    app = make_app({"recommender": FakeRecommender()}, cache_redis_url=DOWN_REDIS_URL)
+    client = app.test_client()
+
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+def _stale_class_pickle() -> bytes:
+    """An answer pickled by a build whose class has since been renamed (what a deploy can leave in Redis)."""
+    data = pickle.dumps(CachedAnswer(Recommendation(["1037"]), time.time()))
+    assert b"CachedAnswer" in data
+    return b"!" + data.replace(b"CachedAnswer", b"CachedAnswex")
+
+
+REDIS_GARBAGE = [
+    pytest.param(b"", id="empty"),
+    pytest.param(b"garbage", id="not-pickled"),
+    pytest.param(b"12", id="an-integer"),
+    pytest.param(b"!garbage", id="bad-pickle"),
+    pytest.param(b"!\x80\x05", id="truncated-pickle"),
+    pytest.param(b"!" + pickle.dumps({"item_ids": ["1037"]}), id="wrong-type"),
+    pytest.param(b"!" + pickle.dumps(Recommendation(["1037"])), id="bare-recommendation"),
+    pytest.param(
+        b"!cnosuchmodule\nAnswer\n.",
+        id="missing-module",
+    ),
+    pytest.param(
+        _stale_class_pickle(),
+        id="stale-class",
+    ),
+]
+
+
+@pytest.mark.parametrize("garbage", REDIS_GARBAGE)
+def test_garbage_under_the_key_is_a_miss(
+    make_app: Callable[..., Flask], redis_url: str, redis_client: redis.Redis, garbage: bytes
+) -> None:
+    fake = FakeRecommender({"u1": ["1000", "1074"]})
+    app = make_app({"recommender": fake}, cache_redis_url=redis_url)
+    first = get(app, user_id="u1")
+    key = full_key(app, fake.key, "u1")
+    assert redis_client.exists(key)  # the key computed here is the one the app wrote
+    redis_client.set(key, garbage, ex=60)
+
+    resp = get(app, user_id="u1")
+
+    assert resp.status_code == 200
+    assert resp.headers["X-Cache"] == "MISS"
+    assert resp.get_json() == first.get_json()
+    assert len(fake.calls) == 2
+    # The fresh answer replaced the garbage.
+    assert get(app, user_id="u1").headers["X-Cache"] == "HIT"
+    assert len(fake.calls) == 2
+
+
+def test_hit_max_age_never_exceeds_ttl_when_another_hosts_clock_runs_ahead(
+    make_app: Callable[..., Flask], redis_url: str, redis_client: redis.Redis
+) -> None:
+    fake = FakeRecommender({"u1": ["1000"]})
+    app = make_app({"recommender": fake}, cache_redis_url=redis_url, cache_ttl_seconds=60)
+    # Host B (clock 30 s ahead) stored the answer; this host reads it from the shared Redis.
+    written_by_b = CachedAnswer(Recommendation(["1037"], recommendation_id="rid-b"), time.time() + 30)
+    redis_client.set(full_key(app, fake.key, "u1"), b"!" + pickle.dumps(written_by_b), ex=60)
+
+    resp = get(app, user_id="u1")
+
+    assert resp.headers["X-Cache"] == "HIT"
+    assert fake.calls == []
+    cache_control = resp.headers["Cache-Control"]
+    assert cache_control.startswith("private, max-age=")
+    assert 0 <= int(cache_control.removeprefix("private, max-age=")) <= 60
+
+
+def test_redis_refusing_writes_is_logged_once(
+    make_app: Callable[..., Flask], redis_url: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Reads work, writes fail: a read-only replica after a failover, or maxmemory with noeviction."""
+    fake = FakeRecommender({"u1": ["1000"]})
+    app = make_app({"recommender": fake}, cache_redis_url=redis_url)
+    backend = app.extensions["cache"][cache_extension]
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
+
+    monkeypatch.setattr(backend, "set", refuse)
+    client = app.test_client()
+
+    with caplog.at_level(logging.WARNING):
+        statuses = [client.get("/recommendations", query_string="user_id=u1").status_code for _ in range(5)]
+
+    assert statuses == [200] * 5
+    assert len(fake.calls) == 5
+    cache_logs = [r.getMessage() for r in caplog.records if r.name == "app.cache"]
+    assert len(cache_logs) == 1, cache_logs
