@@ -16,6 +16,17 @@ errorlog = "-"
 control_socket_disable = True
 
 
+def on_starting(server):
+    """Check the settings once, before any worker starts: a mistake stops gunicorn with one sentence."""
+    from app.settings import ConfigError, Settings
+
+    try:
+        Settings.from_env()
+    except ConfigError as exc:
+        server.log.error("Cannot start: %s", exc)
+        sys.exit(2)
+
+
 def post_worker_init(worker):
     """Load the catalog before the worker takes requests; a worker that cannot load it stops gunicorn."""
     from app import warm_up

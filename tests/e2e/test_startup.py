@@ -1,0 +1,82 @@
+"""Starting `gunicorn wsgi:app` with a broken configuration: it must stop at once and say why."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import csv
+
+
+from tests.conftest import SAMPLE_CATALOG
+from tests.e2e.conftest import free_port, get, run_gunicorn_to_exit, service_env, start_gunicorn
+from tests.standin.personalize import StandinHandle
+
+QUICKLY = 15.0  # seconds; a refused configuration must not leave gunicorn respawning workers
+
+
+def test_no_recommendation_source_stops_gunicorn_naming_both_variables(standin: StandinHandle,
+                                                                        tmp_path: Path) -> None:
+    env = service_env(standin.url, free_port(), PERSONALIZE_CAMPAIGN_ARN=None, RECOMMENDATIONS_URI=None)
+
+    code, output, elapsed = run_gunicorn_to_exit(env, tmp_path / "gunicorn.log")
+
+    assert code != 0, output
+    assert elapsed < QUICKLY
+    sentences = re.split(r"(?<=[.:])\s+|\n", output)
+    assert any("PERSONALIZE_CAMPAIGN_ARN" in s and "RECOMMENDATIONS_URI" in s for s in sentences), output
+    assert standin.calls()["total"] == 0
+
+
+def test_a_missing_catalog_file_stops_gunicorn(standin: StandinHandle, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-catalog.csv"
+    env = service_env(standin.url, free_port(), CATALOG_URI=str(missing))
+
+    code, output, elapsed = run_gunicorn_to_exit(env, tmp_path / "gunicorn.log")
+
+    assert code != 0, output
+    assert elapsed < QUICKLY
+    assert "exited with code 3" in output  # gunicorn.conf.py's post_worker_init: WORKER_BOOT_ERROR
+    assert re.search(rf"Cannot start: .*{re.escape(str(missing))}", output), output
+
+
+def test_sigterm_stops_a_serving_gunicorn_cleanly(standin: StandinHandle, tmp_path: Path) -> None:
+    server = start_gunicorn(service_env(standin.url, free_port(), CACHE_REDIS_URL=None,
+                                        CACHE_DIR=str(tmp_path / "cache")), tmp_path / "gunicorn.log")
+    try:
+        server.wait_ready(workers=1)
+    finally:
+        code = server.stop()
+
+    assert code == 0, server.output()
+    assert "Shutting down: Master" in server.output()
+
+
+def test_personalize_not_found_without_a_fallback_is_a_json_error(standin: StandinHandle, tmp_path: Path) -> None:
+    """With no popularity column, no batch file and no POPULAR_ITEMS_URI, nothing can answer for Personalize."""
+    catalog = tmp_path / "catalog-without-ranks.csv"
+    with SAMPLE_CATALOG.open(newline="", encoding="utf-8-sig") as src, catalog.open("w", newline="") as dst:
+        reader = csv.DictReader(src)
+        columns = [c for c in reader.fieldnames or () if c.upper() not in ("POPULARITY_RANK", "RANK", "POPULARITY")]
+        writer = csv.DictWriter(dst, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(reader)
+    env = service_env(standin.url, free_port(), CATALOG_URI=str(catalog), WEB_CONCURRENCY="1",
+                      CACHE_REDIS_URL=None, CACHE_DIR=str(tmp_path / "cache"))
+    server = start_gunicorn(env, tmp_path / "gunicorn.log")
+    try:
+        server.wait_ready(workers=1)
+        standin.reset()
+        standin.set_fault("not_found")
+        response = get(server.url + "/recommendations", {"user_id": "gina", "num_results": 3})
+    finally:
+        standin.reset()
+        server.stop()
+
+    assert response.headers["Content-Type"] == "application/json"
+    assert "Traceback" not in response.text and "<html" not in response.text.lower()
+    error = response.json()["error"]
+    assert response.status_code == error["status"]
+    assert response.status_code in (502, 503), response.text
+    assert error["code"] in ("recommender_not_found", "no_recommendations")
+    assert "PERSONALIZE_CAMPAIGN_ARN" in error["message"]
+    assert response.headers["Cache-Control"] == "no-store"
