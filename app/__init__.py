@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,6 +21,7 @@ from .settings import ConfigError, Settings
 from .singleflight import SingleFlight
 from .sources import Reloadable, SourceError, open_source
 from .upstream import GuardedRecommender
+from .views import bp
 
 __all__ = ["ConfigError", "create_app", "warm_up"]
 
@@ -33,7 +33,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     (callables returning boto3 clients). Nothing here does network I/O; see warm_up().
     """
     settings = _settings(config)
-    configure_logging()
+    configure_logging(settings.log_level)
     app = Flask(__name__)
     app.config.update(SETTINGS=settings, DEFAULT_NUM_RESULTS=settings.default_num_results, JSON_SORT_KEYS=False)
 
@@ -64,8 +64,6 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
                             s3_client_factory, "popular items"),
     )
 
-    from .views import bp
-
     app.register_blueprint(bp)
     register_error_handlers(app)
     return app
@@ -82,10 +80,10 @@ def warm_up(app: Flask) -> None:
         service.popular.load()
 
 
-def configure_logging() -> None:
-    """Send the service's logs to stderr at LOG_LEVEL (INFO), unless logging is already set up."""
+def configure_logging(level: str) -> None:
+    """Send the service's logs to stderr at the given level, unless logging is already set up."""
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        level=level,
         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
     )
 

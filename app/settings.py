@@ -13,6 +13,7 @@ ARN_PATTERN = re.compile(
     r"^arn:aws[a-z-]*:personalize:(?P<region>[a-z0-9-]+):\d{12}:(?P<kind>campaign|recommender)/[A-Za-z0-9_.-]+$"
 )
 MAX_NUM_RESULTS = 100
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(Exception):
@@ -24,21 +25,13 @@ def _text(raw: Any) -> str | None:
     return (str(raw).strip() or None) if raw is not None else None
 
 
-def _integer(name: str, raw: str, low: int, high: int) -> int:
+def _bounded(name: str, raw: str, kind: type[int] | type[float], low: float, high: float) -> float:
+    """Convert raw to kind (int or float) and check it lies in [low, high]."""
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, got {value}.")
-    return value
-
-
-def _number(name: str, raw: str, low: float, high: float) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}.") from None
+        article = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {article}, got {raw!r}.") from None
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}.")
     return value
@@ -67,6 +60,7 @@ class Settings:
     popular_items_uri: str | None = None
     breaker_failure_threshold: int = 5
     breaker_recovery_seconds: float = 30.0
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,34 +106,38 @@ class Settings:
             # A campaign lives in the region its ARN names; any other region can only answer "not found".
             region = match.group("region")
 
-        def conv(name: str, kind: str, low: float, high: float) -> Any:
+        defaults = {f.name: f for f in fields(cls)}
+
+        def conv(name: str, low: float, high: float) -> Any:
             value = raw.get(name)
             if value is None:
-                return next(f.default for f in fields(cls) if f.name == name)
-            convert = _integer if kind == "int" else _number
-            return convert(name.upper(), str(value), low, high)  # type: ignore[arg-type]
+                return defaults[name].default
+            return _bounded(name.upper(), str(value), int if defaults[name].type == "int" else float, low, high)
 
         settings = cls(
             catalog_uri=catalog_uri,
             personalize_campaign_arn=arn,
             recommendations_uri=batch_uri,
             aws_region=region,
-            default_num_results=conv("default_num_results", "int", 1, MAX_NUM_RESULTS),
-            cache_ttl_seconds=conv("cache_ttl_seconds", "int", 1, 7 * 24 * 3600),
+            default_num_results=conv("default_num_results", 1, MAX_NUM_RESULTS),
+            cache_ttl_seconds=conv("cache_ttl_seconds", 1, 7 * 24 * 3600),
             cache_redis_url=_text(raw.get("cache_redis_url")),
-            cache_threshold=conv("cache_threshold", "int", 0, 10**9),
-            catalog_refresh_seconds=conv("catalog_refresh_seconds", "float", 0.1, 86400),
-            personalize_connect_timeout=conv("personalize_connect_timeout", "float", 0.01, 10),
-            personalize_read_timeout=conv("personalize_read_timeout", "float", 0.01, 10),
-            personalize_max_attempts=conv("personalize_max_attempts", "int", 1, 5),
-            personalize_max_concurrency=conv("personalize_max_concurrency", "int", 1, 1000),
-            request_budget_ms=conv("request_budget_ms", "int", 50, 1900),
-            cache_stale_seconds=conv("cache_stale_seconds", "int", 0, 30 * 86400),
+            cache_threshold=conv("cache_threshold", 0, 10**9),
+            catalog_refresh_seconds=conv("catalog_refresh_seconds", 0.1, 86400),
+            personalize_connect_timeout=conv("personalize_connect_timeout", 0.01, 10),
+            personalize_read_timeout=conv("personalize_read_timeout", 0.01, 10),
+            personalize_max_attempts=conv("personalize_max_attempts", 1, 5),
+            personalize_max_concurrency=conv("personalize_max_concurrency", 1, 1000),
+            request_budget_ms=conv("request_budget_ms", 50, 1900),
+            cache_stale_seconds=conv("cache_stale_seconds", 0, 30 * 86400),
             popular_items_uri=_text(raw.get("popular_items_uri")),
-            breaker_failure_threshold=conv("breaker_failure_threshold", "int", 1, 10_000),
-            breaker_recovery_seconds=conv("breaker_recovery_seconds", "float", 0.1, 3600),
+            breaker_failure_threshold=conv("breaker_failure_threshold", 1, 10_000),
+            breaker_recovery_seconds=conv("breaker_recovery_seconds", 0.1, 3600),
+            log_level=(_text(raw.get("log_level")) or "INFO").upper(),
             **({"cache_dir": str(raw["cache_dir"])} if raw.get("cache_dir") else {}),
         )
+        if settings.log_level not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}.")
         if settings.cache_redis_url and not settings.cache_redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(
                 f"CACHE_REDIS_URL must start with redis://, rediss:// or unix://, got {settings.cache_redis_url!r}."
