@@ -214,20 +214,13 @@ def _price(value: Any) -> tuple[float | int | None, str | None]:
 
 def parse_item_list(data: bytes, fmt: str, uri: str) -> list[str]:
     """Parse a popular-items list, most popular first: a JSON array of ids, or rows with an item id column."""
-    if fmt == "json":
-        try:
-            document = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise SourceError(f"{uri}: not valid JSON ({exc}).") from exc
-        if isinstance(document, list) and all(isinstance(i, (str, int)) for i in document):
-            return _unique_ids(str(i) for i in document)
-    ids = []
+    ids: list[str] = []
     for _, row in _rows(data, fmt, uri):
         if isinstance(row, Mapping):
-            item_id = _cell(row, _match_columns(row.keys())["id"])
-            if item_id:
-                ids.append(item_id)
-    if not ids:
+            ids.append(_cell(row, _match_columns(row.keys())["id"]) or "")
+        elif isinstance(row, (str, int)) and not isinstance(row, bool):
+            ids.append(str(row).strip())
+    if not any(ids):
         raise SourceError(f"{uri}: no item ids found (expected an {'/'.join(ALIASES['id'])} column or a JSON array).")
     return _unique_ids(ids)
 

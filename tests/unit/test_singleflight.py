@@ -1,0 +1,418 @@
+"""app/singleflight.py: one fetch per key, within a process (events) and across workers (a Redis lock)."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+from cachelib import SimpleCache
+
+from app import singleflight
+from app.cache import AnswerCache, CachedAnswer
+from app.errors import UpstreamError
+from app.recommendation import Recommendation
+from app.singleflight import SingleFlight
+from tests.conftest import FakeRecommender
+
+KEY = "recs:v1:test-key"
+WAIT = 5.0  # upper bound on any wait for another thread; never reached when the code works
+
+
+class Waiters:
+    """Counts callers waiting on another caller's flight (see counted_flights)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = threading.Condition()
+
+    def arrived(self) -> None:
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 2.0) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.count >= count, timeout)
+
+
+@pytest.fixture
+def waiters(monkeypatch: pytest.MonkeyPatch) -> Waiters:
+    """Make each flight's event report the callers that start waiting on it, so a leader can hold its
+    fetch until every other caller has joined the flight (no race with late threads, no sleeps)."""
+    counter = Waiters()
+
+    class CountingEvent(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            counter.arrived()
+            return super().wait(timeout)
+
+    @dataclass
+    class CountedFlight(singleflight._Flight):
+        done: threading.Event = field(default_factory=CountingEvent)
+
+    monkeypatch.setattr(singleflight, "_Flight", CountedFlight)
+    return counter
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+class Fetches:
+    """A fetch function factory that counts calls and can wait for a condition before answering."""
+
+    def __init__(self, answer: Recommendation | None = None, error: BaseException | None = None,
+                 before: Callable[[], None] | None = None, cache: AnswerCache | None = None,
+                 key: str = KEY) -> None:
+        self.answer = answer or Recommendation(["1000", "1037"], "rid-1")
+        self.error = error
+        self.before = before
+        self.cache = cache
+        self.key = key
+        self.calls: list[str] = []
+        self.remaining: list[float] = []
+        self._lock = threading.Lock()
+
+    def for_(self, who: str) -> Callable[[float], Recommendation]:
+        def fetch(remaining: float) -> Recommendation:
+            with self._lock:
+                self.calls.append(who)
+                self.remaining.append(remaining)
+            if self.before is not None:
+                self.before()
+            if self.error is not None:
+                raise self.error
+            answer = Recommendation(self.answer.item_ids, f"{self.answer.recommendation_id}-{who}")
+            if self.cache is not None:
+                self.cache.put(self.key, answer)  # as RecommendationService._fetch does
+            return answer
+
+        return fetch
+
+
+def concurrently(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Start all calls at the same moment (a barrier) and return each one's result or exception."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], Any]) -> Any:
+        barrier.wait(WAIT)
+        try:
+            return call()
+        except BaseException as exc:  # noqa: BLE001 - returned for the test to inspect
+            return exc
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(run, call) for call in calls]
+        return [future.result(timeout=3 * WAIT) for future in futures]
+
+
+def memory_cache() -> AnswerCache:
+    return AnswerCache(SimpleCache(), ttl=60)
+
+
+def deadline(seconds: float = WAIT) -> float:
+    return time.monotonic() + seconds
+
+
+# --------------------------------------------------------------------------------------------------
+# within one process
+
+
+def test_concurrent_callers_for_one_key_share_one_fetch(waiters: Waiters) -> None:
+    fetches = Fetches(before=lambda: waiters.wait_for(19))
+    flights = SingleFlight(memory_cache())
+
+    results = concurrently([lambda: flights.run(KEY, fetches.for_("w"), deadline())] * 20)
+
+    assert len(fetches.calls) == 1
+    assert all(isinstance(r, Recommendation) for r in results), results
+    assert all(r is results[0] for r in results)
+    assert results[0] == Recommendation(["1000", "1037"], "rid-1-w")
+
+
+def test_different_keys_fetch_separately_and_at_the_same_time() -> None:
+    started = {"a": threading.Event(), "b": threading.Event()}
+    overlapped: dict[str, bool] = {}
+
+    def fetch_for(key: str, other: str) -> Callable[[float], Recommendation]:
+        def fetch(remaining: float) -> Recommendation:
+            started[key].set()
+            overlapped[key] = started[other].wait(WAIT)  # a global lock would deadlock here until WAIT
+            return Recommendation([key])
+
+        return fetch
+
+    flights = SingleFlight(memory_cache())
+    results = concurrently([
+        lambda: flights.run("a", fetch_for("a", "b"), deadline()),
+        lambda: flights.run("b", fetch_for("b", "a"), deadline()),
+    ])
+
+    assert results == [Recommendation(["a"]), Recommendation(["b"])]
+    assert overlapped == {"a": True, "b": True}
+
+
+@pytest.mark.parametrize(
+    "error", [UpstreamError("throttled", code="upstream_throttled", status=503), RuntimeError("bug")],
+    ids=["upstream", "crash"],
+)
+def test_the_leaders_error_reaches_every_waiter(waiters: Waiters, error: Exception) -> None:
+    fetches = Fetches(error=error, before=lambda: waiters.wait_for(9))
+    flights = SingleFlight(memory_cache())
+
+    results = concurrently([lambda: flights.run(KEY, fetches.for_("w"), deadline())] * 10)
+
+    assert len(fetches.calls) == 1
+    assert all(r is error for r in results), results
+
+
+def test_waiters_give_up_at_their_deadline(release: threading.Event) -> None:
+    leader_started = threading.Event()
+
+    def slow_fetch(remaining: float) -> Recommendation:
+        leader_started.set()
+        release.wait(WAIT)
+        return Recommendation(["1000"])
+
+    flights = SingleFlight(memory_cache())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        leader = pool.submit(flights.run, KEY, slow_fetch, deadline())
+        assert leader_started.wait(WAIT)
+
+        started = time.monotonic()
+        with pytest.raises(UpstreamError) as info:
+            flights.run(KEY, Fetches().for_("waiter"), started + 0.2)
+        elapsed = time.monotonic() - started
+
+        assert (info.value.code, info.value.status) == ("upstream_timeout", 504)
+        assert 0.2 - 0.02 <= elapsed < 0.2 + 0.5
+        release.set()
+        assert leader.result(timeout=WAIT) == Recommendation(["1000"])
+
+
+def test_a_waiter_past_its_deadline_fails_at_once(release: threading.Event) -> None:
+    leader_started = threading.Event()
+
+    def slow_fetch(remaining: float) -> Recommendation:
+        leader_started.set()
+        release.wait(WAIT)
+        return Recommendation(["1000"])
+
+    flights = SingleFlight(memory_cache())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        leader = pool.submit(flights.run, KEY, slow_fetch, deadline())
+        assert leader_started.wait(WAIT)
+        started = time.monotonic()
+        with pytest.raises(UpstreamError, match="budget"):
+            flights.run(KEY, Fetches().for_("waiter"), started - 1)
+        assert time.monotonic() - started < 0.5
+        release.set()
+        leader.result(timeout=WAIT)
+
+
+def test_the_fetch_is_given_the_seconds_left() -> None:
+    fetches = Fetches()
+    SingleFlight(memory_cache()).run(KEY, fetches.for_("w"), time.monotonic() + 0.8)
+    assert 0.5 < fetches.remaining[0] <= 0.8
+
+
+def test_the_flight_is_forgotten_after_it_lands() -> None:
+    fetches = Fetches()
+    flights = SingleFlight(memory_cache())
+
+    first = flights.run(KEY, fetches.for_("first"), deadline())
+    second = flights.run(KEY, fetches.for_("second"), deadline())
+
+    assert fetches.calls == ["first", "second"]
+    assert (first.recommendation_id, second.recommendation_id) == ("rid-1-first", "rid-1-second")
+
+
+def test_the_flight_is_forgotten_after_it_fails() -> None:
+    failing = Fetches(error=UpstreamError("down"))
+    flights = SingleFlight(memory_cache())
+    with pytest.raises(UpstreamError):
+        flights.run(KEY, failing.for_("first"), deadline())
+
+    working = Fetches()
+    assert flights.run(KEY, working.for_("second"), deadline()).item_ids == ["1000", "1037"]
+    assert working.calls == ["second"]
+
+
+# --------------------------------------------------------------------------------------------------
+# across workers, with the real Redis
+
+
+class PolledCache(AnswerCache):
+    """The shared answer cache; `polled` is set once a follower worker reads it while waiting."""
+
+    def __init__(self, backend: Any, ttl: int) -> None:
+        super().__init__(backend, ttl)
+        self.polled = threading.Event()
+
+    def get(self, key: str) -> CachedAnswer | None:
+        self.polled.set()  # only SingleFlight's follower reads the cache in these tests
+        return super().get(key)
+
+
+@pytest.fixture
+def redis_cache(make_app: Callable[..., Any], redis_url: str) -> PolledCache:
+    """An AnswerCache on flask-caching's RedisCache, configured as app/cache.py configures it."""
+    app = make_app({"recommender": FakeRecommender()}, cache_redis_url=redis_url)
+    service = app.extensions["recommendations"]
+    return PolledCache(service.cache.backend, service.cache.ttl)
+
+
+@pytest.fixture
+def lock_clients(redis_url: str) -> Iterator[Callable[[], redis.Redis]]:
+    """Build Redis clients like app._lock_client does (one per simulated worker); closed at teardown."""
+    made: list[redis.Redis] = []
+
+    def build() -> redis.Redis:
+        client = redis.Redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
+        made.append(client)
+        return client
+
+    yield build
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def test_two_workers_times_ten_threads_fetch_once(
+    waiters: Waiters, redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis], redis_client: redis.Redis
+) -> None:
+    def hold_until_everyone_waits() -> None:
+        # 9 waiters per worker, and the other worker's leader polling the cache for the answer.
+        assert waiters.wait_for(18)
+        assert redis_cache.polled.wait(WAIT)
+
+    fetches = Fetches(before=hold_until_everyone_waits, cache=redis_cache)
+    workers = {"A": SingleFlight(redis_cache, lock_clients()), "B": SingleFlight(redis_cache, lock_clients())}
+
+    calls = [lambda w=w: workers[w].run(KEY, fetches.for_(w), deadline()) for w in ("A", "B") for _ in range(10)]
+    results = concurrently(calls)
+
+    assert len(fetches.calls) == 1, fetches.calls
+    leader = fetches.calls[0]
+    # Every thread of both workers got the leader's answer: the follower worker read it from the cache.
+    assert results == [Recommendation(["1000", "1037"], f"rid-1-{leader}")] * 20
+    assert redis_client.exists(f"{KEY}:lock") == 0  # released once the answer landed
+
+
+def test_the_follower_worker_returns_the_answer_the_leader_cached(
+    redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis]
+) -> None:
+    fetches = Fetches(before=lambda: redis_cache.polled.wait(WAIT), cache=redis_cache)
+    worker_a, worker_b = SingleFlight(redis_cache, lock_clients()), SingleFlight(redis_cache, lock_clients())
+
+    results = concurrently([lambda: worker_a.run(KEY, fetches.for_("A"), deadline()),
+                            lambda: worker_b.run(KEY, fetches.for_("B"), deadline())])
+
+    assert len(fetches.calls) == 1
+    expected = Recommendation(["1000", "1037"], f"rid-1-{fetches.calls[0]}")
+    assert results == [expected, expected]
+    cached = redis_cache.get(KEY)
+    assert cached is not None and cached.recommendation == expected
+
+
+def test_when_the_leader_worker_fails_followers_fail_promptly(
+    waiters: Waiters, redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis], redis_client: redis.Redis
+) -> None:
+    def fail_once_everyone_waits() -> None:
+        assert waiters.wait_for(6)
+        assert redis_cache.polled.wait(WAIT)
+
+    error = UpstreamError("throttled", code="upstream_throttled", status=503)
+    fetches = Fetches(error=error, before=fail_once_everyone_waits, cache=redis_cache)
+    workers = {"A": SingleFlight(redis_cache, lock_clients()), "B": SingleFlight(redis_cache, lock_clients())}
+
+    started = time.monotonic()
+    results = concurrently(
+        [lambda w=w: workers[w].run(KEY, fetches.for_(w), started + WAIT) for w in ("A", "B") for _ in range(4)]
+    )
+    elapsed = time.monotonic() - started
+
+    assert len(fetches.calls) == 1
+    assert all(isinstance(r, UpstreamError) for r in results), results
+    leader = fetches.calls[0]
+    leader_results = results[:4] if leader == "A" else results[4:]
+    follower_results = results[4:] if leader == "A" else results[:4]
+    assert all(r is error for r in leader_results)
+    assert all(r.code != "upstream_timeout" for r in follower_results)
+    assert elapsed < 2.0  # well before the 5 s deadline
+    assert redis_client.exists(f"{KEY}:lock") == 0
+
+
+def test_the_lock_expires_within_the_budget(
+    redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis], redis_client: redis.Redis
+) -> None:
+    ttls: list[int] = []
+
+    def record_ttl() -> None:
+        ttls.append(redis_client.pttl(f"{KEY}:lock"))
+
+    fetches = Fetches(before=record_ttl, cache=redis_cache)
+    SingleFlight(redis_cache, lock_clients()).run(KEY, fetches.for_("A"), time.monotonic() + 0.8)
+
+    assert len(ttls) == 1
+    assert 0 < ttls[0] <= 800  # a worker that dies holding it blocks others for one budget at most
+    assert redis_client.exists(f"{KEY}:lock") == 0
+
+
+def test_a_lock_left_by_a_dead_worker_only_costs_one_budget(
+    redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis], redis_client: redis.Redis
+) -> None:
+    redis_client.set(f"{KEY}:lock", b"dead-worker", px=300)  # taken, never released
+    fetches = Fetches(cache=redis_cache)
+    flights = SingleFlight(redis_cache, lock_clients())
+
+    started = time.monotonic()
+    with pytest.raises(UpstreamError):
+        flights.run(KEY, fetches.for_("A"), started + 2.0)
+    assert time.monotonic() - started < 1.0  # gave up when the lock expired, not at the deadline
+    assert fetches.calls == []
+
+    # The lock is gone: the next request fetches.
+    assert flights.run(KEY, fetches.for_("A"), deadline()).item_ids == ["1000", "1037"]
+    assert fetches.calls == ["A"]
+
+
+def test_with_redis_down_the_fetch_still_runs() -> None:
+    dead = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.2, socket_connect_timeout=0.2)
+    try:
+        fetches = Fetches()
+        flights = SingleFlight(memory_cache(), dead)
+        started = time.monotonic()
+        result = flights.run(KEY, fetches.for_("A"), deadline())
+        assert time.monotonic() - started < 1.0
+    finally:
+        dead.close()
+
+    assert result == Recommendation(["1000", "1037"], "rid-1-A")
+    assert fetches.calls == ["A"]
+
+
+def test_a_request_is_served_when_the_redis_cache_and_lock_are_down(make_app: Callable[..., Any]) -> None:
+    fake = FakeRecommender({"u1": ["1000", "1037"]})
+    app = make_app({"recommender": fake}, cache_redis_url="redis://127.0.0.1:1/0")
+
+    response = app.test_client().get("/recommendations?user_id=u1&num_results=2")
+
+    assert response.status_code == 200
+    assert [item["id"] for item in response.get_json()] == ["1000", "1037"]
+    assert response.headers["X-Recommendations-Source"] == "fake"
+    assert fake.calls == [("u1", 2)]
