@@ -61,7 +61,8 @@ class PersonalizeRecommender:
         return self._client
 
     def check_ready(self) -> None:
-        """Nothing to load: Personalize is only called per request."""
+        """Build the client now (no network call), so a worker's first requests do not pay for it."""
+        _ = self.client
 
     def recommend(self, user_id: str, num_results: int) -> Recommendation:
         """Return Personalize's item ids for the user, in Personalize's order."""

@@ -81,11 +81,11 @@ class SingleFlight:
             acquired = lock.acquire()
         except RedisError as exc:
             log.debug("single-flight lock unavailable, fetching without it: %s", exc)
-            return fetch(remaining)
+            return fetch(deadline - time.monotonic())
         if not acquired:
             return self._wait_for_answer(key, lock, deadline)
         try:
-            return fetch(remaining)
+            return fetch(deadline - time.monotonic())  # taking the lock spent part of the budget
         finally:
             try:
                 lock.release()

@@ -256,3 +256,31 @@ def get(url: str, params: Mapping[str, Any] | None = None, request_id: str | Non
     if request_id:
         headers["X-E2E-Request"] = request_id
     return requests.get(url, params=params, headers=headers, timeout=timeout)
+
+
+@pytest.fixture
+def gunicorn_factory(standin: StandinHandle, redis_client: redis.Redis,
+                     tmp_path: Path) -> Iterator[Any]:
+    """Start a `gunicorn wsgi:app` of the test's own with service_env overrides; stopped after the test.
+
+    Like `server`, it starts from an empty answer cache (Redis db 14) and a healthy stand-in with no calls.
+    Call it as `gunicorn_factory(REQUEST_BUDGET_MS="500", ...)`; it returns the ready Gunicorn.
+    """
+    started: list[Gunicorn] = []
+
+    def start(**overrides: str | None) -> Gunicorn:
+        redis_client.flushdb()
+        standin.reset()
+        workers = int(overrides.get("WEB_CONCURRENCY") or WORKERS)
+        server = start_gunicorn(service_env(standin.url, free_port(), **overrides),
+                                tmp_path / f"gunicorn-{len(started)}.log")
+        started.append(server)
+        server.wait_ready(workers=workers)
+        return server
+
+    try:
+        yield start
+    finally:
+        standin.reset()  # wake requests hanging in the stand-in before stopping gunicorn
+        for server in started:
+            server.stop()

@@ -258,7 +258,7 @@ def test_max_attempts_is_the_total_number_of_attempts(monkeypatch: pytest.Monkey
     assert len(sent) == max_attempts
 
 
-def test_client_is_built_lazily_and_once(runtime: tuple[Any, Stubber]) -> None:
+def test_client_is_built_once_not_at_construction(runtime: tuple[Any, Stubber]) -> None:
     client, stubber = runtime
     built: list[Any] = []
 
@@ -267,8 +267,9 @@ def test_client_is_built_lazily_and_once(runtime: tuple[Any, Stubber]) -> None:
         return client
 
     recommender = PersonalizeRecommender(CAMPAIGN_ARN, factory)
-    recommender.check_ready()
-    assert built == []  # nothing is built before the first call
+    assert built == []  # not at construction (create_app runs before gunicorn forks)
+    recommender.check_ready()  # warm_up builds it in the worker, before the first request
+    assert built == [client]
     for user in ("u1", "u2", "u3"):
         stubber.add_response("get_recommendations", {"itemList": [{"itemId": user}]},
                              expected_params={"campaignArn": CAMPAIGN_ARN, "userId": user, "numResults": 1})
