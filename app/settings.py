@@ -54,7 +54,7 @@ class Settings:
     personalize_connect_timeout: float = 0.3
     personalize_read_timeout: float = 0.5
     personalize_max_attempts: int = 2
-    personalize_max_concurrency: int = 4
+    personalize_max_concurrency: int = 8
     request_budget_ms: int = 800
     cache_stale_seconds: int = 86_400
     popular_items_uri: str | None = None
