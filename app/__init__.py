@@ -8,14 +8,18 @@ from typing import Any
 
 import redis
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
+from .auth import build_guard
 from .batch import BatchRecommender, parse_batch_output
 from .cache import AnswerCache, cache_config
 from .catalog import parse_catalog, parse_item_list
 from .errors import register_error_handlers
 from .extensions import cache
+from .presentation import Presenter
 from .personalize import PersonalizeRecommender, client_config
 from .recommendation import Recommender
+from .schemas import QueryParser
 from .service import RecommendationService
 from .settings import ConfigError, Settings
 from .singleflight import SingleFlight
@@ -35,7 +39,10 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     settings = _settings(config)
     configure_logging(settings.log_level)
     app = Flask(__name__)
-    app.config.update(SETTINGS=settings, DEFAULT_NUM_RESULTS=settings.default_num_results, JSON_SORT_KEYS=False)
+    app.config.update(SETTINGS=settings)
+    if settings.trusted_proxies:
+        # Behind a load balancer the caller's address is in X-Forwarded-For; trust only that many hops.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
 
     cache.init_app(
         app,
@@ -43,7 +50,10 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
                             settings.cache_ttl_seconds),
     )
     s3_client_factory: Callable[[], Any] = services.get("s3_client_factory") or _boto3_client_factory("s3", settings)
-    catalog = _reloadable("CATALOG_URI", settings.catalog_uri, parse_catalog, settings, s3_client_factory, "catalog")
+    parse = functools.partial(
+        parse_catalog, extra_fields=settings.catalog_extra_fields, image_base_url=settings.image_base_url
+    )
+    catalog = _reloadable("CATALOG_URI", settings.catalog_uri, parse, settings, s3_client_factory, "catalog")
     assert catalog is not None  # Settings requires CATALOG_URI
     answers = AnswerCache(app.extensions["cache"][cache], settings.cache_ttl_seconds, settings.cache_stale_seconds)
     batch = _batch(settings, s3_client_factory)
@@ -64,6 +74,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
                             s3_client_factory, "popular items"),
     )
 
+    app.extensions["auth_guard"] = build_guard(settings.api_keys, settings.allowed_cidrs)
+    app.extensions["query_parser"] = QueryParser(settings)
+    app.extensions["presenter"] = Presenter(settings.link_query)
     app.register_blueprint(bp)
     register_error_handlers(app)
     return app
@@ -107,7 +120,14 @@ def _personalize(settings: Settings, services: Mapping[str, Any]) -> Recommender
     if not settings.personalize_campaign_arn:
         return None
     factory = services.get("personalize_client_factory") or _boto3_client_factory("personalize-runtime", settings)
-    return PersonalizeRecommender(settings.personalize_campaign_arn, factory)
+    promotion = None
+    if settings.promotion_filter_arn:
+        promotion = {
+            "name": settings.promotion_name,
+            "filterArn": settings.promotion_filter_arn,
+            "percentPromotedItems": settings.promotion_percent,
+        }
+    return PersonalizeRecommender(settings.personalize_campaign_arn, factory, promotion)
 
 
 def _batch(settings: Settings, s3_client_factory: Callable[[], Any]) -> BatchRecommender | None:

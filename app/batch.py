@@ -7,16 +7,17 @@ from typing import Any
 import orjson
 
 from .errors import UnavailableError
-from .recommendation import Recommendation
+from .recommendation import NO_OPTIONS, Options, Recommendation
 from .sources import Reloadable, SourceError
 
 log = logging.getLogger(__name__)
 
-BatchAnswers = dict[str, list[str]]
+# ("user", userId) or ("item", itemId) -> item ids: batch jobs answer users, related-items jobs answer items.
+BatchAnswers = dict[tuple[str, str], list[str]]
 
 
 def parse_batch_output(data: bytes, fmt: str, uri: str) -> BatchAnswers:
-    """Parse JSON lines of {"input": {"userId"}, "output": {"recommendedItems"}, "error"} into items by user."""
+    """Parse JSON lines of {"input": {"userId" or "itemId"}, "output": {"recommendedItems"}, "error"}."""
     if fmt != "jsonl":
         raise SourceError(f"{uri}: batch inference output is JSON lines; name it .jsonl or .json.out (optionally .gz).")
     answers: BatchAnswers = {}
@@ -28,16 +29,18 @@ def parse_batch_output(data: bytes, fmt: str, uri: str) -> BatchAnswers:
             record: Any = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise SourceError(f"{uri}: line {number} is not valid JSON ({exc}).") from exc
-        user_id = _get(record, "input", "userId")
+        user_id, item_id = _get(record, "input", "userId"), _get(record, "input", "itemId")
+        key = ("user", user_id) if isinstance(user_id, str) and user_id else (
+            ("item", item_id) if isinstance(item_id, str) and item_id else None)
         items = _get(record, "output", "recommendedItems")
-        if not isinstance(user_id, str) or not user_id:
-            skipped.append(f"line {number}: no input.userId")
+        if key is None:
+            skipped.append(f"line {number}: no input.userId or input.itemId")
         elif isinstance(record, dict) and record.get("error"):
-            skipped.append(f"line {number}: Personalize reported an error for {user_id!r}")
+            skipped.append(f"line {number}: Personalize reported an error for {key[1]!r}")
         elif not isinstance(items, list):
             skipped.append(f"line {number}: no output.recommendedItems")
         else:
-            answers[user_id] = [str(item) for item in items]
+            answers[key] = [str(item) for item in items]
     if skipped:
         log.warning("batch output %s: %d lines skipped; first: %s", uri, len(skipped), "; ".join(skipped[:10]))
     if not answers:
@@ -51,7 +54,10 @@ def _get(record: Any, outer: str, inner: str) -> Any:
 
 
 class BatchRecommender:
-    """Answer from the batch output held in memory; a user the file lacks gets no items."""
+    """Answer from the batch output held in memory; a user the file lacks gets no items.
+
+    Filters and context cannot apply to precomputed answers and are ignored here.
+    """
 
     name = "batch"
 
@@ -59,9 +65,10 @@ class BatchRecommender:
         self.answers = answers
         self.key = answers.source.uri
 
-    def recommend(self, user_id: str, num_results: int) -> Recommendation:
-        """Return the user's batch items, cut to num_results."""
-        return Recommendation(item_ids=self._current().get(user_id, [])[:num_results])
+    def recommend(self, user_id: str | None, num_results: int, options: Options = NO_OPTIONS) -> Recommendation:
+        """Return the batch items for the related item if one is asked for, else for the user."""
+        key = ("item", options.item_id) if options.item_id else ("user", user_id or "")
+        return Recommendation(item_ids=self._current().get(key, [])[:num_results])
 
     def check_ready(self) -> None:
         """Raise UnavailableError unless the batch output is loaded."""

@@ -6,7 +6,7 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "price": ("price", "item_price"),
     "image": ("image", "image_url", "imageurl", "image_link", "img", "thumbnail"),
 }
+ITEM_FIELDS = tuple(ALIASES)  # the fields every returned item has
 # Optional columns that shape serving without being returned: stock drops items, rank/popularity
 # orders the popular list used as the fallback and to backfill short lists.
 CONTROL_ALIASES: dict[str, tuple[str, ...]] = {
@@ -56,8 +57,14 @@ class Catalog:
         return [items[i] for i in item_ids if i in items]
 
 
-def parse_catalog(data: bytes, fmt: str, uri: str) -> Catalog:
-    """Parse a catalog file, reporting rows that cannot be used instead of silently serving them."""
+def parse_catalog(
+    data: bytes, fmt: str, uri: str, extra_fields: Sequence[str] = (), image_base_url: str | None = None
+) -> Catalog:
+    """Parse a catalog file, reporting rows that cannot be used instead of silently serving them.
+
+    extra_fields names more columns to return with every item; image_base_url makes relative image
+    paths absolute.
+    """
     catalog = Catalog(items={})
     columns: dict[str, str | None] | None = None
     ranking: list[tuple[float, int, str]] = []
@@ -66,7 +73,7 @@ def parse_catalog(data: bytes, fmt: str, uri: str) -> Catalog:
             _report(catalog, f"skipped row {number}: not an object", skipped=True)
             continue
         if columns is None or fmt != "csv":
-            columns = _match_columns(row.keys())
+            columns = _match_columns(row.keys(), extra_fields)
             if columns["id"] is None and fmt == "csv":
                 raise SourceError(
                     f"{uri}: no item id column; expected one of {', '.join(ALIASES['id'])} (any case)."
@@ -79,7 +86,7 @@ def parse_catalog(data: bytes, fmt: str, uri: str) -> Catalog:
             catalog.out_of_stock += 1
             catalog.items.pop(item_id, None)
             continue
-        problem = _add(catalog.items, item_id, row, columns, number)
+        problem = _add(catalog.items, item_id, row, columns, number, extra_fields, image_base_url)
         if problem:
             _report(catalog, problem)
         if (order := _popularity_order(row, columns)) is not None:
@@ -156,26 +163,38 @@ def _jsonl(data: bytes, uri: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
             raise SourceError(f"{uri}: line {number} is not valid JSON ({exc}).") from exc
 
 
-def _match_columns(names: Iterable[Any]) -> dict[str, str | None]:
+def _match_columns(names: Iterable[Any], extra_fields: Sequence[str] = ()) -> dict[str, str | None]:
     lowered = {str(n).strip().lower(): n for n in names if n is not None}
-    return {
-        out: next((lowered[a] for a in aliases if a in lowered), None)
-        for out, aliases in (ALIASES | CONTROL_ALIASES).items()
-    }
+    aliases = ALIASES | CONTROL_ALIASES | {name: (name,) for name in extra_fields}
+    return {out: next((lowered[a] for a in names_ if a in lowered), None) for out, names_ in aliases.items()}
 
 
-def _add(items: dict[str, Item], item_id: str, row: Mapping[str, Any], columns: Mapping[str, str | None],
-         number: int) -> str | None:
+def _add(
+    items: dict[str, Item],
+    item_id: str,
+    row: Mapping[str, Any],
+    columns: Mapping[str, str | None],
+    number: int,
+    extra_fields: Sequence[str],
+    image_base_url: str | None,
+) -> str | None:
     """Add one row to items; return a sentence describing any problem with it."""
     price, price_problem = _price(row.get(columns["price"]) if columns["price"] is not None else None)
     duplicate = item_id in items
-    items[item_id] = {
+    image = _cell(row, columns["image"]) or None
+    if image and image_base_url and not image.startswith(("https://", "http://", "//")):
+        image = image_base_url.rstrip("/") + "/" + image.lstrip("/")
+    item: Item = {
         "id": item_id,
         "name": _cell(row, columns["name"]) or "",
         "url": _cell(row, columns["url"]) or "",
         "price": price,
-        "image": _cell(row, columns["image"]) or None,
+        "image": image,
     }
+    for name in extra_fields:
+        value = row.get(columns[name]) if columns[name] is not None else None
+        item[name] = value.strip() if isinstance(value, str) else value
+    items[item_id] = item
     if duplicate:
         return f"row {number}: item id {item_id!r} repeated; the later row is used"
     if price_problem:

@@ -26,6 +26,7 @@ class ServiceError(Exception):
         status: int | None = None,
         errors: dict[str, Any] | None = None,
         retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -33,6 +34,7 @@ class ServiceError(Exception):
         self.status = status or self.status
         self.errors = errors
         self.retry_after = retry_after
+        self.headers = headers or {}
 
 
 class InvalidParameterError(ServiceError):
@@ -76,6 +78,7 @@ def register_error_handlers(app: Flask) -> None:
         response = error_response(exc.status, exc.code, exc.message, exc.errors)
         if exc.retry_after is not None:
             response.headers["Retry-After"] = str(exc.retry_after)
+        response.headers.update(exc.headers)
         return response
 
     @app.errorhandler(HTTPException)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from botocore.config import Config
@@ -17,15 +17,37 @@ from botocore.exceptions import (
 )
 
 from .errors import InvalidParameterError, UpstreamError
-from .recommendation import Recommendation
+from .recommendation import NO_OPTIONS, Options, Recommendation
 
 log = logging.getLogger(__name__)
 
 
-def request_for(arn: str, user_id: str, num_results: int) -> dict[str, Any]:
+def request_for(
+    arn: str,
+    user_id: str | None,
+    num_results: int,
+    options: Options = NO_OPTIONS,
+    promotion: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Build GetRecommendations parameters; a recommender ARN goes in recommenderArn, a campaign in campaignArn."""
     arn_field = "recommenderArn" if ":recommender/" in arn else "campaignArn"
-    return {arn_field: arn, "userId": user_id, "numResults": num_results}
+    params: dict[str, Any] = {arn_field: arn, "numResults": num_results}
+    if user_id:
+        params["userId"] = user_id
+    if options.item_id:
+        params["itemId"] = options.item_id
+    if options.filter_arn:
+        params["filterArn"] = options.filter_arn
+        if options.filter_values:
+            # Personalize wants each value in double quotes, several values separated by commas.
+            params["filterValues"] = {
+                key: ",".join(f'"{v}"' for v in value.split(",")) for key, value in options.filter_values
+            }
+    if options.context:
+        params["context"] = dict(options.context)
+    if promotion:
+        params["promotions"] = [dict(promotion)]
+    return params
 
 
 def client_config(connect_timeout: float, read_timeout: float, max_attempts: int, pool_size: int) -> Config:
@@ -44,9 +66,13 @@ class PersonalizeRecommender:
 
     name = "personalize"
 
-    def __init__(self, arn: str, client_factory: Callable[[], Any]) -> None:
+    def __init__(
+        self, arn: str, client_factory: Callable[[], Any], promotion: Mapping[str, Any] | None = None
+    ) -> None:
         self.arn = arn
-        self.key = arn
+        self.promotion = promotion
+        # A promotion changes every answer, so answers cached without it must not be served with it.
+        self.key = arn if not promotion else f"{arn}|promotion:{promotion['filterArn']}:{promotion['percentPromotedItems']}"
         self._client_factory = client_factory
         self._client: Any = None
         self._lock = threading.Lock()
@@ -64,10 +90,12 @@ class PersonalizeRecommender:
         """Build the client now (no network call), so a worker's first requests do not pay for it."""
         _ = self.client
 
-    def recommend(self, user_id: str, num_results: int) -> Recommendation:
-        """Return Personalize's item ids for the user, in Personalize's order."""
+    def recommend(self, user_id: str | None, num_results: int, options: Options = NO_OPTIONS) -> Recommendation:
+        """Return Personalize's item ids for the user (or the related item), in Personalize's order."""
         try:
-            answer = self.client.get_recommendations(**request_for(self.arn, user_id, num_results))
+            answer = self.client.get_recommendations(
+                **request_for(self.arn, user_id, num_results, options, self.promotion)
+            )
         except ClientError as exc:
             raise _client_error(exc, self.arn) from exc
         except (ReadTimeoutError, ConnectTimeoutError) as exc:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -13,14 +13,38 @@ class Recommendation:
     recommendation_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Options:
+    """What a request asks for beyond the user and the count: related items, a filter and its values, context."""
+
+    item_id: str | None = None
+    filter_arn: str | None = None
+    filter_values: tuple[tuple[str, str], ...] = ()
+    context: tuple[tuple[str, str], ...] = ()
+
+    def cache_params(self) -> dict[str, Any]:
+        """Return the options that change the answer, for the cache key (empty when there are none)."""
+        params: dict[str, Any] = {}
+        if self.item_id is not None:
+            params["item_id"] = self.item_id
+        if self.filter_arn is not None:
+            params["filter"] = [self.filter_arn, list(self.filter_values)]
+        if self.context:
+            params["context"] = list(self.context)
+        return params
+
+
+NO_OPTIONS = Options()
+
+
 class Recommender(Protocol):
     """A source of recommendations (Personalize, a batch output file, or a test fake)."""
 
     name: str  # reported in X-Recommendations-Source
     key: str  # identifies the source in cache keys, e.g. the campaign ARN
 
-    def recommend(self, user_id: str, num_results: int) -> Recommendation:
-        """Return up to num_results item ids for the user, best first."""
+    def recommend(self, user_id: str | None, num_results: int, options: Options = NO_OPTIONS) -> Recommendation:
+        """Return up to num_results item ids for the user (or related to options.item_id), best first."""
 
     def check_ready(self) -> None:
         """Raise UnavailableError when the source cannot answer yet (e.g. its file is not loaded)."""

@@ -1,46 +1,172 @@
-"""Request parameters, validated with marshmallow."""
+"""Request parameters of GET /recommendations, validated with marshmallow into a Query."""
 from __future__ import annotations
 
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, validate, validates_schema
+from marshmallow import fields as ma
 from werkzeug.datastructures import MultiDict
 
+from .catalog import ITEM_FIELDS
 from .errors import InvalidParameterError
-from .settings import MAX_NUM_RESULTS
+from .recommendation import Options
+from .settings import MAX_NUM_RESULTS, Settings
 
-# Personalize's own limit for userId.
-MAX_USER_ID_LENGTH = 256
+# Personalize's own limits.
+MAX_ID_LENGTH = 256
+MAX_FILTER_VALUES = 25
+MAX_CONTEXT_ENTRIES = 150
+MAX_VALUE_LENGTH = 1000
+FILTER_KEY = re.compile(r"^[A-Za-z0-9_]{1,50}$")
+CONTEXT_KEY = re.compile(r"^[A-Za-z0-9_]{1,150}$")
+MAX_LINK_VALUE_LENGTH = 200
+FORMATS = ("array", "object")
 
 
 class RecommendationQuery(Schema):
-    """GET /recommendations?user_id=U[&num_results=N]."""
+    """GET /recommendations?user_id=U[&item_id=I][&num_results=N][&filter=F][&fields=..][&format=..]."""
 
     class Meta:
         unknown = EXCLUDE  # Braze URLs often carry extra tracking parameters
 
-    user_id = fields.String(
-        required=True,
-        validate=validate.Length(min=1, max=MAX_USER_ID_LENGTH),
-        metadata={"description": "The Braze user id known to Personalize; URL-encode it (url_param_escape)."},
+    user_id = ma.String(
+        validate=validate.Length(min=1, max=MAX_ID_LENGTH),
+        metadata={"description": "The user id known to Personalize; URL-encode it (url_param_escape)."},
     )
-    num_results = fields.Integer(
+    item_id = ma.String(
+        validate=validate.Length(min=1, max=MAX_ID_LENGTH),
+        metadata={"description": "An item to find related items for (a related-items campaign or recommender)."},
+    )
+    num_results = ma.Integer(
         strict=False,
         validate=validate.Range(min=1, max=MAX_NUM_RESULTS),
         metadata={"description": f"How many items to return, 1-{MAX_NUM_RESULTS}."},
     )
+    filter = ma.String(metadata={"description": "A filter name from the FILTERS setting."})
+    # "fields" is the query parameter; Schema.fields is marshmallow's own attribute.
+    item_fields = ma.String(
+        data_key="fields", metadata={"description": "Comma-separated item fields to return, e.g. id,name,price."}
+    )
+    format = ma.String(
+        load_default="array",
+        validate=validate.OneOf(FORMATS),
+        metadata={"description": "array (default) or object: {items, recommendation_id, source}."},
+    )
+
+    @validates_schema
+    def _user_or_item(self, data: Mapping[str, Any], **_: Any) -> None:
+        if "user_id" not in data and "item_id" not in data:
+            raise ValidationError("Give user_id, item_id for related items, or both.", "user_id")
 
 
-def load_query(schema: Schema, args: MultiDict[str, str]) -> dict[str, Any]:
-    """Validate query parameters, raising InvalidParameterError that names each bad parameter."""
-    errors: dict[str, Any] = {
-        name: ["Give this parameter once."] for name in schema.fields if len(args.getlist(name)) > 1
-    }
-    try:
-        values = schema.load(args)
-    except ValidationError as exc:
-        errors.update(exc.normalized_messages())
-    if errors:
-        detail = "; ".join(f"{name}: {' '.join(map(str, problems))}" for name, problems in sorted(errors.items()))
-        raise InvalidParameterError(f"Invalid request parameters. {detail}", errors=errors)
-    return values
+@dataclass(frozen=True)
+class Query:
+    """A validated request: who, how many, what to ask Personalize, and how to shape the answer."""
+
+    user_id: str | None
+    num_results: int
+    options: Options
+    format: str = "array"
+    fields: tuple[str, ...] | None = None  # None: every field
+    link_values: dict[str, str] = field(default_factory=dict)
+
+
+class QueryParser:
+    """Validate request parameters against the schema and this deployment's settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.schema = RecommendationQuery()
+        self.default_num_results = settings.default_num_results
+        self.filters = settings.filters
+        self.item_fields = ITEM_FIELDS + settings.catalog_extra_fields
+        self.link_names = tuple(
+            name for _, name, _, _ in string.Formatter().parse(settings.link_query or "") if name
+        )
+
+    def parse(self, args: MultiDict[str, str]) -> Query:
+        """Return the Query, or raise InvalidParameterError naming every bad parameter."""
+        errors: dict[str, Any] = {
+            name: ["Give this parameter once."]
+            for name in (*(f.data_key or n for n, f in self.schema.fields.items()), *self.link_names)
+            if len(args.getlist(name)) > 1
+        }
+        values: dict[str, Any] = {}
+        try:
+            values = self.schema.load(args)
+        except ValidationError as exc:
+            errors.update(exc.normalized_messages())
+            values = exc.valid_data if isinstance(exc.valid_data, dict) else {}  # check the rest too
+        filter_arn = self._filter_arn(values.get("filter"), errors)
+        filter_values = self._pairs(args, "filter.", FILTER_KEY, MAX_FILTER_VALUES, errors, quoted=True)
+        if filter_values and filter_arn is None and "filter" not in errors:
+            errors["filter"] = ["filter.* values need a filter: add filter=NAME."]
+        context = self._pairs(args, "context.", CONTEXT_KEY, MAX_CONTEXT_ENTRIES, errors)
+        selected = self._fields(values.get("item_fields"), errors)
+        link_values = {name: args.get(name, "") for name in self.link_names}
+        for name, value in link_values.items():
+            if len(value) > MAX_LINK_VALUE_LENGTH:
+                errors[name] = [f"At most {MAX_LINK_VALUE_LENGTH} characters."]
+        if errors:
+            detail = "; ".join(f"{name}: {' '.join(map(str, problems))}" for name, problems in sorted(errors.items()))
+            raise InvalidParameterError(f"Invalid request parameters. {detail}", errors=errors)
+        return Query(
+            user_id=values.get("user_id"),
+            num_results=values.get("num_results", self.default_num_results),
+            options=Options(values.get("item_id"), filter_arn, filter_values, context),
+            format=values.get("format", "array"),
+            fields=selected,
+            link_values=link_values,
+        )
+
+    def _filter_arn(self, name: str | None, errors: dict[str, Any]) -> str | None:
+        if name is None:
+            return None
+        if name not in self.filters:
+            known = ", ".join(sorted(self.filters)) or "none are configured (FILTERS)"
+            errors["filter"] = [f"Unknown filter {name!r}; known filters: {known}."]
+            return None
+        return self.filters[name]
+
+    @staticmethod
+    def _pairs(
+        args: MultiDict[str, str],
+        prefix: str,
+        key_pattern: re.Pattern[str],
+        most: int,
+        errors: dict[str, Any],
+        quoted: bool = False,
+    ) -> tuple[tuple[str, str], ...]:
+        """Collect PREFIX.KEY=value parameters (e.g. filter.CATEGORY=shoes), checking Personalize's limits."""
+        pairs = []
+        for name in args:
+            if not name.startswith(prefix):
+                continue
+            key, values = name[len(prefix):], args.getlist(name)
+            if not key_pattern.match(key):
+                errors[name] = [f"The name after {prefix!r} must be letters, digits or _ ({key_pattern.pattern})."]
+            elif len(values) > 1:
+                errors[name] = ["Give this parameter once; separate several values with commas."]
+            elif not 1 <= len(values[0]) <= MAX_VALUE_LENGTH:
+                errors[name] = [f"Give a value of 1-{MAX_VALUE_LENGTH} characters."]
+            elif quoted and '"' in values[0]:
+                errors[name] = ['A value may not contain a double quote (").']
+            else:
+                pairs.append((key, values[0]))
+        if len(pairs) > most:
+            errors[prefix.rstrip(".")] = [f"At most {most} {prefix}* parameters."]
+        return tuple(sorted(pairs))
+
+    def _fields(self, raw: str | None, errors: dict[str, Any]) -> tuple[str, ...] | None:
+        if raw is None:
+            return None
+        wanted = tuple(dict.fromkeys(f.strip() for f in raw.split(",") if f.strip()))
+        unknown = [f for f in wanted if f not in self.item_fields]
+        if not wanted or unknown:
+            errors["fields"] = [f"Choose among {', '.join(self.item_fields)}"
+                                + (f"; unknown: {', '.join(unknown)}." if unknown else ".")]
+            return None
+        return wanted

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .cache import AnswerCache
 from .catalog import Catalog, Item
 from .errors import InvalidParameterError, ServiceError, UnavailableError, UpstreamError
-from .recommendation import Recommendation, Recommender
+from .recommendation import NO_OPTIONS, Options, Recommendation, Recommender
 from .singleflight import SingleFlight
 from .sources import Reloadable, SourceError
 from .upstream import GuardedRecommender
@@ -53,36 +53,47 @@ class RecommendationService:
         self.batch = batch
         self.popular = popular
 
-    def recommend(self, user_id: str, num_results: int, started: float | None = None) -> Result:
+    def recommend(
+        self, user_id: str | None, num_results: int, started: float | None = None, options: Options = NO_OPTIONS
+    ) -> Result:
         """Return up to num_results catalog items for the user, in the source's order, backfilled if short."""
         deadline = (started or time.monotonic()) + self.budget_seconds
         catalog = self.current_catalog()
-        key = self.cache.key(self.recommender.key, user_id, {"num_results": num_results})
+        key = self.cache.key(self.recommender.key, user_id or "", {"num_results": num_results, **options.cache_params()})
         cached = self.cache.get(key)
         if cached is not None and self.cache.is_fresh(cached):
             return self._result(catalog, cached.recommendation, num_results, "HIT", self.cache.max_age(cached),
                                 self.recommender.name)
         try:
             recommendation = self.flights.run(
-                key, lambda remaining: self._fetch(key, user_id, num_results, remaining), deadline
+                key, lambda remaining: self._fetch(key, user_id, num_results, remaining, options), deadline
             )
         except InvalidParameterError:
             raise  # Personalize rejected the request itself: the caller must see it, not a fallback
         except ServiceError as exc:
-            return self._fallback(catalog, cached.recommendation if cached else None, user_id, num_results, exc)
+            return self._fallback(catalog, cached.recommendation if cached else None, user_id, num_results, exc,
+                                  options)
         except Exception:  # a bug must not blank an email either; it is logged with its traceback
             log.exception("recommendation source crashed; serving the fallback")
             return self._fallback(catalog, cached.recommendation if cached else None, user_id, num_results,
-                                  UpstreamError("The recommendation source failed.", code="internal_error"))
+                                  UpstreamError("The recommendation source failed.", code="internal_error"), options)
         return self._result(catalog, recommendation, num_results, "MISS", self.cache.ttl, self.recommender.name)
 
-    def _fetch(self, key: str, user_id: str, num_results: int, remaining: float) -> Recommendation:
-        recommendation = self.recommender.recommend(user_id, num_results, timeout=remaining)
+    def _fetch(
+        self, key: str, user_id: str | None, num_results: int, remaining: float, options: Options
+    ) -> Recommendation:
+        recommendation = self.recommender.recommend(user_id, num_results, timeout=remaining, options=options)
         self.cache.put(key, recommendation)
         return recommendation
 
     def _fallback(
-        self, catalog: Catalog, stale: Recommendation | None, user_id: str, num_results: int, exc: ServiceError
+        self,
+        catalog: Catalog,
+        stale: Recommendation | None,
+        user_id: str | None,
+        num_results: int,
+        exc: ServiceError,
+        options: Options,
     ) -> Result:
         """Answer from the last good answer, the batch output, or the popular items, in that order."""
         reason = exc.code
@@ -90,7 +101,7 @@ class RecommendationService:
             return self._result(catalog, stale, num_results, "STALE", 0, "stale", reason)
         if self.batch is not None:
             try:
-                answer = self.batch.recommend(user_id, num_results)
+                answer = self.batch.recommend(user_id, num_results, options)
             except ServiceError as batch_exc:
                 log.warning("batch fallback unavailable: %s", batch_exc.message)
             else:

@@ -1,8 +1,10 @@
 """Typed settings, read once from the environment."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import string
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -12,8 +14,16 @@ from typing import Any
 ARN_PATTERN = re.compile(
     r"^arn:aws[a-z-]*:personalize:(?P<region>[a-z0-9-]+):\d{12}:(?P<kind>campaign|recommender)/[A-Za-z0-9_.-]+$"
 )
+FILTER_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:personalize:[a-z0-9-]+:\d{12}:filter/[A-Za-z0-9_.-]+$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+MIN_API_KEY_LENGTH = 16
 MAX_NUM_RESULTS = 100
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Query parameters of GET /recommendations; a LINK_QUERY placeholder may not reuse one.
+RESERVED_PARAMETERS = frozenset({"user_id", "item_id", "num_results", "filter", "fields", "format", "recommender"})
 
 
 class ConfigError(Exception):
@@ -23,6 +33,90 @@ class ConfigError(Exception):
 def _text(raw: Any) -> str | None:
     """Return the value as stripped text, or None when it is absent or blank."""
     return (str(raw).strip() or None) if raw is not None else None
+
+
+def _list(raw: Any) -> tuple[str, ...]:
+    """Split a comma-separated setting (or take a list as is), dropping blanks."""
+    items = raw if isinstance(raw, (list, tuple)) else str(raw or "").split(",")
+    return tuple(str(i).strip() for i in items if str(i).strip())
+
+
+def _api_keys(raw: Any) -> tuple[str, ...]:
+    keys = _list(raw)
+    short = [k for k in keys if len(k) < MIN_API_KEY_LENGTH]
+    if short:
+        # Say how many and how long, never the key itself: this sentence lands in logs.
+        raise ConfigError(f"API_KEYS: {len(short)} key(s) shorter than {MIN_API_KEY_LENGTH} characters; "
+                          "use long random keys, e.g. from `openssl rand -hex 24`.")
+    return keys
+
+
+def _networks(raw: Any) -> tuple[IPNetwork, ...]:
+    networks = []
+    for entry in _list(raw):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ConfigError(f"ALLOWED_CIDRS: {entry!r} is not an IP address or CIDR block (e.g. 52.4.160.214/32).") \
+                from None
+    return tuple(networks)
+
+
+def _filter_arn(variable: str, arn: str | None) -> str | None:
+    if arn is not None and not FILTER_ARN_PATTERN.match(arn):
+        raise ConfigError(f"{variable}: {arn!r} is not a Personalize filter ARN "
+                          "(arn:aws:personalize:REGION:ACCOUNT:filter/NAME).")
+    return arn
+
+
+def _filters(raw: Any) -> dict[str, str]:
+    """Parse FILTERS, NAME=FILTER_ARN pairs separated by commas, into {name: arn}."""
+    if isinstance(raw, dict):
+        pairs = list(raw.items())
+    else:
+        pairs = []
+        for entry in _list(raw):
+            name, sep, arn = entry.partition("=")
+            if not sep:
+                raise ConfigError(f"FILTERS: {entry!r} is not NAME=FILTER_ARN.")
+            pairs.append((name.strip(), arn.strip()))
+    filters = {}
+    for name, arn in pairs:
+        if not NAME_PATTERN.match(name):
+            raise ConfigError(f"FILTERS: the name {name!r} may only hold letters, digits, _ and -.")
+        filters[name] = _filter_arn(f"FILTERS ({name})", arn)
+    return filters
+
+
+def _extra_fields(raw: Any) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(f.lower() for f in _list(raw)))
+    bad = [n for n in names if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", n) or n in ("id", "name", "url", "price", "image")]
+    if bad:
+        raise ConfigError(f"CATALOG_EXTRA_FIELDS: {', '.join(bad)} cannot be used; give other catalog column names "
+                          "(letters, digits, _), not id, name, url, price or image, which every item already has.")
+    return names
+
+
+def _link_query(query: str | None) -> str | None:
+    """Check LINK_QUERY: a query string whose {placeholders} are filled from request parameters."""
+    if query is None:
+        return None
+    query = query.lstrip("?&")
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(query) if name is not None}
+    except ValueError as exc:
+        raise ConfigError(f"LINK_QUERY: {exc} in {query!r}.") from None
+    bad = sorted(n for n in names if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", n) or n in RESERVED_PARAMETERS)
+    if bad:
+        raise ConfigError(f"LINK_QUERY: placeholder(s) {', '.join(bad)} must be lowercase names other than "
+                          f"{', '.join(sorted(RESERVED_PARAMETERS))}.")
+    return query
+
+
+def _base_url(url: str | None) -> str | None:
+    if url is not None and not url.startswith(("https://", "http://")):
+        raise ConfigError(f"IMAGE_BASE_URL must start with https:// or http://, got {url!r}.")
+    return url
 
 
 def _bounded(name: str, raw: str, kind: type[int] | type[float], low: float, high: float) -> float:
@@ -61,6 +155,16 @@ class Settings:
     breaker_failure_threshold: int = 5
     breaker_recovery_seconds: float = 30.0
     log_level: str = "INFO"
+    api_keys: tuple[str, ...] = ()
+    allowed_cidrs: tuple[IPNetwork, ...] = ()
+    trusted_proxies: int = 0
+    filters: dict[str, str] = field(default_factory=dict)
+    promotion_filter_arn: str | None = None
+    promotion_name: str = "promoted"
+    promotion_percent: int = 10
+    catalog_extra_fields: tuple[str, ...] = ()
+    link_query: str | None = None
+    image_base_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -134,6 +238,16 @@ class Settings:
             breaker_failure_threshold=conv("breaker_failure_threshold", 1, 10_000),
             breaker_recovery_seconds=conv("breaker_recovery_seconds", 0.1, 3600),
             log_level=(_text(raw.get("log_level")) or "INFO").upper(),
+            api_keys=_api_keys(raw.get("api_keys")),
+            allowed_cidrs=_networks(raw.get("allowed_cidrs")),
+            trusted_proxies=conv("trusted_proxies", 0, 5),
+            filters=_filters(raw.get("filters")),
+            promotion_filter_arn=_filter_arn("PROMOTION_FILTER_ARN", _text(raw.get("promotion_filter_arn"))),
+            promotion_name=_text(raw.get("promotion_name")) or "promoted",
+            promotion_percent=conv("promotion_percent", 1, 100),
+            catalog_extra_fields=_extra_fields(raw.get("catalog_extra_fields")),
+            link_query=_link_query(_text(raw.get("link_query"))),
+            image_base_url=_base_url(_text(raw.get("image_base_url"))),
             **({"cache_dir": str(raw["cache_dir"])} if raw.get("cache_dir") else {}),
         )
         if settings.log_level not in LOG_LEVELS:

@@ -9,7 +9,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from circuitbreaker import CircuitBreaker, CircuitBreakerError
 
 from .errors import UpstreamError
-from .recommendation import Recommendation, Recommender
+from .recommendation import NO_OPTIONS, Options, Recommendation, Recommender
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,16 @@ class GuardedRecommender:
         """Ready whenever the inner source is."""
         self.inner.check_ready()
 
-    def recommend(self, user_id: str, num_results: int, timeout: float | None = None) -> Recommendation:
+    def recommend(
+        self, user_id: str | None, num_results: int, timeout: float | None = None, options: Options = NO_OPTIONS
+    ) -> Recommendation:
         """Return the inner source's answer, or raise UpstreamError at once or when timeout seconds pass."""
         if self.breaker.opened:
             raise UpstreamError("Personalize is failing; answering from the fallback.", code="circuit_open", status=503)
         if not self._slots.acquire(blocking=False):
             raise UpstreamError("Too many Personalize calls in flight.", code="upstream_busy", status=503)
         try:
-            future = self._pool.submit(self._run, user_id, num_results)
+            future = self._pool.submit(self._run, user_id, num_results, options)
         except BaseException:
             self._slots.release()
             raise
@@ -65,8 +67,8 @@ class GuardedRecommender:
             raise UpstreamError("Personalize is failing; answering from the fallback.", code="circuit_open",
                                 status=503) from None
 
-    def _run(self, user_id: str, num_results: int) -> Recommendation:
+    def _run(self, user_id: str | None, num_results: int, options: Options) -> Recommendation:
         try:
-            return self._call(user_id, num_results)
+            return self._call(user_id, num_results, options)
         finally:
             self._slots.release()

@@ -7,11 +7,9 @@ from flask import Blueprint, Response, current_app, request
 
 from .errors import ServiceError
 from .json import json_response
-from .schemas import RecommendationQuery, load_query
 from .service import RecommendationService
 
 bp = Blueprint("recommendations", __name__)
-query_schema = RecommendationQuery()
 
 
 def service() -> RecommendationService:
@@ -21,12 +19,14 @@ def service() -> RecommendationService:
 
 @bp.get("/recommendations")
 def recommendations() -> Response:
-    """Return the user's recommended catalog items as a JSON array, in rank order."""
+    """Return the user's recommended catalog items as a JSON array (or object), in rank order."""
     started = time.monotonic()
-    query = load_query(query_schema, request.args)
-    num_results = query.get("num_results", current_app.config["DEFAULT_NUM_RESULTS"])
-    result = service().recommend(query["user_id"], num_results, started)
-    response = json_response(result.items)
+    extensions = current_app.extensions
+    if (guard := extensions["auth_guard"]) is not None:
+        guard(request)
+    query = extensions["query_parser"].parse(request.args)
+    result = service().recommend(query.user_id, query.num_results, started, query.options)
+    response = json_response(extensions["presenter"].body(result, query))
     headers = response.headers
     headers["X-Cache"] = result.cache
     headers["X-Recommendations-Source"] = result.source

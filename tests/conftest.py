@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from app.recommendation import Recommendation
+from app.recommendation import NO_OPTIONS, Options, Recommendation
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CATALOG = ROOT / "sample" / "catalog.csv"
@@ -29,14 +29,17 @@ class FakeRecommender:
     def __init__(self, answers: dict[str, list[str]] | None = None, key: str = "fake-source") -> None:
         self.answers = answers or {}
         self.key = key
-        self.calls: list[tuple[str, int]] = []
+        self.calls: list[tuple[str | None, int]] = []
+        self.options: list[Options] = []
         self.error: Exception | None = None
 
-    def recommend(self, user_id: str, num_results: int) -> Recommendation:
+    def recommend(self, user_id: str | None, num_results: int, options: Options = NO_OPTIONS) -> Recommendation:
         self.calls.append((user_id, num_results))
+        self.options.append(options)
         if self.error is not None:
             raise self.error
-        return Recommendation(self.answers.get(user_id, [])[:num_results], recommendation_id=f"rid-{user_id}")
+        key = f"item:{options.item_id}" if options.item_id else user_id
+        return Recommendation(self.answers.get(key or "", [])[:num_results], recommendation_id=f"rid-{key}")
 
     def check_ready(self) -> None:
         return None

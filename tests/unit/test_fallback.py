@@ -21,7 +21,7 @@ from werkzeug.test import TestResponse
 from app import warm_up
 from app.cache import CachedAnswer
 from app.errors import InvalidParameterError, UnavailableError, UpstreamError
-from app.recommendation import Recommendation
+from app.recommendation import NO_OPTIONS, Options, Recommendation
 from app.service import RecommendationService
 from tests.conftest import SAMPLE_BATCH, SAMPLE_CATALOG, FakeRecommender
 
@@ -480,9 +480,9 @@ class BlockingRecommender(FakeRecommender):
         super().__init__({"user123": ["1000"]})
         self.release = release
 
-    def recommend(self, user_id: str, num_results: int) -> Recommendation:
+    def recommend(self, user_id: str | None, num_results: int, options: Options = NO_OPTIONS) -> Recommendation:
         self.release.wait(10)
-        return super().recommend(user_id, num_results)
+        return super().recommend(user_id, num_results, options)
 
 
 @pytest.mark.parametrize("recommendations_uri", [str(SAMPLE_BATCH), None], ids=["batch", "popular"])

@@ -216,4 +216,4 @@ def test_create_app_rejects_unusable_uris(
 def test_create_app_accepts_the_sample_files(make_app: Callable[..., Flask]) -> None:
     app = make_app()
     assert app.config["SETTINGS"].catalog_uri.endswith("catalog.csv")
-    assert app.config["DEFAULT_NUM_RESULTS"] == 10
+    assert app.config["SETTINGS"].default_num_results == 10

@@ -9,7 +9,7 @@ import circuitbreaker
 import pytest
 
 from app.errors import InvalidParameterError, UpstreamError
-from app.recommendation import Recommendation
+from app.recommendation import NO_OPTIONS, Options, Recommendation
 from app.upstream import GuardedRecommender
 from tests.conftest import FakeRecommender
 
@@ -33,7 +33,7 @@ class BlockingRecommender:
         self.finished = 0
         self._changed = threading.Condition()
 
-    def recommend(self, user_id: str, num_results: int) -> Recommendation:
+    def recommend(self, user_id: str | None, num_results: int, options: Options = NO_OPTIONS) -> Recommendation:
         with self._changed:
             self.calls.append((user_id, num_results))
             self._changed.notify_all()

@@ -28,7 +28,7 @@ from werkzeug.test import TestResponse
 from app.cache import AnswerCache, CachedAnswer
 from app.errors import InvalidParameterError, UpstreamError
 from app.extensions import cache as cache_extension
-from app.recommendation import Recommendation
+from app.recommendation import NO_OPTIONS, Options, Recommendation
 from tests.conftest import SAMPLE_BATCH, SAMPLE_CATALOG, FakeRecommender
 
 ITEM_KEYS = {"id", "name", "url", "price", "image"}
@@ -145,8 +145,8 @@ class PlainIdRecommender(FakeRecommender):
     an artefact of the fake, not of the service.
     """
 
-    def recommend(self, user_id: str, num_results: int) -> Recommendation:
-        answer = super().recommend(user_id, num_results)
+    def recommend(self, user_id: str | None, num_results: int, options: Options = NO_OPTIONS) -> Recommendation:
+        answer = super().recommend(user_id, num_results, options)
         return Recommendation(answer.item_ids, recommendation_id="rid-fixed")
 
 

@@ -1,0 +1,51 @@
+"""Shape the joined items for the caller: tracking query on links, chosen fields, array or object."""
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from .catalog import Item
+from .schemas import Query
+from .service import Result
+
+
+class Presenter:
+    """Turn a Result into the response body a Braze template reads."""
+
+    def __init__(self, link_query: str | None) -> None:
+        # LINK_QUERY as (name, value template) pairs, kept as written (already URL-encoded by its author).
+        self.link_pairs = [pair.partition("=")[::2] for pair in (link_query or "").split("&") if pair]
+
+    def body(self, result: Result, query: Query) -> Any:
+        """Return the bare array (the default contract) or {items, recommendation_id, source}."""
+        items = result.items
+        if self.link_pairs:
+            suffix = self.link_suffix(query.link_values)
+            items = [with_query(item, suffix) for item in items]
+        if query.fields is not None:
+            items = [{name: item.get(name) for name in query.fields} for item in items]
+        if query.format == "object":
+            return {"items": items, "recommendation_id": result.recommendation_id, "source": result.source}
+        return items
+
+    def link_suffix(self, values: dict[str, str]) -> str:
+        """Fill LINK_QUERY's placeholders with the request's values; a pair whose placeholders are empty is left out."""
+        encoded = {name: quote(value, safe="") for name, value in values.items()}
+        pairs = []
+        for name, template in self.link_pairs:
+            value = template.format(**encoded)
+            if value or template == value:
+                pairs.append(f"{name}={value}")
+        return "&".join(pairs)
+
+
+def with_query(item: Item, suffix: str) -> Item:
+    """Return a copy of the item whose url carries the tracking query (before any #fragment)."""
+    url = item.get("url") or ""
+    if not url or not suffix:
+        return item
+    base, hash_mark, fragment = url.partition("#")
+    separator = "&" if "?" in base else "?"
+    if base.endswith(("?", "&")):
+        separator = ""
+    return {**item, "url": f"{base}{separator}{suffix}{hash_mark}{fragment}"}
