@@ -39,7 +39,10 @@ def presented_keys(request: Request) -> list[str]:
     keys = []
     if header := request.headers.get("X-API-Key"):
         keys.append(header.strip())
-    authorization = request.authorization
+    try:
+        authorization = request.authorization
+    except ValueError:  # werkzeug lets a malformed Basic credential's base64 error through
+        authorization = None
     if authorization is not None and authorization.type == "basic" and authorization.password:
         keys.append(authorization.password)
     return keys

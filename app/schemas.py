@@ -21,8 +21,8 @@ MAX_ID_LENGTH = 256
 MAX_FILTER_VALUES = 25
 MAX_CONTEXT_ENTRIES = 150
 MAX_VALUE_LENGTH = 1000
-FILTER_KEY = re.compile(r"^[A-Za-z0-9_]{1,50}$")
-CONTEXT_KEY = re.compile(r"^[A-Za-z0-9_]{1,150}$")
+FILTER_KEY = re.compile(r"[A-Za-z0-9_]{1,50}")
+CONTEXT_KEY = re.compile(r"[A-Za-z0-9_]{1,150}")
 MAX_LINK_VALUE_LENGTH = 200
 FORMATS = ("array", "object")
 
@@ -146,7 +146,7 @@ class QueryParser:
             if not name.startswith(prefix):
                 continue
             key, values = name[len(prefix):], args.getlist(name)
-            if not key_pattern.match(key):
+            if not key_pattern.fullmatch(key):
                 errors[name] = [f"The name after {prefix!r} must be letters, digits or _ ({key_pattern.pattern})."]
             elif len(values) > 1:
                 errors[name] = ["Give this parameter once; separate several values with commas."]

@@ -43,6 +43,9 @@ def _list(raw: Any) -> tuple[str, ...]:
 
 def _api_keys(raw: Any) -> tuple[str, ...]:
     keys = _list(raw)
+    if not all(k.isascii() and k.isprintable() for k in keys):
+        # HTTP headers carry Latin-1: a key outside printable ASCII could never match.
+        raise ConfigError("API_KEYS: keys must be printable ASCII (letters, digits, punctuation).")
     short = [k for k in keys if len(k) < MIN_API_KEY_LENGTH]
     if short:
         # Say how many and how long, never the key itself: this sentence lands in logs.
