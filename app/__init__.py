@@ -55,7 +55,13 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     )
     catalog = _reloadable("CATALOG_URI", settings.catalog_uri, parse, settings, s3_client_factory, "catalog")
     assert catalog is not None  # Settings requires CATALOG_URI
-    answers = AnswerCache(app.extensions["cache"][cache], settings.cache_ttl_seconds, settings.cache_stale_seconds)
+    answers = AnswerCache(
+        app.extensions["cache"][cache],
+        settings.cache_ttl_seconds,
+        settings.cache_stale_seconds,
+        local_seconds=settings.cache_local_seconds,
+        local_items=settings.cache_local_items,
+    )
     batch = _batch(settings, s3_client_factory)
     primary: Recommender = services.get("recommender") or _personalize(settings, services) or batch
     app.extensions["recommendations"] = RecommendationService(

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 
 import orjson
 from cachelib.base import BaseCache
+from cachetools import TTLCache
 from redis.exceptions import RedisError
 
 from .recommendation import Recommendation
@@ -46,15 +48,26 @@ def cache_config(redis_url: str | None, cache_dir: str, threshold: int, ttl: int
 
 
 class AnswerCache:
-    """Read and write answers; a backend failure is logged once and treated as a miss."""
+    """Read and write answers; a backend failure is logged once and treated as a miss.
 
-    def __init__(self, backend: BaseCache, ttl: int, stale_seconds: int = 0) -> None:
+    With local_seconds, answers are also kept that long in this process, so the 2-3 calls Braze makes
+    for one recipient within seconds cost one backend round trip per worker, not one each. The copy
+    carries its stored_at, so freshness is judged exactly as for the shared entry.
+    """
+
+    def __init__(
+        self, backend: BaseCache, ttl: int, stale_seconds: int = 0, local_seconds: float = 0, local_items: int = 0
+    ) -> None:
         self.backend = backend
         self.ttl = ttl
         # Answers are kept past their TTL for stale-if-error, but only served fresh within it.
         self.keep_seconds = max(ttl, stale_seconds)
         self.failures = 0
         self._failing = {"read": False, "write": False}
+        self._local: TTLCache[str, CachedAnswer] | None = None
+        if local_seconds > 0 and local_items > 0:
+            self._local = TTLCache(maxsize=local_items, ttl=min(local_seconds, ttl))
+        self._local_lock = threading.Lock()  # cachetools caches are not thread-safe
 
     @staticmethod
     def key(source_key: str, user_id: str, params: Mapping[str, Any]) -> str:
@@ -64,22 +77,37 @@ class AnswerCache:
 
     def get(self, key: str) -> CachedAnswer | None:
         """Return the stored answer, or None on a miss or a backend failure."""
+        if self._local is not None:
+            with self._local_lock:
+                answer = self._local.get(key)
+            if answer is not None and self.is_fresh(answer):
+                return answer
         try:
             value = self.backend.get(key)
         except Exception as exc:  # noqa: BLE001 - down, or an entry a different release pickled: both a miss
             self._report("read", exc)
             return None
         self._report("read", None)
-        return value if isinstance(value, CachedAnswer) else None
+        if not isinstance(value, CachedAnswer):
+            return None
+        self._remember(key, value)
+        return value
 
     def put(self, key: str, recommendation: Recommendation) -> None:
         """Store an answer (kept past its TTL for stale-if-error); a failure only costs a later miss."""
+        answer = CachedAnswer(recommendation, time.time())
+        self._remember(key, answer)
         try:
-            self.backend.set(key, CachedAnswer(recommendation, time.time()), timeout=self.keep_seconds)
+            self.backend.set(key, answer, timeout=self.keep_seconds)
         except CACHE_FAILURES as exc:
             self._report("write", exc)
             return
         self._report("write", None)
+
+    def _remember(self, key: str, answer: CachedAnswer) -> None:
+        if self._local is not None and self.is_fresh(answer):
+            with self._local_lock:
+                self._local[key] = answer
 
     def is_fresh(self, answer: CachedAnswer) -> bool:
         """Say whether the answer is younger than the TTL (older ones only serve when the source fails)."""

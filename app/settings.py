@@ -147,6 +147,8 @@ class Settings:
     cache_redis_url: str | None = None
     cache_dir: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "recs-cache"))
     cache_threshold: int = 100_000
+    cache_local_seconds: float = 5.0
+    cache_local_items: int = 10_000
     catalog_refresh_seconds: float = 60.0
     personalize_connect_timeout: float = 0.3
     personalize_read_timeout: float = 0.5
@@ -230,6 +232,8 @@ class Settings:
             cache_ttl_seconds=conv("cache_ttl_seconds", 1, 7 * 24 * 3600),
             cache_redis_url=_text(raw.get("cache_redis_url")),
             cache_threshold=conv("cache_threshold", 0, 10**9),
+            cache_local_seconds=conv("cache_local_seconds", 0, 3600),
+            cache_local_items=conv("cache_local_items", 0, 10**7),
             catalog_refresh_seconds=conv("catalog_refresh_seconds", 0.1, 86400),
             personalize_connect_timeout=conv("personalize_connect_timeout", 0.01, 10),
             personalize_read_timeout=conv("personalize_read_timeout", 0.01, 10),

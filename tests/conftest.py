@@ -55,7 +55,11 @@ def make_app(cache_dir: str) -> Callable[..., Flask]:
     """Build an app on the sample catalog with a file cache of its own; keyword settings override."""
 
     def build(services: dict[str, Any] | None = None, **settings: Any) -> Flask:
-        config = {"catalog_uri": str(SAMPLE_CATALOG), "recommendations_uri": str(SAMPLE_BATCH), "cache_dir": cache_dir}
+        # The per-process copy of answers is off by default here, so tests that reach into the shared
+        # backend (garbage, backdated entries, Redis down) see it directly; tests/unit/test_local_cache.py
+        # covers the copy itself, and e2e runs with the production default.
+        config = {"catalog_uri": str(SAMPLE_CATALOG), "recommendations_uri": str(SAMPLE_BATCH), "cache_dir": cache_dir,
+                  "cache_local_seconds": 0}
         config.update(settings)
         app = create_app(config, **(services or {}))
         app.config["TESTING"] = True

@@ -296,7 +296,8 @@ def test_a_burst_against_a_failing_personalize_is_all_2xx_and_the_breaker_bounds
 def test_redis_killed_mid_run_costs_no_request_and_hits_resume_once_it_is_back(
     gunicorn_factory: Callable[..., Gunicorn], standin: StandinHandle, private_redis: PrivateRedis
 ) -> None:
-    server = gunicorn_factory(CACHE_REDIS_URL=private_redis.url)
+    # Without the per-process copy every hit is a Redis read, so the outage is really felt (and proven below).
+    server = gunicorn_factory(CACHE_REDIS_URL=private_redis.url, CACHE_LOCAL_SECONDS="0")
     users = [f"redis-user-{n:02d}" for n in range(20)]  # repeated, so the healthy phase has hits
     outcomes: list[Outcome] = []
     outcomes_lock = threading.Lock()
