@@ -1,8 +1,9 @@
 """Shape the joined items for the caller: tracking query on links, chosen fields, array or object."""
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote
+
+import orjson
 
 from .catalog import Item
 from .schemas import Query
@@ -16,16 +17,28 @@ class Presenter:
         # LINK_QUERY as (name, value template) pairs, kept as written (already URL-encoded by its author).
         self.link_pairs = [pair.partition("=")[::2] for pair in (link_query or "").split("&") if pair]
 
-    def body(self, result: Result, query: Query) -> Any:
-        """Return the bare array (the default contract) or {items, recommendation_id, source}."""
+    def render(self, result: Result, query: Query) -> bytes:
+        """Return the JSON body: the bare array (the default contract) or {items, recommendation_id, source}."""
+        if self.link_pairs or query.fields is not None:
+            items = self._shaped(result, query)
+            if query.format == "object":
+                return orjson.dumps({"items": items, "recommendation_id": result.recommendation_id,
+                                     "source": result.source})
+            return orjson.dumps(items)
+        # The common case: the catalog's JSON for each item, joined; nothing is serialised per item.
+        array = result.catalog.render(result.item_ids)
+        if query.format == "object":
+            return (b'{"items":' + array + b',"recommendation_id":' + orjson.dumps(result.recommendation_id)
+                    + b',"source":' + orjson.dumps(result.source) + b"}")
+        return array
+
+    def _shaped(self, result: Result, query: Query) -> list[Item]:
         items = result.items
         if self.link_pairs:
             suffix = self.link_suffix(query.link_values)
             items = [with_query(item, suffix) for item in items]
         if query.fields is not None:
             items = [{name: item.get(name) for name in query.fields} for item in items]
-        if query.format == "object":
-            return {"items": items, "recommendation_id": result.recommendation_id, "source": result.source}
         return items
 
     def link_suffix(self, values: dict[str, str]) -> str:

@@ -21,15 +21,21 @@ PopularIds = list[str]
 
 @dataclass(frozen=True)
 class Result:
-    """The items to return and what the response headers say about them."""
+    """The items to return (ids the catalog has, in order) and what the response headers say about them."""
 
-    items: list[Item]
+    item_ids: list[str]
+    catalog: Catalog
     recommendation_id: str | None
     cache: str  # HIT, MISS or STALE
     max_age: int  # seconds a caller may keep it; 0 for a fallback
     source: str  # the primary source's name, or stale / batch / fallback
     backfilled: int = 0
     fallback_reason: str | None = None
+
+    @property
+    def items(self) -> list[Item]:
+        """Return the items as dicts."""
+        return self.catalog.join(self.item_ids)
 
 
 class RecommendationService:
@@ -127,24 +133,22 @@ class RecommendationService:
         source: str,
         fallback_reason: str | None = None,
     ) -> Result:
-        items = catalog.join(recommendation.item_ids)
-        backfilled = 0
-        if len(items) < num_results:
-            before = len(items)
-            items = self._backfill(catalog, items, num_results)
-            backfilled = len(items) - before
-        return Result(items, recommendation.recommendation_id, cache, max_age, source, backfilled, fallback_reason)
+        item_ids = catalog.known(recommendation.item_ids)
+        known = len(item_ids)
+        if known < num_results:
+            item_ids = self._backfill(catalog, item_ids, num_results)
+        return Result(item_ids, catalog, recommendation.recommendation_id, cache, max_age, source,
+                      len(item_ids) - known, fallback_reason)
 
-    def _backfill(self, catalog: Catalog, items: list[Item], num_results: int) -> list[Item]:
+    def _backfill(self, catalog: Catalog, item_ids: list[str], num_results: int) -> list[str]:
         """Fill a short list up to num_results from the popular items, skipping ones already in it."""
-        seen = {item["id"] for item in items}
-        filled = list(items)
+        seen = set(item_ids)
+        filled = list(item_ids)
         for item_id in self.popular_ids(catalog):
             if len(filled) >= num_results:
                 break
-            item = catalog.items.get(item_id)
-            if item is not None and item_id not in seen:
-                filled.append(item)
+            if item_id in catalog.encoded and item_id not in seen:
+                filled.append(item_id)
                 seen.add(item_id)
         return filled
 

@@ -26,7 +26,7 @@ def recommendations() -> Response:
         guard(request)
     query = extensions["query_parser"].parse(request.args)
     result = service().recommend(query.user_id, query.num_results, started, query.options)
-    response = json_response(extensions["presenter"].body(result, query))
+    response = Response(extensions["presenter"].render(result, query), mimetype="application/json")
     headers = response.headers
     headers["X-Cache"] = result.cache
     headers["X-Recommendations-Source"] = result.source
