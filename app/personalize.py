@@ -72,7 +72,9 @@ class PersonalizeRecommender:
         self.arn = arn
         self.promotion = promotion
         # A promotion changes every answer, so answers cached without it must not be served with it.
-        self.key = arn if not promotion else f"{arn}|promotion:{promotion['filterArn']}:{promotion['percentPromotedItems']}"
+        self.key = arn
+        if promotion:
+            self.key += f"|promotion:{promotion['filterArn']}:{promotion['percentPromotedItems']}"
         self._client_factory = client_factory
         self._client: Any = None
         self._lock = threading.Lock()
@@ -131,7 +133,9 @@ def _client_error(exc: ClientError, arn: str) -> Exception:
             code="recommender_not_found",
         )
     if code in ("ThrottlingException", "TooManyRequestsException") or status == 429:
-        return UpstreamError("Personalize is throttling requests.", code="upstream_throttled", status=503, retry_after=1)
+        return UpstreamError(
+            "Personalize is throttling requests.", code="upstream_throttled", status=503, retry_after=1
+        )
     if code in ("AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
                 "ExpiredTokenException"):
         return UpstreamError(f"Personalize refused the credentials: {code}.", code="upstream_access_denied")

@@ -65,7 +65,8 @@ class RecommendationService:
         """Return up to num_results catalog items for the user, in the source's order, backfilled if short."""
         deadline = (started or time.monotonic()) + self.budget_seconds
         catalog = self.current_catalog()
-        key = self.cache.key(self.recommender.key, user_id or "", {"num_results": num_results, **options.cache_params()})
+        params = {"num_results": num_results, **options.cache_params()}
+        key = self.cache.key(self.recommender.key, user_id or "", params)
         cached = self.cache.get(key)
         if cached is not None and self.cache.is_fresh(cached):
             return self._result(catalog, cached.recommendation, num_results, "HIT", self.cache.max_age(cached),

@@ -93,7 +93,8 @@ def _filters(raw: Any) -> dict[str, str]:
 
 def _extra_fields(raw: Any) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(f.lower() for f in _list(raw)))
-    bad = [n for n in names if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", n) or n in ("id", "name", "url", "price", "image")]
+    reserved = ("id", "name", "url", "price", "image")
+    bad = [n for n in names if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", n) or n in reserved]
     if bad:
         raise ConfigError(f"CATALOG_EXTRA_FIELDS: {', '.join(bad)} cannot be used; give other catalog column names "
                           "(letters, digits, _), not id, name, url, price or image, which every item already has.")

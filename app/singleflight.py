@@ -1,6 +1,7 @@
 """One upstream call per cache key at a time: in this process with an event, across workers with a Redis lock."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -87,10 +88,8 @@ class SingleFlight:
         try:
             return fetch(deadline - time.monotonic())  # taking the lock spent part of the budget
         finally:
-            try:
+            with contextlib.suppress(LockError, RedisError):  # expired, or Redis went away: it expires anyway
                 lock.release()
-            except (LockError, RedisError):
-                pass  # expired, or Redis went away: the lock expires by itself
 
     def _wait_for_answer(self, key: str, lock: redis.lock.Lock, deadline: float) -> Recommendation:
         """Poll the cache until the lock holder's answer lands; its failure is this caller's failure too."""
