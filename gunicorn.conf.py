@@ -2,10 +2,12 @@
 import os
 import sys
 
+from app.settings import DEFAULT_WEB_THREADS
+
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", "8"))
+threads = int(os.environ.get("WEB_THREADS", DEFAULT_WEB_THREADS))
 # Braze gives up after 2 s; a request still running after this is stuck, not slow.
 timeout = int(os.environ.get("WORKER_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "20"))

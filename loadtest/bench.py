@@ -1,25 +1,54 @@
 """Benchmark the service as production runs it: gunicorn + Redis cache + Personalize (stand-in) over HTTP.
 
-    python -m loadtest.bench [--duration 10] [--connections 64] [--latency-ms 50]
+    python -m loadtest.bench [--duration 10] [--only NAME ...] [--latency-ms 50]
+    python -m loadtest.bench --serve 300      # just the stand-in + service, for locust or py-spy
 
-Starts, in one run on this machine: the Personalize stand-in (a process of its own, with a fixed latency),
-the service under `gunicorn wsgi:app` (gunicorn.conf.py, CACHE_REDIS_URL), and a bare-Flask baseline
-returning a constant 10-item array under the same gunicorn worker settings. Drives each with wrk (Debian
-package `wrk`) and prints req/s, p50, p99, non-2xx responses, Personalize calls per request, and req/s as a
-ratio to the baseline. Needs Redis on 127.0.0.1:6379 (uses database 13, flushed).
+One run starts, on this machine only (127.0.0.1): the Personalize stand-in (a process of its own, run by
+tests/standin/personalize.py; latency --latency-ms, 50 ms by default), the service under `gunicorn wsgi:app` exactly as production runs it
+(gunicorn.conf.py, CACHE_REDIS_URL; a fresh gunicorn and an empty cache for every scenario, so each can run
+alone), and two yardsticks under the worker settings gunicorn.conf.py gives (WEB_CONCURRENCY, WEB_THREADS,
+worker class, keep-alive): a bare-Flask route returning a constant array (loadtest/baseline.py) and a bare
+boto3 proxy that calls the stand-in on every request (loadtest/proxy.py). wrk (Debian's `wrk`, -t2) drives
+each scenario for --duration seconds (after a 1 s warm-up, except the upstream-fault ones):
+
+    baseline   bare Flask, 64 connections                          yardstick for hits and the others
+    proxy      boto3 proxy, 64 and 256 connections                 yardstick for misses
+    hits       100 users, all cached (hits.lua), 64 connections    -> bare Flask
+    misses     a new user every request (misses.lua), 64 and 256   -> boto3 proxy at the same connections
+    mix        the Braze mix (mix.lua, = locustfile.py), 64        -> bare Flask; Personalize calls vs users
+    slow       misses with the stand-in at 1500 ms, 64             -> bare Flask; non-2xx, p99 vs budget
+    failing    misses with the stand-in answering 500, 64          -> bare Flask; non-2xx, p99 vs budget
+    memory     a 1,000,000-item catalog: load time and gunicorn's total RSS / PSS
+
+--only NAME (repeatable, or comma-separated) runs those scenarios and the yardsticks they are compared to.
+Each scenario prints one row: req/s, p50, p99, errors (non-2xx + socket errors), Personalize calls per
+request, req/s as a ratio to its yardstick, and a note: for misses, mix, slow and failing where the answers
+came from (X-Recommendations-Source, counted by sources.lua), for mix the stand-in's calls against the
+distinct users mix.lua made, for slow and failing the non-2xx count and p99 against REQUEST_BUDGET_MS + 100.
+Then every target with PASS or FAIL (a scenario not run shows "-"); besides the issue's targets, misses and
+mix must be answered by Personalize, not by the fallback. The exit status is 1 when a target that ran failed. Needs Redis on 127.0.0.1:6379 (uses database 13, flushed) and wrk.
+Scenario knobs for mix.lua (UNKNOWN_SHARE, QA_EVERY, ...) pass through the environment.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import runpy
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -29,133 +58,552 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 REDIS_URL = "redis://127.0.0.1:6379/13"
 ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/bench"
+HIT_USERS = 100  # the users hits.lua asks for
+CATALOG_ROWS = 1_000_000
+SCENARIOS = ("baseline", "proxy", "hits", "misses", "mix", "slow", "failing", "memory")
+NEEDS = {"hits": {"baseline"}, "misses": {"proxy"}, "mix": {"baseline"}, "slow": {"baseline"},
+         "failing": {"baseline"}}
 
 
+# -- processes -------------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 60, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"{process.args} exited with {process.returncode}")
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise SystemExit(f"{' '.join(map(str, process.args))} exited with {process.returncode}\n{tail}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
                     return
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.05)
     raise SystemExit(f"{url} did not answer within {timeout} s")
 
 
-def gunicorn_env(port: int, standin_url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HOST="127.0.0.1", PORT=str(port), ACCESS_LOG="", LOG_LEVEL="WARNING",
-        CATALOG_URI=str(ROOT / "sample" / "catalog.csv"), PERSONALIZE_CAMPAIGN_ARN=ARN,
-        CACHE_REDIS_URL=REDIS_URL, AWS_ENDPOINT_URL_PERSONALIZE_RUNTIME=standin_url,
-        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
-    )
-    env.pop("RECOMMENDATIONS_URI", None)
-    return env
+def stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
-def wrk(url: str, script: str | None, duration: int, connections: int, run: str) -> dict[str, float]:
-    """Run wrk and return req/s, p50/p99 in ms, requests and non-2xx responses."""
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+def gunicorn_settings() -> dict[str, Any]:
+    """Return what gunicorn.conf.py gives production (it reads WEB_CONCURRENCY etc. from the environment)."""
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    return {"workers": int(conf.get("workers", 1)), "threads": int(conf.get("threads", 1)),
+            "worker_class": str(conf.get("worker_class", "sync")), "keepalive": int(conf.get("keepalive", 2))}
+
+
+def children(pid: int) -> list[int]:
+    """Return the pids whose parent is pid (gunicorn's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def proc_kib(pid: int, name: str, file: str = "status") -> int:
+    """Return a 'Name:  N kB' figure from /proc/PID/status or smaps_rollup, in KiB."""
+    for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class Bench:
+    """The processes of one run: the stand-in, the yardsticks, and a fresh service per scenario."""
+
+    def __init__(self, args: argparse.Namespace, logs: Path) -> None:
+        self.args = args
+        self.logs = logs
+        self.gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+        self.settings = gunicorn_settings()
+        self.budget_ms = int(os.environ.get("REQUEST_BUDGET_MS", "800"))
+        self.processes: list[subprocess.Popen[Any]] = []
+        self.standin_url = ""
+        self.control: Control | None = None
+        self._yardsticks: dict[str, str] = {}
+
+    def log(self, name: str) -> Any:
+        return open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to a child process
+
+    def start_standin(self) -> None:
+        standin = subprocess.Popen(
+            [sys.executable, "-m", "tests.standin.personalize", "--port", "0", "--items-from",
+             str(ROOT / "sample" / "catalog.csv"), "--arn", ARN],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log("standin"),
+        )
+        self.processes.append(standin)
+        assert standin.stdout is not None
+        self.standin_url = "http://" + standin.stdout.readline().decode().split()[1]
+        self.control = Control(self.standin_url)
+        self.set_fault("ok")
+
+    def set_fault(self, fault: str, latency_ms: int | None = None) -> None:
+        """Clear the stand-in's counts, then give it a fault: ok (= --latency-ms), slow (1500 ms) or error500."""
+        assert self.control is not None
+        self.control.reset()
+        if fault == "error500":
+            self.control.set_fault("error500")
+        else:
+            self.control.set_fault("latency", latency_ms=latency_ms if latency_ms is not None else self.args.latency_ms)
+
+    def calls(self) -> int:
+        assert self.control is not None
+        return int(self.control.calls()["total"])
+
+    def settle(self, limit: float = 15) -> int:
+        """Wait until the stand-in's call count stops moving: gunicorn still serves requests wrk gave up on."""
+        deadline = time.monotonic() + limit
+        last, still = self.calls(), 0
+        while still < 2 and time.monotonic() < deadline:
+            time.sleep(0.25)
+            now = self.calls()
+            still = still + 1 if now == last else 0
+            last = now
+        return last
+
+    def env(self, port: int, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            HOST="127.0.0.1", PORT=str(port), ACCESS_LOG="", LOG_LEVEL="WARNING",
+            CATALOG_URI=str(ROOT / "sample" / "catalog.csv"), PERSONALIZE_CAMPAIGN_ARN=ARN,
+            CACHE_REDIS_URL=REDIS_URL, AWS_ENDPOINT_URL_PERSONALIZE_RUNTIME=self.standin_url,
+            AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
+        )
+        env.pop("RECOMMENDATIONS_URI", None)
+        env.update(extra)
+        return env
+
+    @contextlib.contextmanager
+    def service(self, name: str, **extra: str) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
+        """Run `gunicorn wsgi:app` as production does, on an empty Redis cache, until the block ends."""
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        port = free_port()
+        process = subprocess.Popen([self.gunicorn, "wsgi:app"], cwd=ROOT, env=self.env(port, **extra),
+                                   stdout=subprocess.DEVNULL, stderr=self.log(f"service-{name}"))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(url + "/readyz", process, log=self.logs / f"service-{name}.log")
+            yield url, process
+        finally:
+            stop(process)
+
+    def yardstick(self, module: str) -> str:
+        """Start loadtest.baseline or loadtest.proxy once, under the production worker settings."""
+        if module not in self._yardsticks:
+            port = free_port()
+            s = self.settings
+            process = subprocess.Popen(
+                [self.gunicorn, "-c", "/dev/null", "--bind", f"127.0.0.1:{port}", "--workers", str(s["workers"]),
+                 "--threads", str(s["threads"]), "--worker-class", s["worker_class"], "--keep-alive",
+                 str(s["keepalive"]), "--no-control-socket", f"loadtest.{module}:app"],
+                cwd=ROOT, env=self.env(port), stdout=subprocess.DEVNULL, stderr=self.log(module),
+            )
+            self.processes.append(process)
+            url = f"http://127.0.0.1:{port}"
+            wait_http(url + "/recommendations?user_id=warm-up", process, log=self.logs / f"{module}.log")
+            self._yardsticks[module] = url
+        return self._yardsticks[module]
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            stop(process)
+
+
+# -- wrk -------------------------------------------------------------------------------------------------------
+def wrk(url: str, script: str | None, duration: float, connections: int, run: int) -> dict[str, Any]:
+    """Run wrk and return req/s, p50/p99 in ms, requests, non-2xx, socket errors and mix.lua's counts."""
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "5s"]
     if script:
         command += ["-s", str(HERE / script)]
-    output = subprocess.run(command + [url], capture_output=True, text=True, check=True,
-                            env={**os.environ, "BENCH_RUN": run}).stdout
+    timeout = duration + 60
+    output = subprocess.run(command + [url], capture_output=True, text=True, check=True, timeout=timeout,
+                            env={**os.environ, "BENCH_RUN": str(run)}).stdout
 
     def millis(label: str) -> float:
-        match = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        match = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s|m)\s*$", output, re.M)
         if not match:
             return float("nan")
         value, unit = float(match.group(1)), match.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+        return {"us": value / 1000, "ms": value, "s": value * 1000, "m": value * 60000}[unit]
 
-    requests_done = int(re.search(r"(\d+) requests in", output).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-    return {
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    figures: dict[str, Any] = {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
-        "p50": millis("50%"), "p99": millis("99%"), "requests": requests_done,
-        "errors": (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, errors.groups())) if errors else 0),
+        "p50": millis("50%"), "p99": millis("99%"),
+        "requests": int(re.search(r"(\d+) requests in", output).group(1)),
+        "non2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket": sum(map(int, socket_errors.groups())) if socket_errors else 0,
     }
+    figures["errors"] = figures["non2xx"] + figures["socket"]
+    if stats := re.search(r"^MIX_STATS (.*)$", output, re.M):
+        figures["mix"] = {k: int(v) for k, v in (pair.split("=") for pair in stats.group(1).split())}
+    if stats := re.search(r"^SOURCE_STATS (.*)$", output, re.M):
+        figures["sources"] = {k: int(v) for k, v in (pair.split("=") for pair in stats.group(1).split())}
+    return figures
+
+
+@dataclass
+class Row:
+    key: str  # e.g. misses-256
+    label: str
+    connections: int
+    figures: dict[str, Any]
+    yardstick: str | None  # the key of the row it is compared to
+    note: str = ""
+    calls: float | None = None  # Personalize calls per request
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Runner:
+    def __init__(self, bench: Bench, args: argparse.Namespace) -> None:
+        self.bench = bench
+        self.args = args
+        self.rows: dict[str, Row] = {}
+        self.memory: dict[str, Any] | None = None
+        self.run = 0
+
+    def drive(self, url: str, script: str | None, connections: int, warm_up: bool, fault: str = "ok",
+              latency_ms: int | None = None) -> tuple[dict[str, Any], int]:
+        """Warm up (optional), clear the stand-in's counts, set its fault, run wrk; return figures and calls."""
+        bench = self.bench
+        if warm_up:
+            self.run += 1
+            wrk(url, "misses.lua" if script == "mix.lua" else script, 1, connections, self.run)
+            bench.settle()  # the warm-up's queued requests must not call Personalize inside the measured run
+        bench.set_fault(fault, latency_ms)
+        self.run += 1
+        figures = wrk(url, script, self.args.duration, connections, self.run)
+        # Personalize calls per request: the calls made while wrk ran, over the requests it completed.
+        calls = bench.calls()
+        # All calls, those of the requests wrk sent but stopped waiting for included (mix.lua counts their users).
+        figures["calls_settled"] = bench.settle() if script == "mix.lua" else calls
+        bench.set_fault("ok")  # wakes anything still sleeping in the stand-in
+        return figures, calls
+
+    def add(self, key: str, label: str, connections: int, figures: dict[str, Any], yardstick: str | None,
+            calls: int | None = None, note: str = "") -> None:
+        per_request = None if calls is None else calls / max(figures["requests"], 1)
+        answered = figures.get("sources", {})
+        if answered and not answered.get("none"):  # the service says where each answer came from
+            other = {k: v for k, v in answered.items() if k != "personalize" and v}
+            share = sum(other.values()) / max(sum(answered.values()), 1)
+            served = ("all from Personalize" if not other else
+                      f"{share:.0%} not from Personalize (" + ", ".join(f"{k} {v}" for k, v in other.items()) + ")")
+            note = f"{note}; {served}" if note else served
+        self.rows[key] = Row(key, label, connections, figures, yardstick, note, per_request,
+                             {"calls_total": calls})
+        print(f"  done: {label} @{connections}: {figures['rps']:.0f} req/s, p99 {figures['p99']:.1f} ms, "
+              f"{figures['errors']} errors", file=sys.stderr, flush=True)
+
+    # -- scenarios ---------------------------------------------------------------------------------------------
+    def baseline(self) -> None:
+        url = self.bench.yardstick("baseline") + "/recommendations"
+        figures, _ = self.drive(url, None, 64, warm_up=True)
+        self.add("baseline", "bare Flask (yardstick)", 64, figures, None)
+
+    def proxy(self) -> None:
+        url = self.bench.yardstick("proxy")
+        for connections in (64, 256):
+            figures, calls = self.drive(url, "misses.lua", connections, warm_up=True)
+            self.add(f"proxy-{connections}", "boto3 proxy (yardstick)", connections, figures, None, calls)
+
+    def hits(self) -> None:
+        with self.bench.service("hits") as (url, _):
+            for n in range(HIT_USERS):
+                urllib.request.urlopen(f"{url}/recommendations?user_id=bench-hit-{n}", timeout=5).read()
+            figures, calls = self.drive(url, "hits.lua", 64, warm_up=True)
+        self.add("hits", "cache hits (Redis)", 64, figures, "baseline", calls)
+
+    def misses(self) -> None:
+        with self.bench.service("misses") as (url, _):
+            for connections in (64, 256):
+                figures, calls = self.drive(url, "misses.lua", connections, warm_up=True)
+                self.add(f"misses-{connections}", "cache misses", connections, figures, f"proxy-{connections}",
+                         calls)
+
+    def mix(self) -> None:
+        with self.bench.service("mix") as (url, _):
+            figures, calls = self.drive(url, "mix.lua", 64, warm_up=True)
+        stats = figures.get("mix", {})
+        users, settled = stats.get("users", 0), figures["calls_settled"]
+        note = (f"{settled} calls / {users} users = {settled / max(users, 1):.3f} "
+                f"({stats.get('unknown', 0)} unknown, {stats.get('repeats', 0)} repeats, {stats.get('qa', 0)} QA)")
+        self.add("mix", "Braze mix", 64, figures, "baseline", calls, note)
+        self.rows["mix"].extra.update(users=users, calls_settled=settled)
+
+    def slow(self) -> None:
+        self._fault("slow", "misses, upstream 1500 ms", "ok", 1500)
+
+    def failing(self) -> None:
+        self._fault("failing", "misses, upstream 500s", "error500", None)
+
+    def _fault(self, key: str, label: str, fault: str, latency_ms: int | None) -> None:
+        with self.bench.service(key) as (url, _):
+            figures, calls = self.drive(url, "misses.lua", 64, warm_up=False, fault=fault, latency_ms=latency_ms)
+        limit = self.bench.budget_ms + 100
+        note = (f"non-2xx {figures['non2xx']}, socket {figures['socket']}; p99 {figures['p99']:.0f} "
+                f"{'<=' if figures['p99'] <= limit else '>'} {limit} ms")
+        self.add(key, label, 64, figures, "baseline", calls, note)
+
+    def memory_scenario(self) -> None:
+        self.memory = measure_memory(self.bench, self.args.catalog_rows)
+
+    # -- report ------------------------------------------------------------------------------------------------
+    def report(self) -> int:
+        s, args = self.bench.settings, self.args
+        print(f"\nwrk -t2 -d{args.duration:g}s (+1 s warm-up); Personalize stand-in latency {args.latency_ms} ms; "
+              f"WEB_CONCURRENCY={s['workers']} WEB_THREADS={s['threads']} worker_class={s['worker_class']}; "
+              f"REQUEST_BUDGET_MS={self.bench.budget_ms}\n")
+        header = (f"{'scenario':27} {'conns':>5} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+                  f"{'calls/req':>9} {'× yardstick':>18}  note")
+        print(header)
+        print("-" * len(header))
+        for row in self.rows.values():
+            f = row.figures
+            calls = "" if row.calls is None else f"{row.calls:.2f}"
+            ratio = ""
+            if row.yardstick and row.yardstick in self.rows:
+                ratio = f"{f['rps'] / self.rows[row.yardstick].figures['rps']:.2f} {row.yardstick}"
+            print(f"{row.label:27} {row.connections:5d} {f['rps']:7.0f} {f['p50']:8.1f} {f['p99']:8.1f} "
+                  f"{f['errors']:7d} {calls:>9} {ratio:>18}  {row.note}")
+        if self.memory:
+            m = self.memory
+            print(f"\ncatalog scale: {m['rows']:,} items, {m['csv_mb']:.0f} MB CSV (written in {m['gen_s']:.1f} s); "
+                  f"{m['workers']} workers")
+            print(f"  load time per worker (boot -> 'catalog loaded' log line): "
+                  f"{', '.join(f'{t:.1f} s' for t in m['load_s'])}; start -> all workers loaded "
+                  f"{m['all_loaded_s']:.1f} s; start -> first /readyz 200 {m['readyz_s']:.1f} s")
+            for pid, role, rss, pss, hwm in m["processes"]:
+                print(f"  {role:7} pid {pid:7d}: VmRSS {rss / 1024:7.0f} MiB  PSS {pss / 1024:7.0f} MiB  "
+                      f"peak VmHWM {hwm / 1024:7.0f} MiB")
+            print(f"  total: VmRSS {m['rss_kib'] / 1024:.0f} MiB, PSS {m['pss_kib'] / 1024:.0f} MiB "
+                  f"(peak VmHWM sum {m['hwm_kib'] / 1024:.0f} MiB)" + (f"; {m['problem']}" if m.get("problem") else ""))
+        return self.targets()
+
+    def targets(self) -> int:
+        rows, budget = self.rows, self.bench.budget_ms
+        checks: list[tuple[str, bool | None, str]] = []
+
+        def check(name: str, keys: list[str], test: Any, detail: Any) -> None:
+            if all(k in rows for k in keys):
+                checks.append((name, bool(test()), detail()))
+            else:
+                checks.append((name, None, "not run"))
+
+        def ratio(key: str) -> float:
+            return rows[key].figures["rps"] / rows[rows[key].yardstick].figures["rps"]
+
+        def fig(key: str, name: str) -> Any:
+            return rows[key].figures[name]
+
+        check("hits: >= 0.8x bare Flask req/s, p99 < 50 ms @64", ["hits", "baseline"],
+              lambda: ratio("hits") >= 0.8 and fig("hits", "p99") < 50,
+              lambda: f"{ratio('hits'):.2f}x, p99 {fig('hits', 'p99'):.1f} ms")
+        check("misses: >= 0.9x boto3 proxy req/s @64", ["misses-64", "proxy-64"],
+              lambda: ratio("misses-64") >= 0.9,
+              lambda: f"{ratio('misses-64'):.2f}x")
+        check("misses: >= 0.9x boto3 proxy req/s, p99 < 1 s @256", ["misses-256", "proxy-256"],
+              lambda: ratio("misses-256") >= 0.9 and fig("misses-256", "p99") < 1000,
+              lambda: f"{ratio('misses-256'):.2f}x, p99 {fig('misses-256', 'p99'):.0f} ms")
+        check("mix: calls <= users x 1.01, 0 errors, p99 < 300 ms", ["mix"],
+              lambda: (rows["mix"].extra["calls_settled"] <= rows["mix"].extra["users"] * 1.01
+                       and rows["mix"].extra["users"] > 0 and fig("mix", "errors") == 0 and fig("mix", "p99") < 300),
+              lambda: (f"{rows['mix'].extra['calls_settled']} calls / {rows['mix'].extra['users']} users, "
+                       f"{fig('mix', 'errors')} errors, p99 {fig('mix', 'p99'):.0f} ms"))
+        def unpersonalized(key: str) -> int:
+            return sum(v for k, v in rows[key].figures.get("sources", {}).items() if k not in ("personalize", "none"))
+
+        check("misses and mix: every answer from Personalize (no fallback)", ["misses-64", "misses-256", "mix"],
+              lambda: all(unpersonalized(k) == 0 for k in ("misses-64", "misses-256", "mix")),
+              lambda: ", ".join(f"{k} {unpersonalized(k)}" for k in ("misses-64", "misses-256", "mix")))
+        for key in ("slow", "failing"):
+            check(f"{key}: 0 non-2xx/socket errors, p99 <= budget + 100 = {budget + 100} ms", [key],
+                  lambda key=key: fig(key, "errors") == 0 and fig(key, "p99") <= budget + 100,
+                  lambda key=key: f"{fig(key, 'non2xx')} non-2xx, {fig(key, 'socket')} socket, "
+                                  f"p99 {fig(key, 'p99'):.0f} ms")
+        m = self.memory
+        checks.append(("memory: catalog load < 10 s", None if m is None else m["all_loaded_s"] < 10 and not m.get("problem"),
+                       "not run" if m is None else f"{max(m['load_s'], default=float('nan')):.1f} s per worker, "
+                                                   f"{m['all_loaded_s']:.1f} s to all workers loaded"))
+        checks.append(("memory: gunicorn total < 1 GB (RSS and PSS)",
+                       None if m is None else max(m["rss_kib"], m["pss_kib"]) * 1024 < 1e9 and not m.get("problem"),
+                       "not run" if m is None else f"RSS {m['rss_kib'] * 1024 / 1e9:.2f} GB, "
+                                                   f"PSS {m['pss_kib'] * 1024 / 1e9:.2f} GB"))
+        print("\ntargets")
+        failed = False
+        for name, ok, detail in checks:
+            verdict = "-" if ok is None else "PASS" if ok else "FAIL"
+            failed |= ok is False
+            print(f"  {verdict:4}  {name:58} {detail}")
+        return 1 if failed else 0
+
+
+# -- catalog scale ---------------------------------------------------------------------------------------------
+ADJECTIVES = ("Trail", "Alpine", "Summit", "Ridge", "Coastal", "Urban", "Classic", "Ultralight", "Merino", "Storm",
+              "Canyon", "Glacier", "Harbor", "Forest", "Desert", "Polar")
+NOUNS = ("Running Shoes", "Rain Jacket", "Fleece Pullover", "Hiking Boots", "Daypack", "Water Bottle", "Beanie",
+         "Trekking Poles", "Sleeping Bag", "Camp Stove", "Headlamp", "Wool Socks", "Softshell Pants", "Tent",
+         "Sun Hat", "Gloves")
+CATEGORIES = ("footwear", "apparel", "packs", "camping", "accessories", "climbing", "cycling", "water")
+
+
+def write_catalog(path: Path, rows: int) -> None:
+    """Write a catalog CSV with the columns of a Personalize items dataset plus the feed's display fields."""
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        fh.write("ITEM_ID,NAME,URL,PRICE,IMAGE_URL,CATEGORY,POPULARITY_RANK\n")
+        chunk = []
+        for i in range(rows):
+            item_id = 1_000_000 + i
+            name = f"{ADJECTIVES[i % 16]} {NOUNS[(i // 16) % 16]} {i // 256}"
+            slug = name.lower().replace(" ", "-")
+            chunk.append(f"{item_id},{name},https://shop.example.com/p/{item_id}/{slug},{(i * 7919) % 30000 / 100 + 5:.2f},"
+                         f"https://cdn.example.com/img/{item_id}.jpg,{CATEGORIES[(i // 7) % 8]},{(i * 7919) % rows + 1}\n")
+            if len(chunk) == 10_000:
+                fh.write("".join(chunk))
+                chunk.clear()
+        fh.write("".join(chunk))
+
+
+def measure_memory(bench: Bench, rows: int) -> dict[str, Any]:
+    """Start the service on a generated catalog; time the load and add up gunicorn's resident memory."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-catalog-"))
+    try:
+        catalog = workdir / "catalog.csv"
+        started = time.monotonic()
+        write_catalog(catalog, rows)
+        gen_s = time.monotonic() - started
+        workers = bench.settings["workers"]
+        port = free_port()
+        env = bench.env(port, CATALOG_URI=str(catalog), LOG_LEVEL="INFO")
+        lines: list[tuple[float, str]] = []
+        start = time.monotonic()
+        process = subprocess.Popen([bench.gunicorn, "wsgi:app"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+
+        def read() -> None:
+            assert process.stderr is not None
+            with bench.log("service-memory") as log:
+                for line in process.stderr:
+                    lines.append((time.monotonic(), line))
+                    log.write(line.encode())
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        url = f"http://127.0.0.1:{port}"
+        problem = None
+        readyz_s = float("nan")
+        try:
+            boots: dict[int, float] = {}
+            loaded: dict[int, float] = {}
+            deadline = start + 180
+            while time.monotonic() < deadline and len(loaded) < workers:
+                for at, line in list(lines):
+                    if m := re.search(r"Booting worker with pid: (\d+)", line):
+                        boots.setdefault(int(m.group(1)), at)
+                    elif "catalog loaded from" in line and (m := re.search(r"\[(\d+)\]", line)):
+                        loaded.setdefault(int(m.group(1)), at)
+                    elif "WORKER TIMEOUT" in line or "Cannot start" in line:
+                        problem = problem or line.strip()[-160:]
+                if process.poll() is not None:
+                    problem = problem or f"gunicorn exited with {process.returncode}"
+                    break
+                if readyz_s != readyz_s:  # nan: not answered yet
+                    with contextlib.suppress(OSError):
+                        with urllib.request.urlopen(url + "/readyz", timeout=0.5) as response:
+                            if response.status == 200:
+                                readyz_s = time.monotonic() - start
+                time.sleep(0.05)
+            if len(loaded) < workers:
+                problem = problem or f"only {len(loaded)} of {workers} workers loaded the catalog within 180 s"
+            all_loaded_s = (max(loaded.values()) - start) if loaded else float("nan")
+            load_s = [loaded[pid] - boots[pid] for pid in sorted(loaded) if pid in boots]
+            time.sleep(2)  # let the parse's garbage go before reading memory
+            for n in range(20):  # a few requests, so the figures are those of a serving process
+                with contextlib.suppress(OSError):
+                    urllib.request.urlopen(f"{url}/recommendations?user_id=mem-{n}", timeout=5).read()
+            processes = []
+            for pid in [process.pid, *children(process.pid)]:
+                role = "master" if pid == process.pid else "worker"
+                processes.append((pid, role, proc_kib(pid, "VmRSS"), proc_kib(pid, "Pss", "smaps_rollup"),
+                                  proc_kib(pid, "VmHWM")))
+        finally:
+            stop(process)
+            reader.join(timeout=5)
+        return {
+            "rows": rows, "csv_mb": catalog.stat().st_size / 1e6, "gen_s": gen_s, "workers": workers,
+            "load_s": load_s, "all_loaded_s": all_loaded_s, "readyz_s": readyz_s, "processes": processes,
+            "rss_kib": sum(p[2] for p in processes), "pss_kib": sum(p[3] for p in processes),
+            "hwm_kib": sum(p[4] for p in processes), "problem": problem,
+        }
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- main ------------------------------------------------------------------------------------------------------
+def serve(bench: Bench, seconds: float) -> None:
+    """Keep the stand-in and one service up for seconds (for locust or py-spy), printing where they are."""
+    with bench.service("serve") as (url, process):
+        print(f"SERVICE {url} (gunicorn master {process.pid}, workers {children(process.pid)})")
+        print(f"STANDIN {bench.standin_url} (latency {bench.args.latency_ms} ms)", flush=True)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--latency-ms", type=int, default=50, help="the stand-in's Personalize latency")
+    parser.add_argument("--duration", type=float, default=10, help="seconds per scenario (default 10)")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help=f"run only these scenarios (and their yardsticks): {', '.join(SCENARIOS)}")
+    parser.add_argument("--latency-ms", type=int, default=50, help="the stand-in's Personalize latency (50)")
+    parser.add_argument("--catalog-rows", type=int, default=CATALOG_ROWS, help="items in the memory scenario")
+    parser.add_argument("--serve", type=float, metavar="SECONDS",
+                        help="only start the stand-in and the service, print their URLs, stop after SECONDS")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    only = {name.strip() for value in args.only for name in value.split(",") if name.strip()}
+    if unknown := only - set(SCENARIOS):
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose among {', '.join(SCENARIOS)}")
+    wanted = set(only or SCENARIOS)
+    wanted |= {need for name in list(wanted) for need in NEEDS.get(name, ())}
+    if shutil.which("wrk") is None and args.serve is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
-    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    redis.Redis.from_url(REDIS_URL).ping()
 
-    processes: list[subprocess.Popen[bytes]] = []
+    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    bench = Bench(args, logs)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        standin = subprocess.Popen(
-            [sys.executable, "-m", "tests.standin.personalize", "--port", "0", "--items-from",
-             str(ROOT / "sample" / "catalog.csv"), "--arn", ARN],
-            cwd=ROOT, stdout=subprocess.PIPE,
-        )
-        processes.append(standin)
-        standin_url = "http://" + standin.stdout.readline().decode().split()[1]
-        control = Control(standin_url)
-        control.set_fault("latency", latency_ms=args.latency_ms)
-
-        service_port, baseline_port = free_port(), free_port()
-        env = gunicorn_env(service_port, standin_url)
-        service = subprocess.Popen([gunicorn, "wsgi:app"], cwd=ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        processes.append(service)
-        workers, threads = env.get("WEB_CONCURRENCY", "2"), env.get("WEB_THREADS", "8")
-        baseline = subprocess.Popen(
-            [gunicorn, "-c", "/dev/null", "--bind", f"127.0.0.1:{baseline_port}", "--workers", workers,
-             "--threads", threads, "--worker-class", "gthread", "--no-control-socket", "loadtest.baseline:app"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        processes.append(baseline)
-        service_url, baseline_url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{baseline_port}"
-        wait_http(service_url + "/readyz", service)
-        wait_http(baseline_url + "/recommendations", baseline)
-        for n in range(100):  # the users hits.lua asks for
-            urllib.request.urlopen(f"{service_url}/recommendations?user_id=bench-hit-{n}", timeout=5).read()
-
-        rows = []
-        scenarios = [
-            ("baseline (bare Flask)", baseline_url + "/recommendations", None, "ok"),
-            ("cache hits (Redis)", service_url, "hits.lua", "ok"),
-            ("cache misses", service_url, "misses.lua", "ok"),
-            ("misses, Personalize failing", service_url, "misses.lua", "error500"),
-        ]
-        for run, (name, url, script, fault) in enumerate(scenarios):
-            control.reset()
-            control.set_fault("latency", latency_ms=args.latency_ms) if fault == "ok" else control.set_fault(fault)
-            figures = wrk(url, script, args.duration, args.connections, run=str(run))
-            figures["calls"] = control.calls()["total"] / max(figures["requests"], 1) if script else 0.0
-            rows.append((name, figures))
+        bench.start_standin()
+        if args.serve is not None:
+            serve(bench, args.serve)
+            return 0
+        runner = Runner(bench, args)
+        print(f"logs in {logs}", file=sys.stderr, flush=True)
+        for name in SCENARIOS:
+            if name in wanted:
+                getattr(runner, "memory_scenario" if name == "memory" else name)()
+        return runner.report()
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
-
-    base = rows[0][1]["rps"]
-    print(f"\nwrk -t2 -c{args.connections} -d{args.duration}s; Personalize stand-in latency {args.latency_ms} ms; "
-          f"WEB_CONCURRENCY={workers} WEB_THREADS={threads}\n")
-    print(f"{'scenario':30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'calls/req':>10} {'× base':>7}")
-    for name, f in rows:
-        print(f"{name:30} {f['rps']:9.0f} {f['p50']:8.1f} {f['p99']:8.1f} {f['errors']:7d} {f['calls']:10.2f} "
-              f"{f['rps'] / base:7.2f}")
-    return 0
+        bench.close()
 
 
 if __name__ == "__main__":

@@ -164,6 +164,8 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as botocore's connection pool expects
     server_version = "PersonalizeStandin/1.0"
     timeout = 30  # close idle keep-alive connections
+    # Headers and body go out in two writes; with Nagle on, a keep-alive client waits ~40 ms for the body.
+    disable_nagle_algorithm = True
     server: StandinServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name

@@ -45,10 +45,16 @@ def test_defaults() -> None:
     assert settings.catalog_refresh_seconds == 60.0
     assert settings.source_name == "batch"
     # Every tunable not given takes the dataclass's default, converted to its declared type.
-    assert settings == Settings(catalog_uri=CATALOG, recommendations_uri=BATCH)
+    assert settings == Settings(catalog_uri=CATALOG, recommendations_uri=BATCH, personalize_max_concurrency=16)
     assert isinstance(settings.personalize_connect_timeout, float)
     assert isinstance(settings.personalize_max_attempts, int)
     assert 0 < settings.personalize_connect_timeout <= settings.personalize_read_timeout <= 2
+
+
+@pytest.mark.parametrize(("given", "expected"), [({}, 16), ({"WEB_THREADS": "32"}, 32),
+                                                 ({"WEB_THREADS": "32", "PERSONALIZE_MAX_CONCURRENCY": "4"}, 4)])
+def test_the_personalize_cap_follows_web_threads_unless_set(given: dict[str, str], expected: int) -> None:
+    assert Settings.from_env(env(**given)).personalize_max_concurrency == expected
 
 
 def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
