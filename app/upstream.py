@@ -29,6 +29,7 @@ class GuardedRecommender:
         self.inner = inner
         self.name = inner.name
         self.key = inner.key
+        self.recovery_seconds = recovery_seconds
         self.breaker = CircuitBreaker(
             failure_threshold=failure_threshold,
             recovery_timeout=recovery_seconds,
@@ -37,6 +38,7 @@ class GuardedRecommender:
             name=f"{inner.name}-breaker",
         )
         self._call = self.breaker.decorate(inner.recommend)
+        self._breaker_state = self.breaker.state
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=f"{inner.name}-call")
 
@@ -72,3 +74,16 @@ class GuardedRecommender:
             return self._call(user_id, num_results, options)
         finally:
             self._slots.release()
+            self._log_breaker_change()
+
+    def _log_breaker_change(self) -> None:
+        """Log when the breaker opens or closes: on call's logs, the one line that explains a wave of fallbacks."""
+        state = self.breaker.state
+        if state == self._breaker_state:
+            return
+        self._breaker_state = state
+        if state == "open":
+            log.error("%s failed %d times in a row: answering from the fallback for %s s",
+                      self.name, self.breaker.failure_count, self.recovery_seconds)
+        elif state == "closed":
+            log.warning("%s answers again: circuit breaker closed", self.name)

@@ -1,6 +1,7 @@
 """app/upstream.py: GuardedRecommender's deadline, concurrency cap and circuit breaker around small fakes."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -330,3 +331,23 @@ def test_the_breaker_recovers_on_the_real_clock() -> None:
     assert until(lambda: succeeds(g), timeout=2.0)
     assert time.monotonic() - started >= 0.1  # not before the recovery time
     assert len(inner.calls) == 2
+
+
+def test_opening_and_closing_the_breaker_are_logged_once_each(
+    clock: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    inner = FakeRecommender({"u1": ["1000"]})
+    inner.error = UpstreamError("down", code="upstream_unavailable")
+    g = guard(inner, failure_threshold=2, recovery_seconds=30)
+    with caplog.at_level(logging.WARNING, logger="app.upstream"):
+        for _ in range(5):  # 2 failures open it; 3 more are refused without a call
+            raises_upstream(lambda: g.recommend("u1", 1, timeout=2))
+        clock[0] += 31
+        inner.error = None
+        for _ in range(3):
+            g.recommend("u1", 1, timeout=2)
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert messages == [
+        (logging.ERROR, "fake failed 2 times in a row: answering from the fallback for 30 s"),
+        (logging.WARNING, "fake answers again: circuit breaker closed"),
+    ]
