@@ -7,8 +7,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import redis
+from botocore.stub import Stubber
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -97,6 +99,25 @@ def redis_url() -> Iterator[str]:
     client.flushdb()
     yield REDIS_URL
     client.flushdb()
+
+
+@pytest.fixture
+def dummy_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give boto3 credentials that cannot reach anything real, and no profile or endpoint from the host."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_PERSONALIZE_RUNTIME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def runtime(dummy_aws: None) -> Iterator[tuple[Any, Stubber]]:
+    """Yield a real personalize-runtime client under botocore's Stubber; every queued answer must be used."""
+    client = boto3.client("personalize-runtime", region_name="us-east-1")
+    with Stubber(client) as stubber:
+        yield client, stubber
+        stubber.assert_no_pending_responses()
 
 
 @pytest.fixture

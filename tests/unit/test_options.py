@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import boto3
 import pytest
 from botocore.stub import Stubber
 from flask import Flask
@@ -304,23 +303,6 @@ def test_context_and_filter_values_do_not_collide_in_the_cache(client: FlaskClie
 
 # --------------------------------------------------------------------------------------------------
 # What reaches Personalize: a real boto3 client under botocore's Stubber
-
-
-@pytest.fixture
-def dummy_aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_PERSONALIZE_RUNTIME"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def runtime(dummy_aws: None) -> Iterator[tuple[Any, Stubber]]:
-    client = boto3.client("personalize-runtime", region_name="us-east-1")
-    with Stubber(client) as stubber:
-        yield client, stubber
-        stubber.assert_no_pending_responses()
 
 
 def personalize_app(make_app: Callable[..., Flask], client: Any, **settings: Any) -> FlaskClient:

@@ -23,22 +23,8 @@ CAMPAIGN_ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/braze-recs"
 RECOMMENDER_ARN = "arn:aws:personalize:us-east-1:123456789012:recommender/top-picks"
 
 
-@pytest.fixture(autouse=True)
-def dummy_aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Give boto3 credentials that cannot reach anything real, and no profile or endpoint from the host."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_PERSONALIZE_RUNTIME"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def runtime() -> Iterator[tuple[Any, Stubber]]:
-    client = boto3.client("personalize-runtime", region_name="us-east-1")
-    with Stubber(client) as stubber:
-        yield client, stubber
-        stubber.assert_no_pending_responses()
+# Dummy credentials and no host profile or endpoint for every test here (the fixture is in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("dummy_aws")
 
 
 def recommender_on(client: Any, arn: str = CAMPAIGN_ARN) -> PersonalizeRecommender:
