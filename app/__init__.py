@@ -81,7 +81,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     )
 
     app.extensions["auth_guard"] = build_guard(settings.api_keys, settings.allowed_cidrs)
-    app.extensions["query_parser"] = QueryParser(settings)
+    app.extensions["query_parser"] = QueryParser(settings, recent_size=settings.cache_local_items)
     app.extensions["presenter"] = Presenter(settings.link_query)
     app.register_blueprint(bp)
     register_error_handlers(app)

@@ -24,20 +24,21 @@ def recommendations() -> Response:
     extensions = current_app.extensions
     if (guard := extensions["auth_guard"]) is not None:
         guard(request)
-    query = extensions["query_parser"].parse(request.args)
+    query = extensions["query_parser"].parse_request(request)
     result = service().recommend(query.user_id, query.num_results, started, query.options)
     response = Response(extensions["presenter"].render(result, query), mimetype="application/json")
-    headers = response.headers
-    headers["X-Cache"] = result.cache
-    headers["X-Recommendations-Source"] = result.source
+    # A new response has none of these headers, so add() (set() first looks for one to replace).
+    add = response.headers.add
+    add("X-Cache", result.cache)
+    add("X-Recommendations-Source", result.source)
     # A fallback is for this send only: nobody should keep it as if it were the user's answer.
-    headers["Cache-Control"] = f"private, max-age={result.max_age}" if result.max_age else "no-store"
+    add("Cache-Control", f"private, max-age={result.max_age}" if result.max_age else "no-store")
     if result.recommendation_id and result.recommendation_id.isascii() and result.recommendation_id.isprintable():
-        headers["X-Recommendation-Id"] = result.recommendation_id
+        add("X-Recommendation-Id", result.recommendation_id)
     if result.fallback_reason:
-        headers["X-Fallback-Reason"] = result.fallback_reason
+        add("X-Fallback-Reason", result.fallback_reason)
     if result.backfilled:
-        headers["X-Backfilled"] = str(result.backfilled)
+        add("X-Backfilled", str(result.backfilled))
     return response
 
 
