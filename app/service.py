@@ -73,7 +73,9 @@ class RecommendationService:
                                 self.recommender.name)
         try:
             recommendation = self.flights.run(
-                key, lambda remaining: self._fetch(key, user_id, num_results, remaining, options), deadline
+                key,
+                lambda remaining: self.recommender.recommend(user_id, num_results, timeout=remaining, options=options),
+                deadline,
             )
         except InvalidParameterError:
             raise  # Personalize rejected the request itself: the caller must see it, not a fallback
@@ -86,12 +88,6 @@ class RecommendationService:
                                   UpstreamError("The recommendation source failed.", code="internal_error"), options)
         return self._result(catalog, recommendation, num_results, "MISS", self.cache.ttl, self.recommender.name)
 
-    def _fetch(
-        self, key: str, user_id: str | None, num_results: int, remaining: float, options: Options
-    ) -> Recommendation:
-        recommendation = self.recommender.recommend(user_id, num_results, timeout=remaining, options=options)
-        self.cache.put(key, recommendation)
-        return recommendation
 
     def _fallback(
         self,

@@ -70,13 +70,10 @@ class Fetches:
     """A fetch function factory that counts calls and can wait for a condition before answering."""
 
     def __init__(self, answer: Recommendation | None = None, error: BaseException | None = None,
-                 before: Callable[[], None] | None = None, cache: AnswerCache | None = None,
-                 key: str = KEY) -> None:
+                 before: Callable[[], None] | None = None) -> None:
         self.answer = answer or Recommendation(["1000", "1037"], "rid-1")
         self.error = error
         self.before = before
-        self.cache = cache
-        self.key = key
         self.calls: list[str] = []
         self.remaining: list[float] = []
         self._lock = threading.Lock()
@@ -90,10 +87,7 @@ class Fetches:
                 self.before()
             if self.error is not None:
                 raise self.error
-            answer = Recommendation(self.answer.item_ids, f"{self.answer.recommendation_id}-{who}")
-            if self.cache is not None:
-                self.cache.put(self.key, answer)  # as RecommendationService._fetch does
-            return answer
+            return Recommendation(self.answer.item_ids, f"{self.answer.recommendation_id}-{who}")
 
         return fetch
 
@@ -300,7 +294,7 @@ def test_two_workers_times_ten_threads_fetch_once(
         assert waiters.wait_for(18)
         assert redis_cache.polled.wait(WAIT)
 
-    fetches = Fetches(before=hold_until_everyone_waits, cache=redis_cache)
+    fetches = Fetches(before=hold_until_everyone_waits)
     workers = {"A": SingleFlight(redis_cache, lock_clients()), "B": SingleFlight(redis_cache, lock_clients())}
 
     calls = [lambda w=w: workers[w].run(KEY, fetches.for_(w), deadline()) for w in ("A", "B") for _ in range(10)]
@@ -310,13 +304,15 @@ def test_two_workers_times_ten_threads_fetch_once(
     leader = fetches.calls[0]
     # Every thread of both workers got the leader's answer: the follower worker read it from the cache.
     assert results == [Recommendation(["1000", "1037"], f"rid-1-{leader}")] * 20
+    cached = redis_cache.get(KEY)
+    assert cached is not None and cached.recommendation.recommendation_id == f"rid-1-{leader}"
     assert redis_client.exists(f"{KEY}:lock") == 0  # released once the answer landed
 
 
 def test_the_follower_worker_returns_the_answer_the_leader_cached(
     redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis]
 ) -> None:
-    fetches = Fetches(before=lambda: redis_cache.polled.wait(WAIT), cache=redis_cache)
+    fetches = Fetches(before=lambda: redis_cache.polled.wait(WAIT))
     worker_a, worker_b = SingleFlight(redis_cache, lock_clients()), SingleFlight(redis_cache, lock_clients())
 
     results = concurrently([lambda: worker_a.run(KEY, fetches.for_("A"), deadline()),
@@ -337,7 +333,7 @@ def test_when_the_leader_worker_fails_followers_fail_promptly(
         assert redis_cache.polled.wait(WAIT)
 
     error = UpstreamError("throttled", code="upstream_throttled", status=503)
-    fetches = Fetches(error=error, before=fail_once_everyone_waits, cache=redis_cache)
+    fetches = Fetches(error=error, before=fail_once_everyone_waits)
     workers = {"A": SingleFlight(redis_cache, lock_clients()), "B": SingleFlight(redis_cache, lock_clients())}
 
     started = time.monotonic()
@@ -365,7 +361,7 @@ def test_the_lock_expires_within_the_budget(
     def record_ttl() -> None:
         ttls.append(redis_client.pttl(f"{KEY}:lock"))
 
-    fetches = Fetches(before=record_ttl, cache=redis_cache)
+    fetches = Fetches(before=record_ttl)
     SingleFlight(redis_cache, lock_clients()).run(KEY, fetches.for_("A"), time.monotonic() + 0.8)
 
     assert len(ttls) == 1
@@ -373,11 +369,24 @@ def test_the_lock_expires_within_the_budget(
     assert redis_client.exists(f"{KEY}:lock") == 0
 
 
+def test_a_lock_taken_by_another_worker_after_expiry_is_not_released(
+    redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis], redis_client: redis.Redis
+) -> None:
+    def expire_and_let_another_worker_take_it() -> None:
+        redis_client.set(f"{KEY}:lock", b"other-worker", px=5000)
+
+    fetches = Fetches(error=UpstreamError("down"), before=expire_and_let_another_worker_take_it)
+    with pytest.raises(UpstreamError):
+        SingleFlight(redis_cache, lock_clients()).run(KEY, fetches.for_("A"), deadline())
+
+    assert redis_client.get(f"{KEY}:lock") == b"other-worker"
+
+
 def test_a_lock_left_by_a_dead_worker_only_costs_one_budget(
     redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis], redis_client: redis.Redis
 ) -> None:
     redis_client.set(f"{KEY}:lock", b"dead-worker", px=300)  # taken, never released
-    fetches = Fetches(cache=redis_cache)
+    fetches = Fetches()
     flights = SingleFlight(redis_cache, lock_clients())
 
     started = time.monotonic()
