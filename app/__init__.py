@@ -18,6 +18,7 @@ from .extensions import cache
 from .logs import RequestLog, configure_logging
 from .metrics import Metrics
 from .metrics import bp as metrics_bp
+from .openapi import bp as docs_bp
 from .presentation import Presenter
 from .personalize import PersonalizeRecommender, client_config
 from .recommendation import Recommender
@@ -93,6 +94,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     app.extensions["metrics_guard"] = build_guard(settings.api_keys, ())
     app.register_blueprint(bp)
     app.register_blueprint(metrics_bp)
+    app.register_blueprint(docs_bp)
     register_error_handlers(app)
     request_log = RequestLog(settings.log_user_id_key, enabled=settings.log_level in ("DEBUG", "INFO"))
     telemetry.init_app(app, metrics, request_log)
