@@ -2,6 +2,7 @@
 and a Swagger UI page at /docs served from the vendored files in app/static/swagger-ui (no CDN)."""
 from __future__ import annotations
 
+import re
 import string
 from typing import Any
 
@@ -17,7 +18,7 @@ from .schemas import FILTER_KEY, CONTEXT_KEY, MAX_LINK_VALUE_LENGTH, MAX_VALUE_L
 from .settings import Settings
 
 API_VERSION = "1"
-SOURCES = ("personalize", "batch", "stale", "fallback")
+FALLBACK_SOURCES = ("batch", "stale", "fallback")
 
 
 class ErrorBody(Schema):
@@ -78,8 +79,12 @@ def _pairs_parameter(prefix: str, key: str, description: str) -> dict[str, Any]:
     }
 
 
-def build_spec(settings: Settings) -> dict[str, Any]:
-    """Return the OpenAPI document for this deployment (its filters, extra fields, link placeholders, auth)."""
+def build_spec(settings: Settings, source: str) -> dict[str, Any]:
+    """Return the OpenAPI document for this deployment (its filters, extra fields, link placeholders, auth).
+
+    source is the primary recommendation source's name (personalize or batch), as X-Recommendations-Source says.
+    """
+    sources = list(dict.fromkeys((source, *FALLBACK_SOURCES)))
     spec = APISpec(
         title="Braze recommendations from Amazon Personalize",
         version=API_VERSION,
@@ -96,8 +101,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         "properties": {
             "items": item_list,
             "recommendation_id": {"type": ["string", "null"], "description": "Personalize's recommendationId."},
-            "source": {"type": "string", "enum": list(SOURCES) if settings.personalize_campaign_arn
-                       else ["batch", "stale", "fallback"]},
+            "source": {"type": "string", "enum": sources},
         },
         "additionalProperties": False,
     })
@@ -108,7 +112,8 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                                                   "description": "Any username; an API key as the password."})
         security = [{"apiKey": []}, {"basic": []}]
 
-    spec.path("/recommendations", operations={"get": _recommendations_operation(settings, item_list, security)})
+    spec.path("/recommendations",
+              operations={"get": _recommendations_operation(settings, sources, item_list, security)})
     spec.path("/healthz", operations={"get": _health_operation("Say the process is alive", ["ok"])})
     spec.path("/readyz", operations={"get": {
         **_health_operation("Say whether the catalog and the recommendation source are loaded", ["ready"]),
@@ -129,10 +134,22 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         metrics["security"] = security
         metrics["responses"]["401"] = _error("No valid API key came with the request.")
     spec.path("/metrics", operations={"get": metrics})
-    return spec.to_dict()
+    document = spec.to_dict()
+    _narrow(document["paths"]["/recommendations"]["get"]["parameters"], settings)
+    return document
 
 
-def _recommendations_operation(settings: Settings, item_list: dict[str, Any],
+def _narrow(parameters: list[dict[str, Any]], settings: Settings) -> None:
+    """Add what this deployment's settings allow to the schema's parameters: filter names, item fields."""
+    names = "|".join(re.escape(name) for name in ITEM_FIELDS + settings.catalog_extra_fields)
+    for parameter in parameters:
+        if parameter["name"] == "filter" and settings.filters:
+            parameter["schema"]["enum"] = sorted(settings.filters)
+        elif parameter["name"] == "fields":
+            parameter["schema"]["pattern"] = f"^({names})(,({names}))*$"
+
+
+def _recommendations_operation(settings: Settings, sources: list[str], item_list: dict[str, Any],
                                security: list[dict[str, list[str]]]) -> dict[str, Any]:
     link_names = [name for _, name, _, _ in string.Formatter().parse(settings.link_query or "") if name]
     parameters: list[dict[str, Any]] = [
@@ -148,7 +165,7 @@ def _recommendations_operation(settings: Settings, item_list: dict[str, Any],
         "X-Cache": _header("HIT (fresh cached answer), MISS (asked the source) or STALE (expired, source failed).",
                            {"type": "string", "enum": ["HIT", "MISS", "STALE"]}, required=True),
         "X-Recommendations-Source": _header("Where the answer came from.",
-                                            {"type": "string", "enum": list(SOURCES)}, required=True),
+                                            {"type": "string", "enum": sources}, required=True),
         "X-Request-Id": _header("The caller's X-Request-Id when short printable ASCII, else a generated one.",
                                 {"type": "string", "maxLength": 128}, required=True),
         "X-Recommendation-Id": _header("Personalize's recommendationId, when there is one.", {"type": "string"}),
@@ -229,7 +246,8 @@ def openapi_json() -> Response:
     """Return the OpenAPI document (built once per process)."""
     extensions = current_app.extensions
     if "openapi" not in extensions:
-        extensions["openapi"] = build_spec(current_app.config["SETTINGS"])
+        source = extensions["recommendations"].recommender.name
+        extensions["openapi"] = build_spec(current_app.config["SETTINGS"], source)
     return json_response(extensions["openapi"])
 
 
