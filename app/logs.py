@@ -22,9 +22,18 @@ USER_HASH_HEX_CHARS = 16  # 64 bits: enough to tell users apart in logs, too sho
 QUIET_LOGGERS = ("werkzeug", "botocore", "boto3", "urllib3", "s3transfer")
 
 
+_second = (-1, "")  # the last second formatted: most lines fall in the same second as the one before
+
+
 def timestamp(created: float) -> str:
     """Format a Unix time as UTC ISO 8601 with milliseconds."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+    global _second
+    second, text = _second
+    if second != int(created):
+        second = int(created)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = (second, text)
+    return f"{text}.{int(created % 1 * 1000):03d}Z"
 
 
 def line(created: float, level: str, logger: str, message: str, fields: dict[str, Any] | None = None) -> bytes:
@@ -69,9 +78,9 @@ def configure_logging(level: str) -> None:
 class RequestLog:
     """Write the one JSON line per request straight to stderr (one write call, no logging machinery)."""
 
-    def __init__(self, user_id_key: str | None, enabled: bool = True, fd: int | None = None) -> None:
+    def __init__(self, user_id_key: str | None, enabled: bool = True, fd: int = 2) -> None:
         self.enabled = enabled
-        self.fd = sys.stderr.fileno() if fd is None else fd
+        self.fd = fd  # stderr, as a descriptor: one write call per line, never split between threads
         self._user_mac = hmac.new(user_id_key.encode(), digestmod=hashlib.sha256) if user_id_key else None
 
     def user_hash(self, user_id: str | None) -> str | None:

@@ -15,25 +15,26 @@ def init_app(app: Flask, metrics: Metrics, request_log: RequestLog) -> None:
     @app.before_request
     def start() -> None:
         g.started = time.perf_counter()
-        g.request_id = request_id(request.headers.get("X-Request-Id"))
 
     @app.after_request
     def record(response: Response) -> Response:
-        seconds = time.perf_counter() - g.get("started", time.perf_counter())
-        rid = g.get("request_id") or request_id(None)
-        response.headers["X-Request-Id"] = rid
-        rule = request.url_rule
+        # The proxies resolved once: each access through flask.request or flask.g costs a context lookup.
+        req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
+        seconds = time.perf_counter() - getattr(ctx, "started", time.perf_counter())
+        rid = request_id(req.environ.get("HTTP_X_REQUEST_ID"))
+        response.headers.add("X-Request-Id", rid)
+        rule = req.url_rule
         route = rule.rule if rule is not None else "unmatched"  # never the raw path: it is unbounded
         status = response.status_code
-        result = g.get("result")  # the view's Result, when the service answered
+        result = getattr(ctx, "result", None)  # the view's Result, when the service answered
         cache = source = reason = None
         if result is not None:
             cache, source, reason = result.cache, result.source, result.fallback_reason
         metrics.observe_request(route, status, seconds, cache, reason, source)
         if request_log.enabled:
-            fields = {"request_id": rid, "method": request.method, "route": route, "status": status,
+            fields = {"request_id": rid, "method": req.method, "route": route, "status": status,
                       "ms": round(seconds * 1000, 2), "cache": cache, "source": source, "fallback_reason": reason}
-            if (user := request_log.user_hash(request.args.get("user_id"))) is not None:
+            if (user := request_log.user_hash(req.args.get("user_id"))) is not None:
                 fields["user"] = user
             request_log.write(fields)
         return response
