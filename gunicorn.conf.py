@@ -40,6 +40,7 @@ def on_starting(server):
         Settings.from_env()
     except ConfigError as exc:
         server.log.error("Cannot start: %s", exc)
+        on_exit(server)  # gunicorn does not call it when on_starting exits
         sys.exit(2)
 
 
