@@ -17,7 +17,8 @@ import orjson
 from gunicorn.glogging import Logger as _GunicornLogger
 
 MAX_REQUEST_ID_LENGTH = 128
-USER_HASH_HEX_CHARS = 16  # 64 bits: enough to tell users apart in logs, too short to be worth brute-forcing alone
+# 64 bits: no two of millions of users share one; without the key nobody can recompute them from guessed ids.
+USER_HASH_HEX_CHARS = 16
 # Libraries that log request URLs (werkzeug's dev server) or signed headers (botocore, urllib3 at DEBUG).
 QUIET_LOGGERS = ("werkzeug", "botocore", "boto3", "urllib3", "s3transfer")
 
