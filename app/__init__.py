@@ -9,6 +9,7 @@ import redis
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import telemetry
 from .auth import build_guard
 from .batch import BatchRecommender, parse_batch_output
 from .cache import AnswerCache, cache_config
@@ -29,7 +30,6 @@ from .singleflight import SingleFlight
 from .sources import Reloadable, SourceError, open_source
 from .upstream import GuardedRecommender
 from .views import bp
-from . import telemetry
 
 __all__ = ["ConfigError", "create_app", "warm_up"]
 
