@@ -127,7 +127,7 @@ def build_spec(settings: Settings, source: str) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "summary": "Prometheus metrics of every worker",
         "tags": ["operations"],
-        "responses": {"200": {"description": "Prometheus text format.",
+        "responses": {"200": {"description": "Prometheus text format.", "headers": {"X-Request-Id": REQUEST_ID_HEADER},
                               "content": {"text/plain": {"schema": {"type": "string"}}}}},
     }
     if security:
@@ -166,8 +166,7 @@ def _recommendations_operation(settings: Settings, sources: list[str], item_list
                            {"type": "string", "enum": ["HIT", "MISS", "STALE"]}, required=True),
         "X-Recommendations-Source": _header("Where the answer came from.",
                                             {"type": "string", "enum": sources}, required=True),
-        "X-Request-Id": _header("The caller's X-Request-Id when short printable ASCII, else a generated one.",
-                                {"type": "string", "maxLength": 128}, required=True),
+        "X-Request-Id": REQUEST_ID_HEADER,
         "X-Recommendation-Id": _header("Personalize's recommendationId, when there is one.", {"type": "string"}),
         "X-Fallback-Reason": _header("Why the fallback answered, e.g. upstream_timeout.", {"type": "string"}),
         "X-Backfilled": _header("How many popular items filled up a short list.", {"type": "string",
@@ -217,7 +216,8 @@ def _status_object(statuses: list[str], more: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+    return {"description": description, "headers": {"X-Request-Id": REQUEST_ID_HEADER},
+            "content": {"application/json": {"schema": schema}}}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -226,6 +226,11 @@ def _error(description: str) -> dict[str, Any]:
 
 def _header(description: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
     return {"description": description, "schema": schema, "required": required}
+
+
+REQUEST_ID_HEADER = _header("The caller's X-Request-Id when printable ASCII of at most 128 characters, "
+                            "else a generated one; on every response.", {"type": "string", "maxLength": 128},
+                            required=True)
 
 
 bp = Blueprint("docs", __name__, static_folder="static/swagger-ui", static_url_path="/docs/assets")
