@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import orjson
+from flask import g, has_request_context
 from gunicorn.glogging import Logger as _GunicornLogger
 
 MAX_REQUEST_ID_LENGTH = 128
@@ -46,10 +47,15 @@ def line(created: float, level: str, logger: str, message: str, fields: dict[str
 
 
 class JsonFormatter(logging.Formatter):
-    """Format any log record as one JSON line (the traceback, if any, in "exception")."""
+    """Format any log record as one JSON line (the traceback, if any, in "exception").
+
+    A record logged while a request is handled carries its request_id, to find it next to the request's line.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = {"pid": record.process}
+        if has_request_context() and (rid := g.get("request_id")) is not None:
+            fields["request_id"] = rid
         if record.exc_info:
             fields["exception"] = self.formatException(record.exc_info)
         return line(record.created, record.levelname, record.name, record.getMessage(), fields)[:-1].decode()

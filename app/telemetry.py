@@ -14,14 +14,16 @@ def init_app(app: Flask, metrics: Metrics, request_log: RequestLog) -> None:
 
     @app.before_request
     def start() -> None:
-        g.started = time.perf_counter()
+        ctx = g._get_current_object()  # type: ignore[attr-defined]
+        ctx.started = time.perf_counter()
+        ctx.request_id = request_id(request.environ.get("HTTP_X_REQUEST_ID"))  # app logs meanwhile carry it too
 
     @app.after_request
     def record(response: Response) -> Response:
         # The proxies resolved once: each access through flask.request or flask.g costs a context lookup.
         req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
         seconds = time.perf_counter() - getattr(ctx, "started", time.perf_counter())
-        rid = request_id(req.environ.get("HTTP_X_REQUEST_ID"))
+        rid = getattr(ctx, "request_id", None) or request_id(req.environ.get("HTTP_X_REQUEST_ID"))
         response.headers.add("X-Request-Id", rid)
         rule = req.url_rule
         route = rule.rule if rule is not None else "unmatched"  # never the raw path: it is unbounded

@@ -128,3 +128,12 @@ def test_other_log_records_are_json_lines_too() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert (line["level"], line["logger"], line["message"]) == ("ERROR", "app.service", "source x crashed")
     assert "ValueError: boom" in line["exception"]
+
+
+def test_app_logs_during_a_request_carry_its_request_id(app: Flask) -> None:
+    record = logging.LogRecord("app.service", logging.WARNING, __file__, 1, "batch fallback unavailable", (), None)
+    with app.test_request_context("/recommendations", headers={"X-Request-Id": "send-42"}):
+        app.preprocess_request()  # runs the before_request hooks
+        line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == "send-42"
+    assert "request_id" not in json.loads(JsonFormatter().format(record))
