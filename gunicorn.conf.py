@@ -1,8 +1,17 @@
 """gunicorn settings: `gunicorn wsgi:app` reads this file from the working directory."""
+import glob
 import os
+import shutil
 import sys
+import tempfile
 
-from app.settings import DEFAULT_WEB_THREADS
+# prometheus_client picks its multiprocess storage when it is first imported, so the folder must be set
+# before anything imports the app (app.settings below imports the app package). One fresh folder per start.
+METRICS_TEMP_PREFIX = os.path.join(tempfile.gettempdir(), "recs-metrics-")
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=os.path.basename(METRICS_TEMP_PREFIX))
+
+from app.settings import DEFAULT_WEB_THREADS  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR, see above
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -12,8 +21,12 @@ threads = int(os.environ.get("WEB_THREADS", DEFAULT_WEB_THREADS))
 timeout = int(os.environ.get("WORKER_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "20"))
 keepalive = 5
-accesslog = os.environ.get("ACCESS_LOG", "-") or None
+# The app writes one JSON line per request (app/logs.py); gunicorn's access log is off unless ACCESS_LOG asks,
+# and then it shows the path without the query string, which holds user ids.
+accesslog = os.environ.get("ACCESS_LOG") or None
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
+logger_class = "app.logs.GunicornLogger"  # gunicorn's own lines as JSON too
 # gunicorn's runtime control socket is one fixed path per user; several instances on a host would collide.
 control_socket_disable = True
 
@@ -22,11 +35,33 @@ def on_starting(server):
     """Check the settings once, before any worker starts: a mistake stops gunicorn with one sentence."""
     from app.settings import ConfigError, Settings
 
+    clear_metrics_folder()
     try:
         Settings.from_env()
     except ConfigError as exc:
         server.log.error("Cannot start: %s", exc)
+        on_exit(server)  # gunicorn does not call it when on_starting exits
         sys.exit(2)
+
+
+def clear_metrics_folder() -> None:
+    """Empty the metrics folder, so values of an earlier run's workers are not added to this one's."""
+    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(path)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges from /metrics (its counters stay: they were really counted)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics folder this file made."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if folder.startswith(METRICS_TEMP_PREFIX):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def post_worker_init(worker):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -10,12 +9,17 @@ import redis
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import telemetry
 from .auth import build_guard
 from .batch import BatchRecommender, parse_batch_output
 from .cache import AnswerCache, cache_config
 from .catalog import parse_catalog, parse_item_list
 from .errors import register_error_handlers
 from .extensions import cache
+from .logs import RequestLog, configure_logging
+from .metrics import Metrics
+from .metrics import bp as metrics_bp
+from .openapi import bp as docs_bp
 from .presentation import Presenter
 from .personalize import PersonalizeRecommender, client_config
 from .recommendation import Recommender
@@ -40,6 +44,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     configure_logging(settings.log_level)
     app = Flask(__name__)
     app.config.update(SETTINGS=settings)
+    metrics = app.extensions["metrics"] = Metrics()
     if settings.trusted_proxies:
         # Behind a load balancer the caller's address is in X-Forwarded-For; trust only that many hops.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
@@ -53,7 +58,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     parse = functools.partial(
         parse_catalog, extra_fields=settings.catalog_extra_fields, image_base_url=settings.image_base_url
     )
-    catalog = _reloadable("CATALOG_URI", settings.catalog_uri, parse, settings, s3_client_factory, "catalog")
+    catalog = _reloadable("CATALOG_URI", settings.catalog_uri, parse, settings, s3_client_factory, "catalog",
+                          metrics)
     assert catalog is not None  # Settings requires CATALOG_URI
     answers = AnswerCache(
         app.extensions["cache"][cache],
@@ -62,14 +68,15 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
         local_seconds=settings.cache_local_seconds,
         local_items=settings.cache_local_items,
     )
-    batch = _batch(settings, s3_client_factory)
-    primary: Recommender = services.get("recommender") or _personalize(settings, services) or batch
+    batch = _batch(settings, s3_client_factory, metrics)
+    primary: Recommender = services.get("recommender") or _personalize(settings, services, metrics) or batch
     app.extensions["recommendations"] = RecommendationService(
         GuardedRecommender(
             primary,
             max_concurrency=settings.personalize_max_concurrency,
             failure_threshold=settings.breaker_failure_threshold,
             recovery_seconds=settings.breaker_recovery_seconds,
+            on_state_change=metrics.breaker_changed,
         ),
         catalog,
         answers,
@@ -77,14 +84,20 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
         budget_seconds=settings.request_budget_ms / 1000,
         batch=batch if primary is not batch else None,
         popular=_reloadable("POPULAR_ITEMS_URI", settings.popular_items_uri, parse_item_list, settings,
-                            s3_client_factory, "popular items"),
+                            s3_client_factory, "popular items", metrics),
     )
 
     app.extensions["auth_guard"] = build_guard(settings.api_keys, settings.allowed_cidrs)
     app.extensions["query_parser"] = QueryParser(settings, recent_size=settings.cache_local_items)
     app.extensions["presenter"] = Presenter(settings.link_query)
+    # /metrics takes the API keys but not ALLOWED_CIDRS: Prometheus scrapes from inside, not from Braze's IPs.
+    app.extensions["metrics_guard"] = build_guard(settings.api_keys, ())
     app.register_blueprint(bp)
+    app.register_blueprint(metrics_bp)
+    app.register_blueprint(docs_bp)
     register_error_handlers(app)
+    request_log = RequestLog(settings.log_user_id_key, enabled=settings.log_level in ("DEBUG", "INFO"))
+    telemetry.init_app(app, metrics, request_log)
     return app
 
 
@@ -97,14 +110,6 @@ def warm_up(app: Flask) -> None:
         service.batch.check_ready()
     if service.popular is not None:
         service.popular.load()
-
-
-def configure_logging(level: str) -> None:
-    """Send the service's logs to stderr at the given level, unless logging is already set up."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
 
 
 def _settings(config: Settings | Mapping[str, Any] | None) -> Settings:
@@ -122,7 +127,7 @@ def _source(variable: str, uri: str, s3_client_factory: Callable[[], Any]) -> An
         raise ConfigError(f"{variable}: {exc}") from exc
 
 
-def _personalize(settings: Settings, services: Mapping[str, Any]) -> Recommender | None:
+def _personalize(settings: Settings, services: Mapping[str, Any], metrics: Metrics) -> Recommender | None:
     if not settings.personalize_campaign_arn:
         return None
     factory = services.get("personalize_client_factory") or _boto3_client_factory("personalize-runtime", settings)
@@ -133,21 +138,23 @@ def _personalize(settings: Settings, services: Mapping[str, Any]) -> Recommender
             "filterArn": settings.promotion_filter_arn,
             "percentPromotedItems": settings.promotion_percent,
         }
-    return PersonalizeRecommender(settings.personalize_campaign_arn, factory, promotion)
+    return PersonalizeRecommender(settings.personalize_campaign_arn, factory, promotion,
+                                  observe=metrics.observe_personalize)
 
 
-def _batch(settings: Settings, s3_client_factory: Callable[[], Any]) -> BatchRecommender | None:
+def _batch(settings: Settings, s3_client_factory: Callable[[], Any], metrics: Metrics) -> BatchRecommender | None:
     answers = _reloadable("RECOMMENDATIONS_URI", settings.recommendations_uri, parse_batch_output, settings,
-                          s3_client_factory, "batch recommendations")
+                          s3_client_factory, "batch recommendations", metrics)
     return BatchRecommender(answers) if answers is not None else None
 
 
 def _reloadable(variable: str, uri: str | None, parse: Callable[[bytes, str, str], Any], settings: Settings,
-                s3_client_factory: Callable[[], Any], what: str) -> Reloadable[Any] | None:
+                s3_client_factory: Callable[[], Any], what: str, metrics: Metrics) -> Reloadable[Any] | None:
     """Return the file a setting names, re-read when it changes; None when the setting is empty."""
     if not uri:
         return None
-    return Reloadable(_source(variable, uri, s3_client_factory), parse, settings.catalog_refresh_seconds, what)
+    return Reloadable(_source(variable, uri, s3_client_factory), parse, settings.catalog_refresh_seconds, what,
+                      on_load=metrics.loader(what))
 
 
 def _lock_client(redis_url: str | None) -> redis.Redis | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from .errors import InvalidParameterError, UpstreamError
+from .errors import InvalidParameterError, ServiceError, UpstreamError
 from .recommendation import NO_OPTIONS, Options, Recommendation
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,11 @@ class PersonalizeRecommender:
     name = "personalize"
 
     def __init__(
-        self, arn: str, client_factory: Callable[[], Any], promotion: Mapping[str, Any] | None = None
+        self, arn: str, client_factory: Callable[[], Any], promotion: Mapping[str, Any] | None = None,
+        observe: Callable[[float, str | None], None] | None = None,
     ) -> None:
         self.arn = arn
+        self._observe = observe  # told each call's seconds and error code (None on success), for the metrics
         self.promotion = promotion
         # A promotion changes every answer, so answers cached without it must not be served with it.
         self.key = arn
@@ -94,6 +97,18 @@ class PersonalizeRecommender:
 
     def recommend(self, user_id: str | None, num_results: int, options: Options = NO_OPTIONS) -> Recommendation:
         """Return Personalize's item ids for the user (or the related item), in Personalize's order."""
+        if self._observe is None:
+            return self._call(user_id, num_results, options)
+        started = time.perf_counter()
+        try:
+            recommendation = self._call(user_id, num_results, options)
+        except ServiceError as exc:
+            self._observe(time.perf_counter() - started, exc.code)
+            raise
+        self._observe(time.perf_counter() - started, None)
+        return recommendation
+
+    def _call(self, user_id: str | None, num_results: int, options: Options) -> Recommendation:
         try:
             answer = self.client.get_recommendations(
                 **request_for(self.arn, user_id, num_results, options, self.promotion)

@@ -120,6 +120,14 @@ def _link_query(query: str | None) -> str | None:
     return query
 
 
+def _user_id_key(key: str | None) -> str | None:
+    if key is not None and len(key) < MIN_API_KEY_LENGTH:
+        # A short key makes the logged hashes easy to reverse by trying ids; never echo the key itself.
+        raise ConfigError(f"LOG_USER_ID_KEY must be at least {MIN_API_KEY_LENGTH} characters, e.g. from "
+                          "`openssl rand -hex 24`.")
+    return key
+
+
 def _base_url(url: str | None) -> str | None:
     if url is not None and not url.startswith(("https://", "http://")):
         raise ConfigError(f"IMAGE_BASE_URL must start with https:// or http://, got {url!r}.")
@@ -175,6 +183,7 @@ class Settings:
     catalog_extra_fields: tuple[str, ...] = ()
     link_query: str | None = None
     image_base_url: str | None = None
+    log_user_id_key: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -261,6 +270,7 @@ class Settings:
             catalog_extra_fields=_extra_fields(raw.get("catalog_extra_fields")),
             link_query=_link_query(_text(raw.get("link_query"))),
             image_base_url=_base_url(_text(raw.get("image_base_url"))),
+            log_user_id_key=_user_id_key(_text(raw.get("log_user_id_key"))),
             **({"cache_dir": str(raw["cache_dir"])} if raw.get("cache_dir") else {}),
         )
         if settings.log_level not in LOG_LEVELS:

@@ -174,7 +174,8 @@ class Reloadable(Generic[T]):
     has passed. A failed reload keeps the last good value and logs why.
     """
 
-    def __init__(self, source: Source, parse: Callable[[bytes, str, str], T], interval: float, what: str) -> None:
+    def __init__(self, source: Source, parse: Callable[[bytes, str, str], T], interval: float, what: str,
+                 on_load: Callable[[T], None] | None = None) -> None:
         self.source = source
         self.what = what
         self._parse = parse
@@ -184,6 +185,7 @@ class Reloadable(Generic[T]):
         self._next_check = 0.0
         self._lock = threading.Lock()  # held while a background refresh runs
         self._first_load = threading.Lock()
+        self._on_load = on_load  # told of each new version, e.g. to record its size in the metrics
         self.loaded_at: float | None = None
         self.last_error: str | None = None
 
@@ -233,6 +235,8 @@ class Reloadable(Generic[T]):
         self._value, self._version = value, snapshot.version
         self.loaded_at, self.last_error = time.time(), None
         log.info("%s loaded from %s (version %s)", self.what, self.source.uri, snapshot.version)
+        if self._on_load is not None:
+            self._on_load(value)
         return True
 
     def refresh_if_due(self) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -24,7 +25,8 @@ class GuardedRecommender:
     """
 
     def __init__(
-        self, inner: Recommender, max_concurrency: int, failure_threshold: int, recovery_seconds: float
+        self, inner: Recommender, max_concurrency: int, failure_threshold: int, recovery_seconds: float,
+        on_state_change: Callable[[str], None] | None = None,
     ) -> None:
         self.inner = inner
         self.name = inner.name
@@ -39,6 +41,9 @@ class GuardedRecommender:
         )
         self._call = self.breaker.decorate(inner.recommend)
         self._breaker_state = self.breaker.state
+        self._on_state_change = on_state_change  # e.g. the breaker gauge in the metrics
+        if on_state_change is not None:
+            on_state_change(self._breaker_state)
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=f"{inner.name}-call")
 
@@ -82,6 +87,8 @@ class GuardedRecommender:
         if state == self._breaker_state:
             return
         self._breaker_state = state
+        if self._on_state_change is not None:
+            self._on_state_change(state)
         if state == "open":
             log.error("%s failed %d times in a row: answering from the fallback for %s s",
                       self.name, self.breaker.failure_count, self.recovery_seconds)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from .errors import ServiceError
 from .json import json_response
@@ -26,6 +26,7 @@ def recommendations() -> Response:
         guard(request)
     query = extensions["query_parser"].parse_request(request)
     result = service().recommend(query.user_id, query.num_results, started, query.options)
+    g.result = result  # for the request's metrics and log line (telemetry.py)
     response = Response(extensions["presenter"].render(result, query), mimetype="application/json")
     # A new response has none of these headers, so add() (set() first looks for one to replace).
     add = response.headers.add

@@ -1,9 +1,11 @@
 """End-to-end fixtures: gunicorn started from the repo root the way a user starts it, the Personalize stand-in,
 and Redis database 14 as the shared answer cache.
 
-`gunicorn wsgi:app` reads gunicorn.conf.py (PORT, WEB_CONCURRENCY, ...). The only addition is
-GUNICORN_CMD_ARGS with an access-log format that records each request's worker pid and the test's
-X-E2E-Request header, so tests can tell which worker served which request without touching the app.
+`gunicorn wsgi:app` reads gunicorn.conf.py (PORT, WEB_CONCURRENCY, ...). The only additions are
+ACCESS_LOG and GUNICORN_CMD_ARGS with an access-log format that records each request's worker pid and the
+test's X-E2E-Request header, so tests can tell which worker served which request without touching the app.
+The same id goes in X-Request-Id, so the app's own JSON request line (with its pid) tells it too when a
+test runs gunicorn with its default logging.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ STOP_TIMEOUT = 15.0
 # pid, the test's request id and the status of every request, one line each on gunicorn's stdout.
 ACCESS_FORMAT = "E2E-ACCESS pid=%(p)s req=%({x-e2e-request}i)s status=%(s)s"
 ACCESS_LINE = re.compile(r"E2E-ACCESS pid=<(\d+)> req=(\S+) status=(\d+)")
+REQUEST_LINE = re.compile(r'"logger":"request".*"request_id":"([^"]+)".*"pid":(\d+)')
 
 # Settings the service reads; none may leak in from the environment running the tests.
 SERVICE_VARIABLES = (
@@ -73,6 +76,7 @@ def service_env(standin_url: str, port: int, **overrides: str | None) -> dict[st
         PORT=str(port),
         WEB_CONCURRENCY=str(WORKERS),
         GRACEFUL_TIMEOUT="5",
+        ACCESS_LOG="-",
         GUNICORN_CMD_ARGS=f"--access-logformat '{ACCESS_FORMAT}'",
         PERSONALIZE_CAMPAIGN_ARN=CAMPAIGN_ARN,
         CATALOG_URI="sample/catalog.csv",
@@ -114,8 +118,10 @@ class Gunicorn:
         """Map each request id to the pid of the worker whose access log line names it."""
         deadline = time.monotonic() + timeout
         while True:
-            found = {m.group(2): int(m.group(1)) for m in ACCESS_LINE.finditer(self.output())
-                     if m.group(2) in request_ids}
+            output = self.output()
+            found = {m.group(2): int(m.group(1)) for m in ACCESS_LINE.finditer(output) if m.group(2) in request_ids}
+            found |= {m.group(1): int(m.group(2)) for m in REQUEST_LINE.finditer(output)
+                      if m.group(1) in request_ids}
             if len(found) == len(request_ids) or time.monotonic() > deadline:
                 return found
             time.sleep(0.05)
@@ -254,7 +260,7 @@ def get(url: str, params: Mapping[str, Any] | None = None, request_id: str | Non
     """GET on a connection of its own (no keep-alive), so consecutive requests can land on any worker."""
     headers = {"Connection": "close"}
     if request_id:
-        headers["X-E2E-Request"] = request_id
+        headers["X-E2E-Request"] = headers["X-Request-Id"] = request_id
     return requests.get(url, params=params, headers=headers, timeout=timeout)
 
 

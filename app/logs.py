@@ -1,0 +1,112 @@
+"""JSON log lines: one shape for every record (the app's, gunicorn's) and the one line each request writes.
+
+User ids can be personal data: a request line carries them only as a keyed hash (LOG_USER_ID_KEY), or
+not at all. Query strings, headers and credentials are never logged.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import orjson
+from flask import g, has_request_context
+from gunicorn.glogging import Logger as _GunicornLogger
+
+MAX_REQUEST_ID_LENGTH = 128
+# 64 bits: no two of millions of users share one; without the key nobody can recompute them from guessed ids.
+USER_HASH_HEX_CHARS = 16
+# Libraries that log request URLs (werkzeug's dev server) or signed headers (botocore, urllib3 at DEBUG).
+QUIET_LOGGERS = ("werkzeug", "botocore", "boto3", "urllib3", "s3transfer")
+
+
+_second = (-1, "")  # the last second formatted: most lines fall in the same second as the one before
+
+
+def timestamp(created: float) -> str:
+    """Format a Unix time as UTC ISO 8601 with milliseconds."""
+    global _second
+    second, text = _second
+    if second != int(created):
+        second = int(created)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = (second, text)
+    return f"{text}.{int(created % 1 * 1000):03d}Z"
+
+
+def line(created: float, level: str, logger: str, message: str, fields: dict[str, Any] | None = None) -> bytes:
+    """Return one JSON log line, newline included: time, level, logger, message, then the fields."""
+    record = {"time": timestamp(created), "level": level, "logger": logger, "message": message}
+    if fields:
+        record.update(fields)
+    return orjson.dumps(record, default=str) + b"\n"
+
+
+class JsonFormatter(logging.Formatter):
+    """Format any log record as one JSON line (the traceback, if any, in "exception").
+
+    A record logged while a request is handled carries its request_id, to find it next to the request's line.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {"pid": record.process}
+        if has_request_context() and (rid := g.get("request_id")) is not None:
+            fields["request_id"] = rid
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        return line(record.created, record.levelname, record.name, record.getMessage(), fields)[:-1].decode()
+
+
+class GunicornLogger(_GunicornLogger):
+    """gunicorn's logger with every handler it sets up writing JSON lines (gunicorn.conf.py: logger_class)."""
+
+    def _set_handler(self, log: logging.Logger, output: str | None, fmt: logging.Formatter,
+                     stream: Any = None) -> None:
+        super()._set_handler(log, output, JsonFormatter(), stream)
+
+
+def configure_logging(level: str) -> None:
+    """Send every log record to stderr as JSON at the given level; keep libraries that log secrets quiet."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
+    root.setLevel(level)
+    floor = max(logging.getLevelName(level), logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(floor)
+
+
+class RequestLog:
+    """Write the one JSON line per request straight to stderr (one write call, no logging machinery)."""
+
+    def __init__(self, user_id_key: str | None, enabled: bool = True, fd: int = 2) -> None:
+        self.enabled = enabled
+        self.fd = fd  # stderr, as a descriptor: one write call per line, never split between threads
+        self._user_mac = hmac.new(user_id_key.encode(), digestmod=hashlib.sha256) if user_id_key else None
+
+    def user_hash(self, user_id: str | None) -> str | None:
+        """Return HMAC-SHA256(LOG_USER_ID_KEY, user id) in hex, truncated; None without a key or a user id."""
+        if self._user_mac is None or not user_id:
+            return None
+        mac = self._user_mac.copy()
+        mac.update(user_id.encode("utf-8", "surrogatepass"))
+        return mac.hexdigest()[:USER_HASH_HEX_CHARS]
+
+    def write(self, fields: dict[str, Any]) -> None:
+        """Write one request line (logger "request", level INFO)."""
+        if self.enabled:
+            fields["pid"] = os.getpid()
+            os.write(self.fd, line(time.time(), "INFO", "request", "request", fields))
+
+
+def request_id(header: str | None) -> str:
+    """Return the caller's X-Request-Id when it is short printable ASCII, else a new random id."""
+    if header and len(header) <= MAX_REQUEST_ID_LENGTH and header.isascii() and header.isprintable():
+        return header
+    return os.urandom(16).hex()
