@@ -7,9 +7,10 @@ import tempfile
 
 # prometheus_client picks its multiprocess storage when it is first imported, so the folder must be set
 # before anything imports the app (app.settings below imports the app package). One fresh folder per start.
-METRICS_TEMP_PREFIX = os.path.join(tempfile.gettempdir(), "recs-metrics-")
+# Only a folder made here is removed at exit: one inherited from the environment may be another server's.
+METRICS_FOLDER_MADE = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=os.path.basename(METRICS_TEMP_PREFIX))
+    METRICS_FOLDER_MADE = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recs-metrics-")
 
 from app.settings import DEFAULT_WEB_THREADS  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR, see above
 
@@ -59,9 +60,8 @@ def child_exit(server, worker):
 
 def on_exit(server):
     """Remove the metrics folder this file made."""
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
-    if folder.startswith(METRICS_TEMP_PREFIX):
-        shutil.rmtree(folder, ignore_errors=True)
+    if METRICS_FOLDER_MADE and os.environ.get("PROMETHEUS_MULTIPROC_DIR") == METRICS_FOLDER_MADE:
+        shutil.rmtree(METRICS_FOLDER_MADE, ignore_errors=True)
 
 
 def post_worker_init(worker):

@@ -99,7 +99,13 @@ def stop(process: subprocess.Popen[Any]) -> None:
 
 def gunicorn_settings() -> dict[str, Any]:
     """Return what gunicorn.conf.py gives production (it reads WEB_CONCURRENCY etc. from the environment)."""
+    before = dict(os.environ)
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    # Reading the file also sets PROMETHEUS_MULTIPROC_DIR (a folder it made): each service must make its own.
+    if conf.get("METRICS_FOLDER_MADE"):
+        shutil.rmtree(conf["METRICS_FOLDER_MADE"], ignore_errors=True)
+    os.environ.clear()
+    os.environ.update(before)
     return {"workers": int(conf.get("workers", 1)), "threads": int(conf.get("threads", 1)),
             "worker_class": str(conf.get("worker_class", "sync")), "keepalive": int(conf.get("keepalive", 2))}
 

@@ -7,7 +7,10 @@ import hashlib
 import hmac
 import json
 import re
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -97,3 +100,30 @@ def test_logs_carry_hashed_user_ids_only_and_no_keys(gunicorn_factory: Any) -> N
     assert requests_logged[generated]["status"] == 401
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
     assert any(line["logger"] == "gunicorn.error" and "Booting worker" in line["message"] for line in lines)
+
+
+def test_a_metrics_folder_from_the_environment_outlives_the_server(gunicorn_factory: Any) -> None:
+    """A PROMETHEUS_MULTIPROC_DIR the caller set is theirs, even one named like the folders gunicorn.conf.py
+    makes: gunicorn empties it at start but never removes it, so a second server started with the same
+    environment (as loadtest.bench does) still boots."""
+    folder = Path(tempfile.mkdtemp(prefix="recs-metrics-"))
+    (folder / "counter_12345.db").write_bytes(b"left by an earlier run")
+    first = gunicorn_factory(PROMETHEUS_MULTIPROC_DIR=str(folder))
+    assert not (folder / "counter_12345.db").exists()
+    assert get(first.url + "/recommendations", {"user_id": "u1"}).status_code == 200
+    assert first.stop() == 0
+    assert folder.is_dir()
+
+    second = gunicorn_factory(PROMETHEUS_MULTIPROC_DIR=str(folder))
+    assert get(second.url + "/recommendations", {"user_id": "u1"}).status_code == 200
+    assert second.stop() == 0
+    shutil.rmtree(folder)
+
+
+def test_a_metrics_folder_gunicorn_made_is_removed_at_exit(gunicorn_factory: Any) -> None:
+    server = gunicorn_factory(PROMETHEUS_MULTIPROC_DIR=None)
+    folders = {path.parent for path in Path(tempfile.gettempdir()).glob("recs-metrics-*/*.db")
+               if int(path.stem.rsplit("_", 1)[1]) in server.worker_pids()}
+    assert len(folders) == 1  # the workers write into the one folder gunicorn.conf.py made
+    assert server.stop() == 0
+    assert not folders.pop().exists()
