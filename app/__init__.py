@@ -10,21 +10,22 @@ import redis
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from .admin import bp as admin_bp
 from .auth import build_guard
 from .batch import BatchRecommender, parse_batch_output
 from .cache import AnswerCache, cache_config
 from .catalog import parse_catalog, parse_item_list
+from .configured import build_configured, guarded
 from .errors import register_error_handlers
 from .extensions import cache
 from .presentation import Presenter
-from .personalize import PersonalizeRecommender, client_config
+from .personalize import PersonalizeRecommender, client_config, runtime_client
 from .recommendation import Recommender
 from .schemas import QueryParser
 from .service import RecommendationService
 from .settings import ConfigError, Settings
 from .singleflight import SingleFlight
 from .sources import Reloadable, SourceError, open_source
-from .upstream import GuardedRecommender
 from .views import bp
 
 __all__ = ["ConfigError", "create_app", "warm_up"]
@@ -34,7 +35,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     """Build the app from settings (the environment by default); tests may pass services to replace real ones.
 
     services: `recommender` (a Recommender), `s3_client_factory` and `personalize_client_factory`
-    (callables returning boto3 clients). Nothing here does network I/O; see warm_up().
+    (callables returning boto3 clients), and those of configured.build_configured (recommender
+    configurations). Nothing here does network I/O; see warm_up().
     """
     settings = _settings(config)
     configure_logging(settings.log_level)
@@ -65,12 +67,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     batch = _batch(settings, s3_client_factory)
     primary: Recommender = services.get("recommender") or _personalize(settings, services) or batch
     app.extensions["recommendations"] = RecommendationService(
-        GuardedRecommender(
-            primary,
-            max_concurrency=settings.personalize_max_concurrency,
-            failure_threshold=settings.breaker_failure_threshold,
-            recovery_seconds=settings.breaker_recovery_seconds,
-        ),
+        guarded(primary, settings),
         catalog,
         answers,
         SingleFlight(answers, _lock_client(settings.cache_redis_url)),
@@ -83,7 +80,11 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     app.extensions["auth_guard"] = build_guard(settings.api_keys, settings.allowed_cidrs)
     app.extensions["query_parser"] = QueryParser(settings)
     app.extensions["presenter"] = Presenter(settings.link_query)
+    configured = build_configured(settings, app.extensions["recommendations"], app.extensions["presenter"], services)
+    app.extensions["configured_recommenders"] = configured
+    app.extensions["recommender_store"] = configured.store
     app.register_blueprint(bp)
+    app.register_blueprint(admin_bp)
     register_error_handlers(app)
     return app
 
@@ -164,13 +165,9 @@ def _boto3_client_factory(service_name: str, settings: Settings) -> Callable[[],
         import boto3
 
         if service_name == "personalize-runtime":
-            config = client_config(
-                settings.personalize_connect_timeout,
-                settings.personalize_read_timeout,
-                settings.personalize_max_attempts,
-                settings.personalize_max_concurrency,
-            )
-            return boto3.session.Session().client(service_name, region_name=settings.aws_region, config=config)
+            return runtime_client(boto3.session.Session(), settings.aws_region, settings.personalize_connect_timeout,
+                                  settings.personalize_read_timeout, settings.personalize_max_attempts,
+                                  settings.personalize_max_concurrency)
         config = client_config(connect_timeout=5, read_timeout=30, max_attempts=3, pool_size=2)
         return boto3.session.Session().client(service_name, config=config)
 

@@ -61,6 +61,13 @@ def client_config(connect_timeout: float, read_timeout: float, max_attempts: int
     )
 
 
+def runtime_client(session: Any, region: str | None, connect_timeout: float, read_timeout: float,
+                   max_attempts: int, pool_size: int) -> Any:
+    """Build a personalize-runtime client from a boto3 session, configured for the request budget."""
+    config = client_config(connect_timeout, read_timeout, max_attempts, pool_size)
+    return session.client("personalize-runtime", region_name=region, config=config)
+
+
 class PersonalizeRecommender:
     """Ask a Personalize campaign or recommender for a user's items."""
 

@@ -25,8 +25,12 @@ def recommendations() -> Response:
     if (guard := extensions["auth_guard"]) is not None:
         guard(request)
     query = extensions["query_parser"].parse(request.args)
-    result = service().recommend(query.user_id, query.num_results, started, query.options)
-    response = Response(extensions["presenter"].render(result, query), mimetype="application/json")
+    if query.recommender is not None:  # a stored configuration (/v1/recommenders): its ARN, role and count
+        result, body = extensions["configured_recommenders"].answer(query, started)
+    else:
+        result = service().recommend(query.user_id, query.num_results, started, query.options)
+        body = extensions["presenter"].render(result, query)
+    response = Response(body, mimetype="application/json")
     headers = response.headers
     headers["X-Cache"] = result.cache
     headers["X-Recommendations-Source"] = result.source
