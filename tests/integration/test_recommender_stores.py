@@ -123,3 +123,26 @@ def test_a_missing_dynamodb_table_is_a_store_error(dummy_aws: None) -> None:
         client = boto3.client("dynamodb", region_name="us-east-1")
         with pytest.raises(StoreError, match="RECOMMENDER_TABLE"):
             DynamoDBStore("no-such-table", lambda: client).get("x")
+
+
+def test_the_app_keeps_configurations_in_dynamodb_when_told(make_app: Any, dummy_aws: None) -> None:
+    """RECOMMENDER_STORE=dynamodb: the admin API writes the table, and a second app (another host) reads it."""
+    key = "admin-key-0123456789abcdef"
+    settings = {"recommender_store": "dynamodb", "recommender_table": TABLE, "aws_region": "us-east-1",
+                "admin_api_keys": key}
+    with mock_aws():
+        boto3.client("dynamodb", region_name="us-east-1").create_table(
+            TableName=TABLE, KeySchema=[{"AttributeName": "Id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "Id", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+        first = make_app(**settings).test_client()
+        created = first.post("/v1/recommenders", json=BODY, headers={"X-API-Key": key})
+        assert created.status_code == 201
+        config_id = created.get_json()["Id"]
+        item = boto3.client("dynamodb", region_name="us-east-1").get_item(TableName=TABLE, Key={"Id": {"S": config_id}})
+        assert item["Item"]["Id"]["S"] == config_id
+
+        other_host = make_app(**settings).test_client()
+        assert other_host.get(f"/v1/recommenders/{config_id}", headers={"X-API-Key": key}).get_json() == \
+            created.get_json()
+        assert other_host.delete(f"/v1/recommenders/{config_id}", headers={"X-API-Key": key}).status_code == 200
+        assert first.get(f"/v1/recommenders/{config_id}", headers={"X-API-Key": key}).status_code == 404
