@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
+from cachetools import TTLCache
 
 from .errors import InvalidParameterError, ServiceError, UnavailableError
 from .personalize import PersonalizeRecommender, client_config, runtime_client
@@ -30,6 +31,8 @@ from .transformer import LambdaTransformer, TransformerError
 from .upstream import GuardedRecommender
 
 log = logging.getLogger(__name__)
+
+MAX_UNKNOWN_IDS = 10_000
 
 
 class UnknownRecommenderError(ServiceError):
@@ -69,9 +72,12 @@ class ConfiguredRecommenders:
         self.refresh_seconds = refresh_seconds
         self._build_recommender = build_recommender
         self._clock = clock
-        self._configs: dict[str, tuple[RecommenderConfig | None, float]] = {}  # id -> (config, read at)
+        self._configs: dict[str, tuple[RecommenderConfig, float]] = {}  # id -> (config, when it was read)
+        # Ids the store does not have, remembered as long and bounded: random ids must not grow memory.
+        self._unknown: TTLCache[str, bool] = TTLCache(maxsize=MAX_UNKNOWN_IDS, ttl=refresh_seconds, timer=clock)
         self._services: dict[tuple[str, str | None], RecommendationService] = {}
         self._lock = threading.Lock()
+        self._unknown_lock = threading.Lock()  # TTLCache is not thread-safe
 
     def answer(self, query: Query, started: float) -> tuple[Result, bytes]:
         """Return the result and the response body for a request with ?recommender=ID."""
@@ -101,6 +107,9 @@ class ConfiguredRecommenders:
                 # Same shape from the catalog, marked as a fallback so nobody keeps it as the real answer.
                 log.warning("%s: %s Answering the attributes from the catalog.", exc.code, exc.message)
                 result = dataclasses.replace(result, max_age=0, fallback_reason=exc.code)
+            except Exception:  # a bug must not blank an email either; it is logged with its traceback
+                log.exception("transformer call crashed; answering the attributes from the catalog")
+                result = dataclasses.replace(result, max_age=0, fallback_reason=TransformerError.code)
         return result, orjson.dumps(recommendation_attributes(result.item_ids, result.catalog, config.attributes))
 
     def config(self, config_id: str) -> RecommenderConfig:
@@ -108,8 +117,10 @@ class ConfiguredRecommenders:
         now = self._clock()
         cached = self._configs.get(config_id)
         if cached is not None and now - cached[1] < self.refresh_seconds:
-            config = cached[0]
-        else:
+            return cached[0]
+        with self._unknown_lock:
+            unknown = config_id in self._unknown
+        if not unknown:
             try:
                 record = self.store.get(config_id)
             except StoreError as exc:
@@ -117,17 +128,21 @@ class ConfiguredRecommenders:
                     raise UnavailableError(f"Recommender configurations cannot be read: {exc}",
                                            code="recommender_store_unavailable") from exc
                 log.warning("recommender store unavailable, using configuration %s as last read: %s", config_id, exc)
-                config = cached[0]
-            else:
-                config = RecommenderConfig.from_record(record) if record is not None else None
+                return cached[0]
+            if record is not None:
+                config = RecommenderConfig.from_record(record)
                 self._configs[config_id] = (config, now)
-        if config is None:
-            raise UnknownRecommenderError(f"There is no recommender configuration {config_id!r}.")
-        return config
+                return config
+            self._configs.pop(config_id, None)
+            with self._unknown_lock:
+                self._unknown[config_id] = True
+        raise UnknownRecommenderError(f"There is no recommender configuration {config_id!r}.")
 
     def forget(self, config_id: str) -> None:
         """Drop a cached configuration after this process changed it, so the change applies at once here."""
         self._configs.pop(config_id, None)
+        with self._unknown_lock:
+            self._unknown.pop(config_id, None)
 
     def service_for(self, config: RecommenderConfig) -> RecommendationService:
         """Return the service for the configuration's ARN and role: the default one's caches and fallbacks,
@@ -192,9 +207,12 @@ def build_configured(settings: Settings, base: RecommendationService, presenter:
         "sts", client_config(connect_timeout=1, read_timeout=2, max_attempts=2, pool_size=2))
     clients = services.get("role_client_factory") or role_client_factory(settings, sts)
     timeout = settings.transformer_timeout_ms / 1000
-    lambdas = services.get("lambda_client_factory") or _regional_client(
+    regional_lambda = services.get("lambda_client_factory") or _regional_client(
         "lambda", client_config(connect_timeout=timeout, read_timeout=timeout, max_attempts=1,
                                 pool_size=settings.personalize_max_concurrency))
+
+    def lambdas(region: str | None) -> Any:
+        return regional_lambda(region or settings.aws_region)  # a bare function name: AWS_REGION's
 
     def build_recommender(config: RecommenderConfig) -> GuardedRecommender:
         region = region_of(config.provider_arn)

@@ -337,3 +337,68 @@ def test_the_transformer_client_is_for_the_function_s_region() -> None:
 def test_the_event_is_pinpoint_shaped() -> None:
     assert pinpoint_event("u9", ["1", "2"]) == {
         "Endpoints": {"u9": {"User": {"UserId": "u9"}, "RecommendationItems": ["1", "2"]}}}
+
+
+def test_unknown_ids_are_remembered_for_the_interval_and_bounded(serving: FlaskClient, serving_app: Flask,
+                                                                 store: CountingStore) -> None:
+    for _ in range(3):
+        assert serving.get("/recommendations?user_id=u1&recommender=nope").status_code == 404
+    assert store.gets == 1
+    configured = serving_app.extensions["configured_recommenders"]
+    for i in range(configured._unknown.maxsize + 5):
+        with pytest.raises(Exception, match="no recommender configuration"):
+            configured.config(f"random-{i}")
+    assert len(configured._unknown) == configured._unknown.maxsize
+
+
+def test_an_id_created_here_after_a_miss_is_known_at_once(make_app: Callable[..., Flask],
+                                                          fake_recommender: FakeRecommender, tmp_path: Path) -> None:
+    key = "admin-key-0123456789abcdef"
+    app = make_app({"recommender": fake_recommender}, admin_api_keys=key,
+                   recommender_db_path=str(tmp_path / "r.sqlite3"))
+    configured = app.extensions["configured_recommenders"]
+    record = new_record(BASE)
+    with pytest.raises(Exception, match="no recommender configuration"):
+        configured.config(record["Id"])
+    app.extensions["recommender_store"].create(record)
+    with pytest.raises(Exception, match="no recommender configuration"):
+        configured.config(record["Id"])  # written behind this worker's back: seen after the interval
+    configured.forget(record["Id"])  # what the admin API does after each write
+    assert configured.config(record["Id"]).provider_arn == CAMPAIGN
+
+
+def test_a_bare_function_name_is_called_in_aws_region(make_app: Callable[..., Flask],
+                                                      fake_recommender: FakeRecommender) -> None:
+    regions: list[str | None] = []
+
+    class SlowLambda:
+        def invoke(self, **_: Any) -> Any:
+            raise ReadTimeoutError(endpoint_url="x")
+
+    def factory(region: str | None) -> Any:
+        regions.append(region)
+        return SlowLambda()
+
+    app = make_app({"recommender": fake_recommender, "lambda_client_factory": factory}, aws_region="eu-west-1")
+    transformer = app.extensions["configured_recommenders"].transformer
+    for function in ("pinpoint-transformer", "arn:aws:lambda:us-west-2:123456789012:function:t"):
+        with pytest.raises(TransformerError):
+            transformer.transform(function, "u9", [], ["Title"])
+    assert regions == ["eu-west-1", "us-west-2"]
+
+
+def test_a_crashing_transformer_client_still_falls_back(make_app: Callable[..., Flask],
+                                                        fake_recommender: FakeRecommender,
+                                                        store: CountingStore) -> None:
+    fake_recommender.answers["u1"] = ["1000", "1037", "1074"]
+    app = make_app({"recommender": fake_recommender, "recommender_store": store,
+                    "role_client_factory": lambda role, region: None,  # never reached: see below
+                    "lambda_client_factory": lambda region: None})  # .invoke on None: AttributeError
+    config_id = configure(store, RecommendationTransformerUri="t", Attributes={"Title": "Title"})
+    configured = app.extensions["configured_recommenders"]
+    config = configured.config(config_id)
+    configured.service_for(config).recommender = app.extensions["recommendations"].recommender  # the fake
+    response = app.test_client().get(f"/recommendations?user_id=u1&recommender={config_id}&format=attributes")
+    assert response.status_code == 200
+    assert response.get_json() == {"Title": [NAMES["1000"], NAMES["1037"], "Waterproof Hiking Jacket"]}
+    assert response.headers["X-Fallback-Reason"] == "transformer_failed"
