@@ -307,11 +307,24 @@ def test_a_lambda_service_error_falls_back_too(serving: FlaskClient, store: Coun
     assert response.headers["X-Fallback-Reason"] == "transformer_failed"
 
 
-def test_a_slow_transformer_is_a_timeout() -> None:
-    class SlowLambda:
-        def invoke(self, **_: Any) -> Any:
-            raise ReadTimeoutError(endpoint_url="https://lambda.us-east-1.amazonaws.com")
+class SlowLambda:
+    """A Lambda client whose every call times out."""
 
+    def invoke(self, **_: Any) -> Any:
+        raise ReadTimeoutError(endpoint_url="https://lambda.us-east-1.amazonaws.com")
+
+
+def slow_lambdas(regions: list[str | None]) -> Callable[[str | None], SlowLambda]:
+    """Return a Lambda client factory that records the region asked for."""
+
+    def factory(region: str | None) -> SlowLambda:
+        regions.append(region)
+        return SlowLambda()
+
+    return factory
+
+
+def test_a_slow_transformer_is_a_timeout() -> None:
     with pytest.raises(TransformerError) as info:
         LambdaTransformer(lambda region: SlowLambda()).transform(TRANSFORMER, "u9", ["1000"], ["Title"])
     assert (info.value.code, info.value.status) == ("transformer_timeout", 504)
@@ -319,18 +332,9 @@ def test_a_slow_transformer_is_a_timeout() -> None:
 
 def test_the_transformer_client_is_for_the_function_s_region() -> None:
     regions: list[str | None] = []
-
-    class Recorder:
-        def invoke(self, **_: Any) -> Any:
-            raise ReadTimeoutError(endpoint_url="x")
-
-    def factory(region: str | None) -> Any:
-        regions.append(region)
-        return Recorder()
-
     for function in ("arn:aws:lambda:eu-west-1:123456789012:function:t", "t"):
         with pytest.raises(TransformerError):
-            LambdaTransformer(factory).transform(function, "u9", [], ["Title"])
+            LambdaTransformer(slow_lambdas(regions)).transform(function, "u9", [], ["Title"])
     assert regions == ["eu-west-1", None]
 
 
@@ -370,16 +374,8 @@ def test_an_id_created_here_after_a_miss_is_known_at_once(make_app: Callable[...
 def test_a_bare_function_name_is_called_in_aws_region(make_app: Callable[..., Flask],
                                                       fake_recommender: FakeRecommender) -> None:
     regions: list[str | None] = []
-
-    class SlowLambda:
-        def invoke(self, **_: Any) -> Any:
-            raise ReadTimeoutError(endpoint_url="x")
-
-    def factory(region: str | None) -> Any:
-        regions.append(region)
-        return SlowLambda()
-
-    app = make_app({"recommender": fake_recommender, "lambda_client_factory": factory}, aws_region="eu-west-1")
+    app = make_app({"recommender": fake_recommender, "lambda_client_factory": slow_lambdas(regions)},
+                   aws_region="eu-west-1")
     transformer = app.extensions["configured_recommenders"].transformer
     for function in ("pinpoint-transformer", "arn:aws:lambda:us-west-2:123456789012:function:t"):
         with pytest.raises(TransformerError):
