@@ -64,6 +64,7 @@ class ConfiguredRecommenders:
         transformer: LambdaTransformer,
         refresh_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        in_background: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self.store = store
         self.base = base
@@ -78,6 +79,8 @@ class ConfiguredRecommenders:
         self._services: dict[tuple[str, str | None], RecommendationService] = {}
         self._lock = threading.Lock()
         self._unknown_lock = threading.Lock()  # TTLCache is not thread-safe
+        self._refreshing: set[str] = set()
+        self._in_background = in_background or _thread
 
     def answer(self, query: Query, started: float) -> tuple[Result, bytes]:
         """Return the result and the response body for a request with ?recommender=ID."""
@@ -113,30 +116,58 @@ class ConfiguredRecommenders:
         return result, orjson.dumps(recommendation_attributes(result.item_ids, result.catalog, config.attributes))
 
     def config(self, config_id: str) -> RecommenderConfig:
-        """Return the configuration, read from the store at most once per refresh interval (the last good on error)."""
-        now = self._clock()
+        """Return the configuration, read from the store at most once per refresh interval.
+
+        Only the first read of an Id waits for the store; after that a due re-read runs in the background
+        while requests keep the configuration in memory (also when the store fails).
+        """
         cached = self._configs.get(config_id)
-        if cached is not None and now - cached[1] < self.refresh_seconds:
+        if cached is not None:
+            if self._clock() - cached[1] >= self.refresh_seconds:
+                self._refresh_later(config_id)
             return cached[0]
         with self._unknown_lock:
             unknown = config_id in self._unknown
         if not unknown:
             try:
-                record = self.store.get(config_id)
+                config = self._read(config_id)
             except StoreError as exc:
-                if cached is None:
-                    raise UnavailableError(f"Recommender configurations cannot be read: {exc}",
-                                           code="recommender_store_unavailable") from exc
-                log.warning("recommender store unavailable, using configuration %s as last read: %s", config_id, exc)
-                return cached[0]
-            if record is not None:
-                config = RecommenderConfig.from_record(record)
-                self._configs[config_id] = (config, now)
+                raise UnavailableError(f"Recommender configurations cannot be read: {exc}",
+                                       code="recommender_store_unavailable") from exc
+            if config is not None:
                 return config
-            self._configs.pop(config_id, None)
-            with self._unknown_lock:
-                self._unknown[config_id] = True
         raise UnknownRecommenderError(f"There is no recommender configuration {config_id!r}.")
+
+    def _read(self, config_id: str) -> RecommenderConfig | None:
+        """Read a configuration from the store into memory; remember an Id the store does not have."""
+        now = self._clock()
+        record = self.store.get(config_id)
+        if record is not None:
+            config = RecommenderConfig.from_record(record)
+            self._configs[config_id] = (config, now)
+            return config
+        self._configs.pop(config_id, None)
+        with self._unknown_lock:
+            self._unknown[config_id] = True
+        return None
+
+    def _refresh_later(self, config_id: str) -> None:
+        """Re-read a configuration in the background, once at a time per Id; on failure keep the one held."""
+        with self._lock:
+            if config_id in self._refreshing:
+                return
+            self._refreshing.add(config_id)
+
+        def refresh() -> None:
+            try:
+                self._read(config_id)
+            except Exception as exc:  # the store is down or the record is broken: keep serving the last good one
+                log.warning("recommender %s: keeping the configuration read before (%s)", config_id, exc)
+            finally:
+                with self._lock:
+                    self._refreshing.discard(config_id)
+
+        self._in_background(refresh)
 
     def forget(self, config_id: str) -> None:
         """Drop a cached configuration after this process changed it, so the change applies at once here."""
@@ -157,6 +188,10 @@ class ConfiguredRecommenders:
                     service.recommender = self._build_recommender(config)
                     self._services[key] = service
         return service
+
+
+def _thread(task: Callable[[], None]) -> None:
+    threading.Thread(target=task, name="recommender-refresh", daemon=True).start()
 
 
 def region_of(arn: str) -> str | None:
@@ -200,8 +235,9 @@ def build_configured(settings: Settings, base: RecommendationService, presenter:
     (region -> client), `role_client_factory` ((role ARN, region) -> personalize-runtime client) and
     `lambda_client_factory` (region -> client). Nothing connects until first use.
     """
+    # A first read of a configuration waits for DynamoDB inside a Braze request: short timeouts.
     dynamodb = services.get("dynamodb_client_factory") or _regional_client(
-        "dynamodb", client_config(connect_timeout=1, read_timeout=2, max_attempts=3, pool_size=4))
+        "dynamodb", client_config(connect_timeout=0.3, read_timeout=0.5, max_attempts=2, pool_size=4))
     store = services.get("recommender_store") or build_store(settings, lambda: dynamodb(settings.aws_region))
     sts = services.get("sts_client_factory") or _regional_client(
         "sts", client_config(connect_timeout=1, read_timeout=2, max_attempts=2, pool_size=2))

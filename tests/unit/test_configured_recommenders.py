@@ -14,7 +14,8 @@ from botocore.stub import Stubber
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.configured import ConfiguredRecommenders
+from app.configured import ConfiguredRecommenders, UnknownRecommenderError
+from app.errors import UnavailableError
 from app.recommenders import SQLiteStore, StoreError, new_record
 from app.transformer import LambdaTransformer, TransformerError, pinpoint_event
 from tests.conftest import FakeRecommender, stubbed
@@ -159,20 +160,33 @@ def test_refresh_reads_the_store_again_and_keeps_the_last_good_on_error(store: C
                                                                         serving_app: Flask) -> None:
     now = [0.0]
     app_s = serving_app.extensions["configured_recommenders"]
+    background: list[Callable[[], None]] = []
     configured = ConfiguredRecommenders(store, app_s.base, app_s.presenter, lambda config: app_s.base.recommender,
-                                        app_s.transformer, refresh_seconds=30, clock=lambda: now[0])
+                                        app_s.transformer, refresh_seconds=30, clock=lambda: now[0],
+                                        in_background=background.append)
     config_id = configure(store)
     assert configured.config(config_id).per_message == 3
     store.replace({**store.get(config_id), "RecommendationsPerMessage": 5})  # type: ignore[dict-item]
     store.gets = 0
     now[0] = 29.9
-    assert configured.config(config_id).per_message == 3 and store.gets == 0
+    assert configured.config(config_id).per_message == 3 and store.gets == 0 and background == []
     now[0] = 30.0
-    assert configured.config(config_id).per_message == 5 and store.gets == 1
+    assert configured.config(config_id).per_message == 3  # due: served from memory, re-read in the background
+    assert configured.config(config_id).per_message == 3 and len(background) == 1  # one re-read at a time
+    background.pop()()
+    assert store.gets == 1 and configured.config(config_id).per_message == 5
     store.fail, now[0] = True, 61.0
-    assert configured.config(config_id).per_message == 5  # the store is down: the last good one
-    with pytest.raises(Exception, match="cannot be read"):
-        configured.config("never-seen")
+    assert configured.config(config_id).per_message == 5
+    background.pop()()  # the store is down: the re-read fails and the last good one stays
+    assert configured.config(config_id).per_message == 5
+    with pytest.raises(UnavailableError, match="cannot be read"):
+        configured.config("never-seen")  # nothing to fall back on: 503
+    store.fail, now[0] = False, 100.0
+    store.delete(config_id)  # by another worker or host
+    assert configured.config(config_id).per_message == 5
+    background.pop()()
+    with pytest.raises(UnknownRecommenderError):
+        configured.config(config_id)
 
 
 def test_one_guarded_recommender_per_arn_and_role(serving_app: Flask, store: CountingStore) -> None:
