@@ -143,7 +143,10 @@ class ConfiguredRecommenders:
         now = self._clock()
         record = self.store.get(config_id)
         if record is not None:
-            config = RecommenderConfig.from_record(record)
+            try:
+                config = RecommenderConfig.from_record(record)
+            except (KeyError, TypeError, AttributeError) as exc:  # written by hand into the table, say
+                raise StoreError(f"configuration {config_id!r} is malformed: {exc!r}") from exc
             self._configs[config_id] = (config, now)
             return config
         self._configs.pop(config_id, None)

@@ -412,3 +412,10 @@ def test_a_crashing_transformer_client_still_falls_back(make_app: Callable[..., 
     assert response.status_code == 200
     assert response.get_json() == {"Title": [NAMES["1000"], NAMES["1037"], "Waterproof Hiking Jacket"]}
     assert response.headers["X-Fallback-Reason"] == "transformer_failed"
+
+
+def test_a_malformed_stored_configuration_is_a_503_not_a_crash(serving: FlaskClient, store: CountingStore) -> None:
+    store._run("INSERT INTO recommenders (id, body) VALUES (?, ?)", ("broken", '{"Id": "broken"}'))
+    response = serving.get("/recommendations?user_id=u1&recommender=broken")
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "recommender_store_unavailable"
