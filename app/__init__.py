@@ -10,25 +10,26 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import telemetry
+from .admin import bp as admin_bp
 from .auth import build_guard
 from .batch import BatchRecommender, parse_batch_output
 from .cache import AnswerCache, cache_config
 from .catalog import parse_catalog, parse_item_list
+from .configured import build_configured, guarded
 from .errors import register_error_handlers
 from .extensions import cache
 from .logs import RequestLog, configure_logging
 from .metrics import Metrics
 from .metrics import bp as metrics_bp
 from .openapi import bp as docs_bp
+from .personalize import PersonalizeRecommender, client_config, runtime_client
 from .presentation import Presenter
-from .personalize import PersonalizeRecommender, client_config
 from .recommendation import Recommender
 from .schemas import QueryParser
 from .service import RecommendationService
 from .settings import ConfigError, Settings
 from .singleflight import SingleFlight
 from .sources import Reloadable, SourceError, open_source
-from .upstream import GuardedRecommender
 from .views import bp
 
 __all__ = ["ConfigError", "create_app", "warm_up"]
@@ -38,7 +39,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     """Build the app from settings (the environment by default); tests may pass services to replace real ones.
 
     services: `recommender` (a Recommender), `s3_client_factory` and `personalize_client_factory`
-    (callables returning boto3 clients). Nothing here does network I/O; see warm_up().
+    (callables returning boto3 clients), and those of configured.build_configured (recommender
+    configurations). Nothing here does network I/O; see warm_up().
     """
     settings = _settings(config)
     configure_logging(settings.log_level)
@@ -71,13 +73,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     batch = _batch(settings, s3_client_factory, metrics)
     primary: Recommender = services.get("recommender") or _personalize(settings, services, metrics) or batch
     app.extensions["recommendations"] = RecommendationService(
-        GuardedRecommender(
-            primary,
-            max_concurrency=settings.personalize_max_concurrency,
-            failure_threshold=settings.breaker_failure_threshold,
-            recovery_seconds=settings.breaker_recovery_seconds,
-            on_state_change=metrics.breaker_changed,
-        ),
+        guarded(primary, settings, on_state_change=metrics.breaker_changed),
         catalog,
         answers,
         SingleFlight(answers, _lock_client(settings.cache_redis_url)),
@@ -92,7 +88,12 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     app.extensions["presenter"] = Presenter(settings.link_query)
     # /metrics takes the API keys but not ALLOWED_CIDRS: Prometheus scrapes from inside, not from Braze's IPs.
     app.extensions["metrics_guard"] = build_guard(settings.api_keys, ())
+    configured = build_configured(settings, app.extensions["recommendations"], app.extensions["presenter"], services,
+                                  observe=metrics.observe_personalize)
+    app.extensions["configured_recommenders"] = configured
+    app.extensions["recommender_store"] = configured.store
     app.register_blueprint(bp)
+    app.register_blueprint(admin_bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(docs_bp)
     register_error_handlers(app)
@@ -171,13 +172,9 @@ def _boto3_client_factory(service_name: str, settings: Settings) -> Callable[[],
         import boto3
 
         if service_name == "personalize-runtime":
-            config = client_config(
-                settings.personalize_connect_timeout,
-                settings.personalize_read_timeout,
-                settings.personalize_max_attempts,
-                settings.personalize_max_concurrency,
-            )
-            return boto3.session.Session().client(service_name, region_name=settings.aws_region, config=config)
+            return runtime_client(boto3.session.Session(), settings.aws_region, settings.personalize_connect_timeout,
+                                  settings.personalize_read_timeout, settings.personalize_max_attempts,
+                                  settings.personalize_max_concurrency)
         config = client_config(connect_timeout=5, read_timeout=30, max_attempts=3, pool_size=2)
         return boto3.session.Session().client(service_name, config=config)
 

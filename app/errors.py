@@ -68,6 +68,14 @@ def error_response(status: int, code: str, message: str, errors: dict[str, Any] 
     return response
 
 
+def with_http_headers(response: Response, exc: HTTPException) -> Response:
+    """Copy an HTTP error's own headers (e.g. Allow on a 405) onto its JSON response."""
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
 def register_error_handlers(app: Flask) -> None:
     """Answer every error, including unknown routes and crashes, with the JSON error shape."""
 
@@ -85,11 +93,7 @@ def register_error_handlers(app: Flask) -> None:
     def handle_http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
-        response = error_response(status, code, exc.description or exc.name)
-        for name, value in exc.get_headers():  # e.g. Allow on a 405
-            if name.lower() != "content-type":
-                response.headers[name] = value
-        return response
+        return with_http_headers(error_response(status, code, exc.description or exc.name), exc)
 
     @app.errorhandler(Exception)
     def handle_crash(exc: Exception) -> Response:

@@ -9,12 +9,18 @@ from typing import Any
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, current_app, url_for
-from marshmallow import Schema, validate
+from marshmallow import Schema
 from marshmallow import fields as ma
 
 from .catalog import ITEM_FIELDS
 from .json import json_response
-from .schemas import FILTER_KEY, CONTEXT_KEY, MAX_LINK_VALUE_LENGTH, MAX_VALUE_LENGTH, RecommendationQuery
+from .schemas import (
+    CONTEXT_KEY,
+    FILTER_KEY,
+    MAX_LINK_VALUE_LENGTH,
+    MAX_VALUE_LENGTH,
+    RecommendationQuery,
+)
 from .settings import Settings
 
 API_VERSION = "1"
@@ -84,7 +90,8 @@ def build_spec(settings: Settings, source: str) -> dict[str, Any]:
 
     source is the primary recommendation source's name (personalize or batch), as X-Recommendations-Source says.
     """
-    sources = list(dict.fromkeys((source, *FALLBACK_SOURCES)))
+    # A stored configuration (?recommender=ID) always asks Personalize, whatever the default source is.
+    sources = list(dict.fromkeys((source, "personalize", *FALLBACK_SOURCES)))
     spec = APISpec(
         title="Braze recommendations from Amazon Personalize",
         version=API_VERSION,
@@ -95,6 +102,11 @@ def build_spec(settings: Settings, source: str) -> dict[str, Any]:
     spec.components.schema("Error", schema=Error)
     spec.components.schema("Item", _item_schema(settings.catalog_extra_fields))
     item_list = {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}
+    spec.components.schema("RecommendationAttributes", {
+        "type": "object",
+        "description": "format=attributes: each configured attribute name with one string per item, in rank order.",
+        "additionalProperties": {"type": "array", "items": {"type": "string"}},
+    })
     spec.components.schema("RecommendationsObject", {
         "type": "object",
         "required": ["items", "recommendation_id", "source"],
@@ -176,15 +188,19 @@ def _recommendations_operation(settings: Settings, sources: list[str], item_list
     }
     responses: dict[str, Any] = {
         "200": {
-            "description": "The items in the source's order: a bare array, or with format=object an object.",
+            "description": "The items in the source's order: a bare array, with format=object an object, with "
+                           "format=attributes (a configuration with Attributes) one array of strings per attribute.",
             "headers": headers,
-            "content": {"application/json": {"schema": {"oneOf": [
-                item_list, {"$ref": "#/components/schemas/RecommendationsObject"}]}}},
+            "content": {"application/json": {"schema": {"anyOf": [
+                item_list, {"$ref": "#/components/schemas/RecommendationsObject"},
+                {"$ref": "#/components/schemas/RecommendationAttributes"}]}}},
         },
         "400": _error("A parameter is wrong (invalid_parameter; `errors` names each), or Personalize rejected the "
                       "request (rejected_by_personalize)."),
-        "503": _error("The catalog is not loaded (catalog_unavailable), or the source failed and no fallback "
-                      "answered (no_recommendations)."),
+        "404": _error("`recommender` names no stored configuration (unknown_recommender)."),
+        "503": _error("The catalog is not loaded (catalog_unavailable), the source failed and no fallback "
+                      "answered (no_recommendations), or the configurations cannot be read "
+                      "(recommender_store_unavailable)."),
     }
     if security:
         responses["401"] = _error("No valid API key came with the request (unauthorized).")

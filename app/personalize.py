@@ -11,10 +11,12 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     ConnectTimeoutError,
     NoCredentialsError,
     ReadTimeoutError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
 )
 
 from .errors import InvalidParameterError, ServiceError, UpstreamError
@@ -60,6 +62,13 @@ def client_config(connect_timeout: float, read_timeout: float, max_attempts: int
         retries={"mode": "standard", "total_max_attempts": max_attempts},
         max_pool_connections=pool_size,
     )
+
+
+def runtime_client(session: Any, region: str | None, connect_timeout: float, read_timeout: float,
+                   max_attempts: int, pool_size: int) -> Any:
+    """Build a personalize-runtime client from a boto3 session, configured for the request budget."""
+    config = client_config(connect_timeout, read_timeout, max_attempts, pool_size)
+    return session.client("personalize-runtime", region_name=region, config=config)
 
 
 class PersonalizeRecommender:

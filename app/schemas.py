@@ -25,7 +25,7 @@ MAX_VALUE_LENGTH = 1000
 FILTER_KEY = re.compile(r"[A-Za-z0-9_]{1,50}")
 CONTEXT_KEY = re.compile(r"[A-Za-z0-9_]{1,150}")
 MAX_LINK_VALUE_LENGTH = 200
-FORMATS = ("array", "object")
+FORMATS = ("array", "object", "attributes")
 
 
 class RecommendationQuery(Schema):
@@ -55,13 +55,24 @@ class RecommendationQuery(Schema):
     format = ma.String(
         load_default="array",
         validate=validate.OneOf(FORMATS),
-        metadata={"description": "array (default) or object: {items, recommendation_id, source}."},
+        metadata={"description": "array (default), object: {items, recommendation_id, source}, or attributes: "
+                                 "{ATTRIBUTE: [...]} for a recommender configuration with Attributes."},
+    )
+    recommender = ma.String(
+        validate=validate.Length(min=1, max=MAX_ID_LENGTH),
+        metadata={"description": "The Id of a recommender configuration (/v1/recommenders) to serve."},
     )
 
     @validates_schema
     def _user_or_item(self, data: Mapping[str, Any], **_: Any) -> None:
         if "user_id" not in data and "item_id" not in data:
             raise ValidationError("Give user_id, item_id for related items, or both.", "user_id")
+
+    @validates_schema
+    def _attributes_need_recommender(self, data: Mapping[str, Any], **_: Any) -> None:
+        if data.get("format") == "attributes" and "recommender" not in data:
+            raise ValidationError("format=attributes needs recommender=ID, a configuration with Attributes.",
+                                  "format")
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,8 @@ class Query:
     format: str = "array"
     fields: tuple[str, ...] | None = None  # None: every field
     link_values: dict[str, str] = field(default_factory=dict)
+    recommender: str | None = None  # a recommender configuration's Id
+    num_results_default: bool = False  # num_results was not given: a recommender configuration may set it
 
 
 class QueryParser:
@@ -140,6 +153,8 @@ class QueryParser:
             format=values.get("format", "array"),
             fields=selected,
             link_values=link_values,
+            recommender=values.get("recommender"),
+            num_results_default="num_results" not in values,
         )
 
     def _filter_arn(self, name: str | None, errors: dict[str, Any]) -> str | None:

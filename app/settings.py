@@ -44,15 +44,15 @@ def _list(raw: Any) -> tuple[str, ...]:
     return tuple(str(i).strip() for i in items if str(i).strip())
 
 
-def _api_keys(raw: Any) -> tuple[str, ...]:
+def _api_keys(raw: Any, variable: str = "API_KEYS") -> tuple[str, ...]:
     keys = _list(raw)
     if not all(k.isascii() and k.isprintable() for k in keys):
         # HTTP headers carry Latin-1: a key outside printable ASCII could never match.
-        raise ConfigError("API_KEYS: keys must be printable ASCII (letters, digits, punctuation).")
+        raise ConfigError(f"{variable}: keys must be printable ASCII (letters, digits, punctuation).")
     short = [k for k in keys if len(k) < MIN_API_KEY_LENGTH]
     if short:
         # Say how many and how long, never the key itself: this sentence lands in logs.
-        raise ConfigError(f"API_KEYS: {len(short)} key(s) shorter than {MIN_API_KEY_LENGTH} characters; "
+        raise ConfigError(f"{variable}: {len(short)} key(s) shorter than {MIN_API_KEY_LENGTH} characters; "
                           "use long random keys, e.g. from `openssl rand -hex 24`.")
     return keys
 
@@ -134,7 +134,7 @@ def _base_url(url: str | None) -> str | None:
     return url
 
 
-def _bounded(name: str, raw: str, kind: type[int] | type[float], low: float, high: float) -> float:
+def _bounded(name: str, raw: str, kind: type[int | float], low: float, high: float) -> float:
     """Convert raw to kind (int or float) and check it lies in [low, high]."""
     try:
         value = kind(raw)
@@ -144,6 +144,19 @@ def _bounded(name: str, raw: str, kind: type[int] | type[float], low: float, hig
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}.")
     return value
+
+
+RECOMMENDER_STORES = ("sqlite", "dynamodb")
+
+
+def _check_recommender_settings(settings: Settings) -> None:
+    """Check the recommender configuration store settings."""
+    if settings.recommender_store not in RECOMMENDER_STORES:
+        raise ConfigError(f"RECOMMENDER_STORE must be one of {', '.join(RECOMMENDER_STORES)}, "
+                          f"got {settings.recommender_store!r}.")
+    if settings.recommender_store == "dynamodb" and not settings.recommender_table:
+        raise ConfigError("RECOMMENDER_STORE=dynamodb needs RECOMMENDER_TABLE, the DynamoDB table's name "
+                          "(partition key Id, a string).")
 
 
 @dataclass(frozen=True)
@@ -184,6 +197,15 @@ class Settings:
     link_query: str | None = None
     image_base_url: str | None = None
     log_user_id_key: str | None = None
+    # Recommender configurations (the /v1/recommenders admin API and ?recommender=ID).
+    admin_api_keys: tuple[str, ...] = ()
+    recommender_store: str = "sqlite"
+    recommender_db_path: str = field(
+        default_factory=lambda: os.path.join(tempfile.gettempdir(), "recs-recommenders.sqlite3")
+    )
+    recommender_table: str | None = None
+    recommender_refresh_seconds: float = 30.0
+    transformer_timeout_ms: int = 500
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -271,7 +293,13 @@ class Settings:
             link_query=_link_query(_text(raw.get("link_query"))),
             image_base_url=_base_url(_text(raw.get("image_base_url"))),
             log_user_id_key=_user_id_key(_text(raw.get("log_user_id_key"))),
+            admin_api_keys=_api_keys(raw.get("admin_api_keys"), "ADMIN_API_KEYS"),
+            recommender_store=(_text(raw.get("recommender_store")) or "sqlite").lower(),
+            recommender_table=_text(raw.get("recommender_table")),
+            recommender_refresh_seconds=conv("recommender_refresh_seconds", 0, 3600),
+            transformer_timeout_ms=conv("transformer_timeout_ms", 50, 1500),
             **({"cache_dir": str(raw["cache_dir"])} if raw.get("cache_dir") else {}),
+            **({"recommender_db_path": str(raw["recommender_db_path"])} if raw.get("recommender_db_path") else {}),
         )
         if settings.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}.")
@@ -279,6 +307,7 @@ class Settings:
             raise ConfigError(
                 f"CACHE_REDIS_URL must start with redis://, rediss:// or unix://, got {settings.cache_redis_url!r}."
             )
+        _check_recommender_settings(settings)
         return settings
 
     @property

@@ -25,9 +25,13 @@ def recommendations() -> Response:
     if (guard := extensions["auth_guard"]) is not None:
         guard(request)
     query = extensions["query_parser"].parse_request(request)
-    result = service().recommend(query.user_id, query.num_results, started, query.options)
+    if query.recommender is not None:  # a stored configuration (/v1/recommenders): its ARN, role and count
+        result, body = extensions["configured_recommenders"].answer(query, started)
+    else:
+        result = service().recommend(query.user_id, query.num_results, started, query.options)
+        body = extensions["presenter"].render(result, query)
     g.result = result  # for the request's metrics and log line (telemetry.py)
-    response = Response(extensions["presenter"].render(result, query), mimetype="application/json")
+    response = Response(body, mimetype="application/json")
     # A new response has none of these headers, so add() (set() first looks for one to replace).
     add = response.headers.add
     add("X-Cache", result.cache)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +112,20 @@ def dummy_aws(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def runtime(dummy_aws: None) -> Iterator[tuple[Any, Stubber]]:
-    """Yield a real personalize-runtime client under botocore's Stubber; every queued answer must be used."""
-    client = boto3.client("personalize-runtime", region_name="us-east-1")
+@contextmanager
+def stubbed(service_name: str, region: str = "us-east-1") -> Iterator[tuple[Any, Stubber]]:
+    """Yield a real boto3 client under botocore's Stubber; every queued answer must be used."""
+    client = boto3.client(service_name, region_name=region)
     with Stubber(client) as stubber:
         yield client, stubber
         stubber.assert_no_pending_responses()
+
+
+@pytest.fixture
+def runtime(dummy_aws: None) -> Iterator[tuple[Any, Stubber]]:
+    """Yield a real personalize-runtime client under botocore's Stubber; every queued answer must be used."""
+    with stubbed("personalize-runtime") as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ def test_every_parameter_the_service_accepts_is_listed(configured: Flask) -> Non
     operation = recommendations_operation(document(configured.test_client()))
     listed = {p["name"] for p in operation["parameters"]}
     schema_fields = {field.data_key or name for name, field in RecommendationQuery().fields.items()}
-    assert schema_fields == {"user_id", "item_id", "num_results", "filter", "fields", "format"}
+    assert schema_fields == {"user_id", "item_id", "num_results", "filter", "fields", "format", "recommender"}
     assert listed == schema_fields | {"filter.NAME", "context.NAME", "campaign"}
 
 
@@ -55,7 +55,7 @@ def test_limits_come_from_the_marshmallow_schema(client: FlaskClient) -> None:
     parameters = {p["name"]: p for p in recommendations_operation(document(client))["parameters"]}
     assert parameters["num_results"]["schema"].items() >= {"type": "integer", "minimum": 1, "maximum": 100}.items()
     assert parameters["user_id"]["schema"].items() >= {"minLength": 1, "maxLength": 256}.items()
-    assert parameters["format"]["schema"]["enum"] == ["array", "object"]
+    assert parameters["format"]["schema"]["enum"] == ["array", "object", "attributes"]
     # filter.CATEGORY=shoes: an object whose properties are sent as separate query parameters.
     pairs = parameters["filter.NAME"]
     assert (pairs["style"], pairs["explode"]) == ("form", True)
@@ -66,7 +66,7 @@ def test_limits_come_from_the_marshmallow_schema(client: FlaskClient) -> None:
 def test_responses_headers_auth_and_errors_are_documented(configured: Flask) -> None:
     spec = document(configured.test_client())
     operation = recommendations_operation(spec)
-    assert set(operation["responses"]) == {"200", "400", "401", "403", "503"}
+    assert set(operation["responses"]) == {"200", "400", "401", "403", "404", "503"}
     for status in ("400", "401", "403", "503"):
         assert operation["responses"][status]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/Error"}
@@ -79,7 +79,7 @@ def test_responses_headers_auth_and_errors_are_documented(configured: Flask) -> 
 
 def test_without_keys_or_allowlist_no_auth_responses_are_promised(client: FlaskClient) -> None:
     operation = recommendations_operation(document(client))
-    assert set(operation["responses"]) == {"200", "400", "503"}
+    assert set(operation["responses"]) == {"200", "400", "404", "503"}
     assert "security" not in operation
 
 

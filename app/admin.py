@@ -1,0 +1,190 @@
+"""The recommender configuration API, /v1/recommenders, as Amazon Pinpoint's (the seed) defines it.
+
+Unlike the rest of the service, its errors have Pinpoint's MessageBody shape, {"Message", "RequestID"},
+with Pinpoint's status codes, so scripts written against Pinpoint keep working. `message_body` is the one
+place that shape is built. It needs one of ADMIN_API_KEYS (X-API-Key or the Basic auth password, as
+API_KEYS for /recommendations); with none set, the API is off and every path answers 404 saying so.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from .auth import key_matches, presented_keys
+from .configured import ConfiguredRecommenders
+from .errors import with_http_headers
+from .json import json_response
+from .recommenders import (
+    MAX_PAGE_SIZE,
+    BadTokenError,
+    RecommenderConfigurationSchema,
+    RecommenderStore,
+    StoreError,
+    new_record,
+    replaced_record,
+)
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("admin", __name__, url_prefix="/v1/recommenders")
+schema = RecommenderConfigurationSchema()
+MAX_BODY_BYTES = 64 * 1024
+
+
+class AdminError(Exception):
+    """An error answered in Pinpoint's MessageBody shape with Pinpoint's status code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def message_body(status: int, message: str) -> Response:
+    """Build Pinpoint's error body, {"Message", "RequestID"}, with the request's id in X-Amzn-RequestId too."""
+    request_id = getattr(g, "request_id", None) or str(uuid.uuid4())
+    response = json_response({"Message": message, "RequestID": request_id}, status)
+    response.headers["X-Amzn-RequestId"] = request_id
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.errorhandler(AdminError)
+def _admin_error(exc: AdminError) -> Response:
+    return message_body(exc.status, exc.message)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    return with_http_headers(message_body(exc.code or 500, exc.description or exc.name), exc)
+
+
+@bp.errorhandler(StoreError)
+def _store_error(exc: StoreError) -> Response:
+    log.error("recommender store failed: %s", exc)
+    return message_body(500, "The configuration store failed; the error is logged.")
+
+
+@bp.errorhandler(Exception)
+def _crash(exc: Exception) -> Response:
+    log.exception("admin API error")
+    return message_body(500, "The request failed unexpectedly; the error is logged.")
+
+
+@bp.before_request
+def _authorize() -> None:
+    g.request_id = str(uuid.uuid4())
+    keys = [key.encode("utf-8") for key in current_app.config["SETTINGS"].admin_api_keys]
+    if not keys:
+        raise AdminError(404, "The recommender configuration API is off: set ADMIN_API_KEYS to turn it on.")
+    if request.method == "OPTIONS":
+        return  # what the resource allows is no secret (and a CORS preflight carries no key)
+    if not any(key_matches(candidate, keys) for candidate in presented_keys(request)):
+        raise AdminError(403, "A valid admin API key is required (ADMIN_API_KEYS): send it in the X-API-Key "
+                              "header or as the Basic auth password.")
+
+
+@bp.after_request
+def _request_id(response: Response) -> Response:
+    response.headers.setdefault("X-Amzn-RequestId", g.get("request_id", ""))
+    return response
+
+
+def _store() -> RecommenderStore:
+    return current_app.extensions["recommender_store"]
+
+
+def _forget(config_id: str) -> None:
+    configured: ConfiguredRecommenders = current_app.extensions["configured_recommenders"]
+    configured.forget(config_id)
+
+
+def _body() -> dict[str, Any]:
+    """Return the request's configuration, validated; raise AdminError 400 (or 413) naming what is wrong."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise AdminError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise AdminError(400, "The request body must be a JSON object (Content-Type: application/json).")
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        problems = exc.normalized_messages()
+        detail = "; ".join(f"{name}: {_flatten(problem)}" for name, problem in sorted(problems.items()))
+        raise AdminError(400, f"Invalid recommender configuration. {detail}") from None
+
+
+def _flatten(problem: Any) -> str:
+    if isinstance(problem, dict):
+        return " ".join(f"{key}: {_flatten(value)}" for key, value in problem.items())
+    if isinstance(problem, list):
+        return " ".join(_flatten(p) for p in problem)
+    return str(problem)
+
+
+@bp.get("")
+def list_configurations() -> Response:
+    """GetRecommenderConfigurations: one page of configurations, oldest first, and the next page's token."""
+    raw = request.args.get("page-size", str(MAX_PAGE_SIZE))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise AdminError(400, f"page-size must be a whole number from 1 to {MAX_PAGE_SIZE}.")
+    try:
+        items, token = _store().list(int(raw), request.args.get("token") or None)
+    except BadTokenError as exc:
+        raise AdminError(400, str(exc)) from None
+    return json_response({"Item": items, "NextToken": token})
+
+
+@bp.post("")
+def create_configuration() -> Response:
+    """CreateRecommenderConfiguration: store a new configuration and answer 201 with it."""
+    record = new_record(_body())
+    _store().create(record)
+    _forget(record["Id"])  # an Id asked for before it existed may be cached as unknown
+    return json_response(record, 201)
+
+
+@bp.get("/<config_id>")
+def get_configuration(config_id: str) -> Response:
+    """GetRecommenderConfiguration."""
+    record = _store().get(config_id)
+    if record is None:
+        raise AdminError(404, f"There is no recommender configuration {config_id!r}.")
+    return json_response(record)
+
+
+@bp.put("/<config_id>")
+def update_configuration(config_id: str) -> Response:
+    """UpdateRecommenderConfiguration: replace the configuration (Id and CreationDate stay)."""
+    body = _body()
+    old = _store().get(config_id)
+    if old is None:
+        raise AdminError(404, f"There is no recommender configuration {config_id!r}.")
+    record = replaced_record(old, body)
+    if not _store().replace(record):
+        raise AdminError(404, f"There is no recommender configuration {config_id!r}.")
+    _forget(config_id)
+    return json_response(record)
+
+
+@bp.delete("/<config_id>")
+def delete_configuration(config_id: str) -> Response:
+    """DeleteRecommenderConfiguration: remove it and answer with what was removed."""
+    record = _store().delete(config_id)
+    if record is None:
+        raise AdminError(404, f"There is no recommender configuration {config_id!r}.")
+    _forget(config_id)
+    return json_response(record)
+
+
+@bp.route("", methods=["PUT", "PATCH", "DELETE"])
+@bp.route("/<config_id>", methods=["POST", "PATCH"])
+def method_not_allowed(config_id: str | None = None) -> Response:
+    """Answer other methods here (not in Flask's router) so the 405 has the MessageBody shape too."""
+    raise MethodNotAllowed(valid_methods=["GET", "PUT", "DELETE", "OPTIONS"] if config_id else
+                           ["GET", "POST", "OPTIONS"])

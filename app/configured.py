@@ -1,0 +1,267 @@
+"""GET /recommendations?recommender=ID: serve a stored recommender configuration.
+
+Configurations are kept in memory for RECOMMENDER_REFRESH_SECONDS, so a request does not read the store;
+each (provider ARN, role) gets one guarded Personalize recommender, built on first use and reused.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from cachetools import TTLCache
+
+from .errors import InvalidParameterError, ServiceError, UnavailableError
+from .personalize import PersonalizeRecommender, client_config, runtime_client
+from .pinpoint import recommendation_attributes
+from .presentation import Presenter
+from .recommendation import Recommender
+from .recommenders import RecommenderConfig, RecommenderStore, StoreError, build_store
+from .roles import assumed_role_session
+from .schemas import Query
+from .service import RecommendationService, Result
+from .settings import ARN_PATTERN, Settings
+from .transformer import LambdaTransformer, TransformerError
+from .upstream import GuardedRecommender
+
+log = logging.getLogger(__name__)
+
+MAX_UNKNOWN_IDS = 10_000
+
+
+class UnknownRecommenderError(ServiceError):
+    """No recommender configuration has the requested Id."""
+
+    status = 404
+    code = "unknown_recommender"
+
+
+def guarded(inner: Recommender, settings: Settings,
+            on_state_change: Callable[[str], None] | None = None) -> GuardedRecommender:
+    """Wrap a recommender in the deadline, concurrency cap and circuit breaker the settings describe."""
+    return GuardedRecommender(
+        inner,
+        max_concurrency=settings.personalize_max_concurrency,
+        failure_threshold=settings.breaker_failure_threshold,
+        recovery_seconds=settings.breaker_recovery_seconds,
+        on_state_change=on_state_change,
+    )
+
+
+class ConfiguredRecommenders:
+    """Answer requests that name a recommender configuration, with its ARN, role, count and attributes."""
+
+    def __init__(
+        self,
+        store: RecommenderStore,
+        base: RecommendationService,
+        presenter: Presenter,
+        build_recommender: Callable[[RecommenderConfig], GuardedRecommender],
+        transformer: LambdaTransformer,
+        refresh_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        in_background: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.base = base
+        self.presenter = presenter
+        self.transformer = transformer
+        self.refresh_seconds = refresh_seconds
+        self._build_recommender = build_recommender
+        self._clock = clock
+        self._configs: dict[str, tuple[RecommenderConfig, float]] = {}  # id -> (config, when it was read)
+        # Ids the store does not have, remembered as long and bounded: random ids must not grow memory.
+        self._unknown: TTLCache[str, bool] = TTLCache(maxsize=MAX_UNKNOWN_IDS, ttl=refresh_seconds, timer=clock)
+        self._services: dict[tuple[str, str | None], RecommendationService] = {}
+        self._lock = threading.Lock()
+        self._unknown_lock = threading.Lock()  # TTLCache is not thread-safe
+        self._refreshing: set[str] = set()
+        self._in_background = in_background or _thread
+
+    def answer(self, query: Query, started: float) -> tuple[Result, bytes]:
+        """Return the result and the response body for a request with ?recommender=ID."""
+        assert query.recommender is not None
+        config = self.config(query.recommender)
+        if query.num_results_default:
+            query = dataclasses.replace(query, num_results=config.per_message)
+        if query.format == "attributes" and not config.attributes:
+            raise InvalidParameterError(
+                f"Invalid request parameters. format: recommender {config.id} has no Attributes.",
+                errors={"format": ["attributes needs a recommender configuration with Attributes."]},
+            )
+        result = self.service_for(config).recommend(query.user_id, query.num_results, started, query.options)
+        if query.format != "attributes":
+            return result, self.presenter.render(result, query)
+        return self._attributes(config, query, result)
+
+    def _attributes(self, config: RecommenderConfig, query: Query, result: Result) -> tuple[Result, bytes]:
+        """Return the attribute form: the transformer Lambda's, or the catalog's when there is none or it fails."""
+        if config.transformer:
+            endpoint_id = query.user_id or query.options.item_id or ""
+            try:
+                attributes = self.transformer.transform(config.transformer, endpoint_id, result.item_ids,
+                                                        config.attributes)
+                return result, orjson.dumps(attributes)
+            except TransformerError as exc:
+                # Same shape from the catalog, marked as a fallback so nobody keeps it as the real answer.
+                log.warning("%s: %s Answering the attributes from the catalog.", exc.code, exc.message)
+                result = dataclasses.replace(result, max_age=0, fallback_reason=exc.code)
+            except Exception:  # a bug must not blank an email either; it is logged with its traceback
+                log.exception("transformer call crashed; answering the attributes from the catalog")
+                result = dataclasses.replace(result, max_age=0, fallback_reason=TransformerError.code)
+        return result, orjson.dumps(recommendation_attributes(result.item_ids, result.catalog, config.attributes))
+
+    def config(self, config_id: str) -> RecommenderConfig:
+        """Return the configuration, read from the store at most once per refresh interval.
+
+        Only the first read of an Id waits for the store; after that a due re-read runs in the background
+        while requests keep the configuration in memory (also when the store fails).
+        """
+        cached = self._configs.get(config_id)
+        if cached is not None:
+            if self._clock() - cached[1] >= self.refresh_seconds:
+                self._refresh_later(config_id)
+            return cached[0]
+        with self._unknown_lock:
+            unknown = config_id in self._unknown
+        if not unknown:
+            try:
+                config = self._read(config_id)
+            except StoreError as exc:
+                raise UnavailableError(f"Recommender configurations cannot be read: {exc}",
+                                       code="recommender_store_unavailable") from exc
+            if config is not None:
+                return config
+        raise UnknownRecommenderError(f"There is no recommender configuration {config_id!r}.")
+
+    def _read(self, config_id: str) -> RecommenderConfig | None:
+        """Read a configuration from the store into memory; remember an Id the store does not have."""
+        now = self._clock()
+        record = self.store.get(config_id)
+        if record is not None:
+            try:
+                config = RecommenderConfig.from_record(record)
+            except (KeyError, TypeError, AttributeError) as exc:  # written by hand into the table, say
+                raise StoreError(f"configuration {config_id!r} is malformed: {exc!r}") from exc
+            self._configs[config_id] = (config, now)
+            return config
+        self._configs.pop(config_id, None)
+        with self._unknown_lock:
+            self._unknown[config_id] = True
+        return None
+
+    def _refresh_later(self, config_id: str) -> None:
+        """Re-read a configuration in the background, once at a time per Id; on failure keep the one held."""
+        with self._lock:
+            if config_id in self._refreshing:
+                return
+            self._refreshing.add(config_id)
+
+        def refresh() -> None:
+            try:
+                self._read(config_id)
+            except Exception as exc:  # the store is down or the record is broken: keep serving the last good one
+                log.warning("recommender %s: keeping the configuration read before (%s)", config_id, exc)
+            finally:
+                with self._lock:
+                    self._refreshing.discard(config_id)
+
+        self._in_background(refresh)
+
+    def forget(self, config_id: str) -> None:
+        """Drop a cached configuration after this process changed it, so the change applies at once here."""
+        self._configs.pop(config_id, None)
+        with self._unknown_lock:
+            self._unknown.pop(config_id, None)
+
+    def service_for(self, config: RecommenderConfig) -> RecommendationService:
+        """Return the service for the configuration's ARN and role: the default one's caches and fallbacks,
+        its own guarded recommender (built on first use, then reused)."""
+        key = (config.provider_arn, config.role_arn)
+        service = self._services.get(key)
+        if service is None:
+            with self._lock:
+                service = self._services.get(key)
+                if service is None:
+                    service = copy.copy(self.base)
+                    service.recommender = self._build_recommender(config)
+                    self._services[key] = service
+        return service
+
+
+def _thread(task: Callable[[], None]) -> None:
+    threading.Thread(target=task, name="recommender-refresh", daemon=True).start()
+
+
+def region_of(arn: str) -> str | None:
+    """Return the region a Personalize ARN names."""
+    match = ARN_PATTERN.match(arn)
+    return match.group("region") if match else None
+
+
+def role_client_factory(settings: Settings, sts_client_factory: Callable[[str | None], Any]
+                        ) -> Callable[[str | None, str | None], Any]:
+    """Return (role ARN, region) -> a personalize-runtime client signing with the role's assumed credentials."""
+
+    def build(role_arn: str | None, region: str | None) -> Any:
+        import boto3
+
+        session = (assumed_role_session(role_arn, lambda: sts_client_factory(region)) if role_arn
+                   else boto3.session.Session())
+        return runtime_client(session, region, settings.personalize_connect_timeout, settings.personalize_read_timeout,
+                              settings.personalize_max_attempts, settings.personalize_max_concurrency)
+
+    return build
+
+
+def _regional_client(service_name: str, config: Any) -> Callable[[str | None], Any]:
+    """Return region -> a boto3 client of the default session, one per region and process, built on first use."""
+
+    @functools.cache
+    def build(region: str | None) -> Any:
+        import boto3
+
+        return boto3.session.Session().client(service_name, region_name=region, config=config)
+
+    return build
+
+
+def build_configured(settings: Settings, base: RecommendationService, presenter: Presenter,
+                     services: Mapping[str, Any],
+                     observe: Callable[[float, str | None], None] | None = None) -> ConfiguredRecommenders:
+    """Plug together the store, the per-role Personalize clients and the transformer; tests may replace each.
+
+    services: `recommender_store`, `dynamodb_client_factory` (region -> client), `sts_client_factory`
+    (region -> client), `role_client_factory` ((role ARN, region) -> personalize-runtime client) and
+    `lambda_client_factory` (region -> client). Nothing connects until first use. observe is told each
+    Personalize call's seconds and error code, as for the default campaign (the metrics).
+    """
+    # A first read of a configuration waits for DynamoDB inside a Braze request: short timeouts.
+    dynamodb = services.get("dynamodb_client_factory") or _regional_client(
+        "dynamodb", client_config(connect_timeout=0.3, read_timeout=0.5, max_attempts=2, pool_size=4))
+    store = services.get("recommender_store") or build_store(settings, lambda: dynamodb(settings.aws_region))
+    sts = services.get("sts_client_factory") or _regional_client(
+        "sts", client_config(connect_timeout=1, read_timeout=2, max_attempts=2, pool_size=2))
+    clients = services.get("role_client_factory") or role_client_factory(settings, sts)
+    timeout = settings.transformer_timeout_ms / 1000
+    regional_lambda = services.get("lambda_client_factory") or _regional_client(
+        "lambda", client_config(connect_timeout=timeout, read_timeout=timeout, max_attempts=1,
+                                pool_size=settings.personalize_max_concurrency))
+
+    def lambdas(region: str | None) -> Any:
+        return regional_lambda(region or settings.aws_region)  # a bare function name: AWS_REGION's
+
+    def build_recommender(config: RecommenderConfig) -> GuardedRecommender:
+        region = region_of(config.provider_arn)
+        recommender = PersonalizeRecommender(config.provider_arn, lambda: clients(config.role_arn, region),
+                                             observe=observe)
+        return guarded(recommender, settings)
+
+    return ConfiguredRecommenders(store, base, presenter, build_recommender, LambdaTransformer(lambdas),
+                                  settings.recommender_refresh_seconds)

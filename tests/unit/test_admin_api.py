@@ -1,0 +1,198 @@
+"""/v1/recommenders: the seed's resource, its MessageBody errors, ADMIN_API_KEYS, and persistence."""
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app.settings import ConfigError
+
+ADMIN_KEY = "admin-key-0123456789abcdef"
+OTHER_KEY = "other-key-0123456789abcdef"
+AUTH = {"X-API-Key": ADMIN_KEY}
+BODY = {"Name": "movies", "RecommendationProviderUri": "arn:aws:personalize:us-east-1:123456789012:campaign/movies",
+        "RecommendationProviderRoleArn": "arn:aws:iam::123456789012:role/PinpointRecommendations",
+        "RecommendationsPerMessage": 3}
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "state" / "recommenders.sqlite3")
+
+
+@pytest.fixture
+def admin_app(make_app: Callable[..., Flask], fake_recommender: Any, db_path: str) -> Flask:
+    return make_app({"recommender": fake_recommender}, admin_api_keys=ADMIN_KEY, recommender_db_path=db_path)
+
+
+@pytest.fixture
+def admin(admin_app: Flask) -> FlaskClient:
+    return admin_app.test_client()
+
+
+def create(client: FlaskClient, **fields: Any) -> dict[str, Any]:
+    response = client.post("/v1/recommenders", json={**BODY, **fields}, headers=AUTH)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def assert_message_body(response: Any, status: int, *words: str) -> None:
+    assert response.status_code == status
+    body = response.get_json()
+    assert set(body) == {"Message", "RequestID"}
+    assert body["RequestID"] == response.headers["X-Amzn-RequestId"]
+    for word in words:
+        assert word in body["Message"]
+
+
+def test_post_answers_201_with_the_configuration(admin: FlaskClient) -> None:
+    record = create(admin)
+    assert {k: record[k] for k in BODY} == BODY
+    assert len(record["Id"]) == 32
+    for stamp in ("CreationDate", "LastModifiedDate"):
+        assert datetime.fromisoformat(record[stamp]).tzinfo is not None
+    assert record["RecommendationProviderIdType"] == "PINPOINT_ENDPOINT_ID"
+
+
+def test_get_put_delete_one_configuration(admin: FlaskClient) -> None:
+    record = create(admin)
+    url = f"/v1/recommenders/{record['Id']}"
+    assert admin.get(url, headers=AUTH).get_json() == record
+
+    changed = admin.put(url, json={**BODY, "RecommendationsPerMessage": 5, "Name": "renamed"}, headers=AUTH)
+    assert changed.status_code == 200
+    updated = changed.get_json()
+    assert (updated["Id"], updated["CreationDate"]) == (record["Id"], record["CreationDate"])
+    assert updated["LastModifiedDate"] >= record["LastModifiedDate"]
+    assert (updated["Name"], updated["RecommendationsPerMessage"]) == ("renamed", 5)
+    assert admin.get(url, headers=AUTH).get_json() == updated
+
+    deleted = admin.delete(url, headers=AUTH)
+    assert deleted.status_code == 200 and deleted.get_json() == updated
+    assert_message_body(admin.get(url, headers=AUTH), 404, record["Id"])
+    assert_message_body(admin.delete(url, headers=AUTH), 404)
+    assert_message_body(admin.put(url, json=BODY, headers=AUTH), 404)
+
+
+def test_list_pages_through_more_than_one_page(admin: FlaskClient) -> None:
+    created = [create(admin, Name=f"config-{i}")["Id"] for i in range(5)]
+    seen, token, pages = [], None, 0
+    while True:
+        query = {"page-size": "2", **({"token": token} if token else {})}
+        body = admin.get("/v1/recommenders", query_string=query, headers=AUTH).get_json()
+        assert set(body) == {"Item", "NextToken"} and len(body["Item"]) <= 2
+        seen += [item["Id"] for item in body["Item"]]
+        pages += 1
+        token = body["NextToken"]
+        if token is None:
+            break
+    assert pages == 3
+    assert seen == created
+
+
+@pytest.mark.parametrize("query", [{"page-size": "0"}, {"page-size": "101"}, {"page-size": "two"},
+                                   {"token": "garbage!"}])
+def test_bad_paging_is_a_400(admin: FlaskClient, query: dict[str, str]) -> None:
+    assert_message_body(admin.get("/v1/recommenders", query_string=query, headers=AUTH), 400)
+
+
+def test_an_invalid_configuration_is_a_400_naming_the_field(admin: FlaskClient) -> None:
+    response = admin.post("/v1/recommenders", json={**BODY, "RecommendationsPerMessage": 6}, headers=AUTH)
+    assert_message_body(response, 400, "RecommendationsPerMessage")
+    response = admin.post("/v1/recommenders", json={"Name": "x"}, headers=AUTH)
+    assert_message_body(response, 400, "RecommendationProviderUri", "RecommendationProviderRoleArn")
+    assert admin.get("/v1/recommenders", headers=AUTH).get_json()["Item"] == []
+
+
+@pytest.mark.parametrize("data", ["not json", "[1, 2]", ""])
+def test_a_body_that_is_not_an_object_is_a_400(admin: FlaskClient, data: str) -> None:
+    response = admin.post("/v1/recommenders", data=data, content_type="application/json", headers=AUTH)
+    assert_message_body(response, 400, "JSON object")
+
+
+def test_a_huge_body_is_a_413(admin: FlaskClient) -> None:
+    response = admin.post("/v1/recommenders", json={**BODY, "Description": "x" * 70_000}, headers=AUTH)
+    assert_message_body(response, 413)
+
+
+@pytest.mark.parametrize(("method", "path"), [("patch", "/v1/recommenders"), ("delete", "/v1/recommenders"),
+                                              ("post", "/v1/recommenders/abc")])
+def test_other_methods_are_a_405_in_the_same_shape(admin: FlaskClient, method: str, path: str) -> None:
+    response = getattr(admin, method)(path, headers=AUTH)
+    assert_message_body(response, 405)
+    assert "GET" in response.headers["Allow"]
+
+
+def test_options_answers_without_a_key(admin: FlaskClient) -> None:
+    response = admin.options("/v1/recommenders")
+    assert response.status_code == 200
+    assert {"GET", "POST"} <= set(response.headers["Allow"].split(", "))
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": OTHER_KEY}, {"X-API-Key": ADMIN_KEY[:-1]}])
+def test_a_missing_or_wrong_admin_key_is_a_403(admin: FlaskClient, headers: dict[str, str]) -> None:
+    assert_message_body(admin.get("/v1/recommenders", headers=headers), 403, "ADMIN_API_KEYS")
+    assert_message_body(admin.post("/v1/recommenders", json=BODY, headers=headers), 403)
+
+
+def test_the_admin_key_works_as_the_basic_auth_password(admin: FlaskClient) -> None:
+    credential = base64.b64encode(f"anyone:{ADMIN_KEY}".encode()).decode()
+    assert admin.get("/v1/recommenders", headers={"Authorization": f"Basic {credential}"}).status_code == 200
+
+
+def test_a_recommendations_key_does_not_open_the_admin_api(make_app: Callable[..., Flask], db_path: str) -> None:
+    client = make_app(api_keys=OTHER_KEY, admin_api_keys=ADMIN_KEY, recommender_db_path=db_path).test_client()
+    assert_message_body(client.get("/v1/recommenders", headers={"X-API-Key": OTHER_KEY}), 403)
+    assert client.get("/v1/recommenders", headers=AUTH).status_code == 200
+
+
+def test_without_admin_keys_the_api_is_off(make_app: Callable[..., Flask], db_path: str) -> None:
+    client = make_app(recommender_db_path=db_path).test_client()
+    for response in (client.get("/v1/recommenders"), client.post("/v1/recommenders", json=BODY, headers=AUTH),
+                     client.get("/v1/recommenders/abc", headers=AUTH)):
+        assert_message_body(response, 404, "off", "ADMIN_API_KEYS")
+
+
+def test_the_read_path_never_needs_the_admin_key(admin: FlaskClient) -> None:
+    assert admin.get("/recommendations?user_id=u1").status_code == 200
+
+
+def test_configurations_survive_a_restart(make_app: Callable[..., Flask], fake_recommender: Any,
+                                          admin: FlaskClient, db_path: str) -> None:
+    record = create(admin)
+    restarted = make_app({"recommender": fake_recommender}, admin_api_keys=ADMIN_KEY,
+                         recommender_db_path=db_path).test_client()
+    assert restarted.get(f"/v1/recommenders/{record['Id']}", headers=AUTH).get_json() == record
+    assert [i["Id"] for i in restarted.get("/v1/recommenders", headers=AUTH).get_json()["Item"]] == [record["Id"]]
+
+
+def test_admin_keys_follow_the_api_keys_rules(make_app: Callable[..., Flask]) -> None:
+    with pytest.raises(ConfigError, match="ADMIN_API_KEYS: 1 key"):
+        make_app(admin_api_keys="short")
+
+
+@pytest.mark.parametrize(("settings", "words"), [
+    ({"recommender_store": "postgres"}, "RECOMMENDER_STORE"),
+    ({"recommender_store": "dynamodb"}, "RECOMMENDER_TABLE"),
+    ({"recommender_refresh_seconds": "-1"}, "RECOMMENDER_REFRESH_SECONDS"),
+    ({"transformer_timeout_ms": "5000"}, "TRANSFORMER_TIMEOUT_MS"),
+])
+def test_store_settings_are_checked_at_start(make_app: Callable[..., Flask], settings: dict[str, str],
+                                             words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        make_app(**settings)
+
+
+def test_a_failing_store_is_a_500_in_the_same_shape(make_app: Callable[..., Flask], tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    client = make_app(admin_api_keys=ADMIN_KEY, recommender_db_path=str(blocker / "r.sqlite3")).test_client()
+    response = client.get("/v1/recommenders", headers=AUTH)
+    assert_message_body(response, 500, "store failed")
+    assert str(blocker) not in response.get_json()["Message"]  # the path stays in the log
