@@ -51,6 +51,13 @@ def clear_metrics_folder() -> None:
         os.remove(path)
 
 
+def worker_exit(server, worker):
+    """Write the request log lines still pending in the worker (app/logs.py writes a few at a time)."""
+    request_log = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("request_log")
+    if request_log is not None:
+        request_log.flush()
+
+
 def child_exit(server, worker):
     """Drop a dead worker's live gauges from /metrics (its counters stay: they were really counted)."""
     from prometheus_client import multiprocess

@@ -97,7 +97,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     app.register_blueprint(metrics_bp)
     app.register_blueprint(docs_bp)
     register_error_handlers(app)
-    request_log = RequestLog(settings.log_user_id_key, enabled=settings.log_level in ("DEBUG", "INFO"))
+    request_log = app.extensions["request_log"] = RequestLog(
+        settings.log_user_id_key, enabled=settings.log_level in ("DEBUG", "INFO"))
     telemetry.init_app(app, metrics, request_log)
     return app
 

@@ -5,11 +5,14 @@ not at all. Query strings, headers and credentials are never logged.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import hmac
 import logging
 import os
+import select
 import sys
+import threading
 import time
 from typing import Any
 
@@ -83,12 +86,28 @@ def configure_logging(level: str) -> None:
 
 
 class RequestLog:
-    """Write the one JSON line per request straight to stderr (one write call, no logging machinery)."""
+    """Write the one JSON line per request to stderr, a few lines per write call, no logging machinery.
 
-    def __init__(self, user_id_key: str | None, enabled: bool = True, fd: int = 2) -> None:
+    Each write call is a system call that hands the GIL to another of the worker's threads; one per
+    request cost a cache hit about a sixth of its time under gunicorn. So lines wait (at most
+    flush_seconds, by a background thread) until PIPE_BUF bytes of them are pending, and go out in one
+    write of at most PIPE_BUF bytes: the pipe keeps such a write whole, so lines of several workers
+    sharing stderr never interleave. flush() writes what is pending; gunicorn's worker_exit and atexit
+    call it. flush_seconds 0 writes every line at once.
+    """
+
+    def __init__(self, user_id_key: str | None, enabled: bool = True, fd: int = 2,
+                 flush_seconds: float = 0.25) -> None:
         self.enabled = enabled
-        self.fd = fd  # stderr, as a descriptor: one write call per line, never split between threads
+        self.fd = fd  # stderr, as a descriptor
+        self.flush_seconds = flush_seconds
         self._user_mac = hmac.new(user_id_key.encode(), digestmod=hashlib.sha256) if user_id_key else None
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._lock = threading.Lock()
+        self._flusher_pid = 0  # the process whose background flusher runs (gunicorn forks after create_app)
+        if enabled and flush_seconds > 0:
+            atexit.register(self.flush)
 
     def user_hash(self, user_id: str | None) -> str | None:
         """Return HMAC-SHA256(LOG_USER_ID_KEY, user id) in hex, truncated; None without a key or a user id."""
@@ -99,10 +118,53 @@ class RequestLog:
         return mac.hexdigest()[:USER_HASH_HEX_CHARS]
 
     def write(self, fields: dict[str, Any]) -> None:
-        """Write one request line (logger "request", level INFO)."""
-        if self.enabled:
-            fields["pid"] = os.getpid()
-            os.write(self.fd, line(time.time(), "INFO", "request", "request", fields))
+        """Write one request line (logger "request", level INFO), soon."""
+        if not self.enabled:
+            return
+        fields["pid"] = pid = os.getpid()
+        data = line(time.time(), "INFO", "request", "request", fields)
+        if self.flush_seconds <= 0:
+            self._write(data)
+            return
+        with self._lock:
+            full = self._take() if self._pending_bytes + len(data) > select.PIPE_BUF else b""
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+        if full:
+            self._write(full)
+        if self._flusher_pid != pid:
+            self._start_flusher(pid)
+
+    def flush(self) -> None:
+        """Write the pending lines now."""
+        with self._lock:
+            pending = self._take()
+        if pending:
+            self._write(pending)
+
+    def _take(self) -> bytes:
+        pending, self._pending, self._pending_bytes = b"".join(self._pending), [], 0
+        return pending
+
+    def _write(self, data: bytes) -> None:
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError:  # stderr closed or full: losing a log line must not fail the request
+            pass
+
+    def _start_flusher(self, pid: int) -> None:
+        with self._lock:
+            if self._flusher_pid == pid:
+                return
+            self._flusher_pid = pid
+
+        def run() -> None:
+            while True:
+                time.sleep(self.flush_seconds)
+                self.flush()
+
+        threading.Thread(target=run, name="request-log-flush", daemon=True).start()
 
 
 def request_id(header: str | None) -> str:

@@ -525,7 +525,7 @@ def measure_memory(bench: Bench, rows: int) -> dict[str, Any]:
                 for at, line in list(lines):
                     if m := re.search(r"Booting worker with pid: (\d+)", line):
                         boots.setdefault(int(m.group(1)), at)
-                    elif "catalog loaded from" in line and (m := re.search(r"\[(\d+)\]", line)):
+                    elif "catalog loaded from" in line and (m := re.search(r'"pid":(\d+)', line)):  # JSON logs
                         loaded.setdefault(int(m.group(1)), at)
                     elif "WORKER TIMEOUT" in line or "Cannot start" in line:
                         problem = problem or line.strip()[-160:]
