@@ -21,8 +21,10 @@ each scenario for --duration seconds (after a 1 s warm-up, except the upstream-f
     memory     a 1,000,000-item catalog: load time and gunicorn's total RSS / PSS
 
 --only NAME (repeatable, or comma-separated) runs those scenarios and the yardsticks they are compared to.
-Each scenario prints one row: req/s, p50, p99, errors (non-2xx + socket errors), Personalize calls per
-request, req/s as a ratio to its yardstick, and a note: for misses, mix, slow and failing where the answers
+The service runs with production's defaults, its JSON request log lines included (they go to the
+scenario's log file). Each scenario prints one row: req/s, p50, p99, errors (non-2xx + socket errors),
+Personalize calls per request, the CPU seconds gunicorn's processes used per request (steadier than req/s
+when something else on the machine takes CPU), req/s as a ratio to its yardstick, and a note: for misses, mix, slow and failing where the answers
 came from (X-Recommendations-Source, counted by sources.lua), for mix the stand-in's calls against the
 distinct users mix.lua made, for slow and failing the non-2xx count and p99 against REQUEST_BUDGET_MS + 100.
 Then every target with PASS or FAIL (a scenario not run shows "-"); besides the issue's targets, misses and
@@ -124,6 +126,16 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return the user + system CPU seconds of a gunicorn master and its workers so far."""
+    total = 0
+    for each in (pid, *children(pid)):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def proc_kib(pid: int, name: str, file: str = "status") -> int:
     """Return a 'Name:  N kB' figure from /proc/PID/status or smaps_rollup, in KiB."""
     for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
@@ -145,6 +157,7 @@ class Bench:
         self.standin_url = ""
         self.control: Control | None = None
         self._yardsticks: dict[str, str] = {}
+        self.server_pids: dict[str, int] = {}  # base URL -> gunicorn master pid, for CPU per request
 
     def log(self, name: str) -> Any:
         return open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to a child process
@@ -188,7 +201,7 @@ class Bench:
     def env(self, port: int, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            HOST="127.0.0.1", PORT=str(port), ACCESS_LOG="", LOG_LEVEL="WARNING",
+            HOST="127.0.0.1", PORT=str(port), ACCESS_LOG="",
             CATALOG_URI=str(ROOT / "sample" / "catalog.csv"), PERSONALIZE_CAMPAIGN_ARN=ARN,
             CACHE_REDIS_URL=REDIS_URL, AWS_ENDPOINT_URL_PERSONALIZE_RUNTIME=self.standin_url,
             AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
@@ -207,6 +220,7 @@ class Bench:
         url = f"http://127.0.0.1:{port}"
         try:
             wait_http(url + "/readyz", process, log=self.logs / f"service-{name}.log")
+            self.server_pids[url] = process.pid
             yield url, process
         finally:
             stop(process)
@@ -224,6 +238,7 @@ class Bench:
             )
             self.processes.append(process)
             url = f"http://127.0.0.1:{port}"
+            self.server_pids[url] = process.pid
             wait_http(url + "/recommendations?user_id=warm-up", process, log=self.logs / f"{module}.log")
             self._yardsticks[module] = url
         return self._yardsticks[module]
@@ -297,7 +312,11 @@ class Runner:
             bench.settle()  # the warm-up's queued requests must not call Personalize inside the measured run
         bench.set_fault(fault, latency_ms)
         self.run += 1
+        pid = next(p for base, p in bench.server_pids.items() if url.startswith(base))
+        cpu_before = cpu_seconds(pid)
         figures = wrk(url, script, self.args.duration, connections, self.run)
+        # Worker CPU per request moves less than req/s when something else on the machine takes CPU.
+        figures["cpu_us"] = (cpu_seconds(pid) - cpu_before) / max(figures["requests"], 1) * 1e6
         # Personalize calls per request: the calls made while wrk ran, over the requests it completed.
         calls = bench.calls()
         # All calls, those of the requests wrk sent but stopped waiting for included (mix.lua counts their users).
@@ -380,7 +399,7 @@ class Runner:
               f"WEB_CONCURRENCY={s['workers']} WEB_THREADS={s['threads']} worker_class={s['worker_class']}; "
               f"REQUEST_BUDGET_MS={self.bench.budget_ms}\n")
         header = (f"{'scenario':27} {'conns':>5} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-                  f"{'calls/req':>9} {'× yardstick':>18}  note")
+                  f"{'calls/req':>9} {'CPU us/req':>10} {'× yardstick':>18}  note")
         print(header)
         print("-" * len(header))
         for row in self.rows.values():
@@ -390,7 +409,7 @@ class Runner:
             if row.yardstick and row.yardstick in self.rows:
                 ratio = f"{f['rps'] / self.rows[row.yardstick].figures['rps']:.2f} {row.yardstick}"
             print(f"{row.label:27} {row.connections:5d} {f['rps']:7.0f} {f['p50']:8.1f} {f['p99']:8.1f} "
-                  f"{f['errors']:7d} {calls:>9} {ratio:>18}  {row.note}")
+                  f"{f['errors']:7d} {calls:>9} {f['cpu_us']:10.0f} {ratio:>18}  {row.note}")
         if self.memory:
             m = self.memory
             print(f"\ncatalog scale: {m['rows']:,} items, {m['csv_mb']:.0f} MB CSV (written in {m['gen_s']:.1f} s); "
