@@ -78,7 +78,6 @@ def _crash(exc: Exception) -> Response:
 
 @bp.before_request
 def _authorize() -> None:
-    g.request_id = str(uuid.uuid4())
     keys = [key.encode("utf-8") for key in current_app.config["SETTINGS"].admin_api_keys]
     if not keys:
         raise AdminError(404, "The recommender configuration API is off: set ADMIN_API_KEYS to turn it on.")

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import logging
 import os
+import random
 import select
 import sys
 import threading
@@ -168,7 +169,11 @@ class RequestLog:
 
 
 def request_id(header: str | None) -> str:
-    """Return the caller's X-Request-Id when it is short printable ASCII, else a new random id."""
+    """Return the caller's X-Request-Id when it is short printable ASCII, else a new random id.
+
+    The id only has to be unique, not unguessable: random's generator (reseeded in each forked worker)
+    makes one without os.urandom's system call, which hands the GIL to another thread on every request.
+    """
     if header and len(header) <= MAX_REQUEST_ID_LENGTH and header.isascii() and header.isprintable():
         return header
-    return os.urandom(16).hex()
+    return f"{random.getrandbits(128):032x}"

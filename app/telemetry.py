@@ -36,7 +36,8 @@ def init_app(app: Flask, metrics: Metrics, request_log: RequestLog) -> None:
         if request_log.enabled:
             fields = {"request_id": rid, "method": req.method, "route": route, "status": status,
                       "ms": round(seconds * 1000, 2), "cache": cache, "source": source, "fallback_reason": reason}
-            if (user := request_log.user_hash(req.args.get("user_id"))) is not None:
+            # The parsed query's user id: reading request.args again would parse the query string again.
+            if (user := request_log.user_hash(getattr(ctx, "user_id", None))) is not None:
                 fields["user"] = user
             request_log.write(fields)
         return response

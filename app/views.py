@@ -30,7 +30,7 @@ def recommendations() -> Response:
     else:
         result = service().recommend(query.user_id, query.num_results, started, query.options)
         body = extensions["presenter"].render(result, query)
-    g.result = result  # for the request's metrics and log line (telemetry.py)
+    g.result, g.user_id = result, query.user_id  # for the request's metrics and log line (telemetry.py)
     response = Response(body, mimetype="application/json")
     # A new response has none of these headers, so add() (set() first looks for one to replace).
     add = response.headers.add

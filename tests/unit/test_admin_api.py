@@ -46,7 +46,8 @@ def assert_message_body(response: Any, status: int, *words: str) -> None:
     assert response.status_code == status
     body = response.get_json()
     assert set(body) == {"Message", "RequestID"}
-    assert body["RequestID"] == response.headers["X-Amzn-RequestId"]
+    # One id per request: Pinpoint's RequestID is the X-Request-Id the request log line carries too.
+    assert body["RequestID"] == response.headers["X-Amzn-RequestId"] == response.headers["X-Request-Id"]
     for word in words:
         assert word in body["Message"]
 
