@@ -177,9 +177,7 @@ def _rows(data: bytes, fmt: str, uri: str) -> Iterator[tuple[int, Mapping[str, A
     """Yield (row number, row) pairs; row numbers are 1-based data rows (CSV: the header is row 0)."""
     try:
         if fmt == "csv":
-            text = data.decode("utf-8-sig")
-            reader = csv.DictReader(io.StringIO(text, newline=""))
-            return ((n, row) for n, row in enumerate(reader, start=1))
+            return _csv_rows(data.decode("utf-8-sig"))
         data = data.removeprefix(codecs.BOM_UTF8)  # exported from Excel and friends
         if fmt == "jsonl":
             return _jsonl(data, uri)
@@ -194,6 +192,23 @@ def _rows(data: bytes, fmt: str, uri: str) -> Iterator[tuple[int, Mapping[str, A
     if not isinstance(document, list):
         raise SourceError(f"{uri}: a .json catalog must be an array of objects (or an object with an \"items\" array).")
     return ((n, row) for n, row in enumerate(document, start=1))
+
+
+def _csv_rows(text: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """Yield each data row as {header: cell}, as csv.DictReader would (a missing cell is None, cells
+    beyond the header are dropped), without DictReader's per-row Python bookkeeping."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        return
+    width, number = len(header), 0
+    for cells in reader:
+        if not cells:  # DictReader skips blank lines, and does not count them
+            continue
+        number += 1
+        if len(cells) < width:
+            cells += [None] * (width - len(cells))
+        yield number, dict(zip(header, cells))
 
 
 def _jsonl(data: bytes, uri: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
@@ -258,6 +273,17 @@ def _cell(row: Mapping[str, Any], column: str | None) -> str | None:
 
 def _price(value: Any) -> tuple[float | int | None, str | None]:
     """Return a JSON-number price (or None) and, when the value was unusable, why."""
+    if value.__class__ is str:  # the common case, twice per CSV row: plain digits, or a decimal
+        if value.isdigit():
+            return int(value), None
+        if "." in value:
+            try:
+                number = float(value)
+            except ValueError:
+                pass  # a currency sign, or not a number: the checks below say which
+            else:
+                if math.isfinite(number):
+                    return number, None
     if value is None or (isinstance(value, str) and not value.strip()):
         return None, None
     if isinstance(value, bool):

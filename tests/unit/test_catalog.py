@@ -354,3 +354,39 @@ def test_join_accepts_any_iterable_and_empty_input(catalog: Catalog) -> None:
     assert catalog.join([]) == []
     assert catalog.join(["x", "y"]) == []
     assert [item["id"] for item in catalog.join(i for i in ("d", "c"))] == ["d", "c"]
+
+
+def test_csv_rows_are_what_dictreader_gives() -> None:
+    """The catalog reads CSV rows without csv.DictReader's per-row overhead, and must see the same rows:
+    short rows padded with None, long rows cut to the header, blank lines skipped and not counted."""
+    import csv
+    import io
+
+    from app.catalog import _csv_rows
+
+    text = ('ITEM_ID,NAME,PRICE\n1,"Tent, 2 person",199.0\n\n2,Short\n3,Long,5,extra,cells\n'
+            '4,"Multi\nline",7\n,,\n5,Last,')
+    expected = [(n, {k: v for k, v in row.items() if k is not None})
+                for n, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=1)]
+    assert list(_csv_rows(text)) == expected
+    assert list(_csv_rows("")) == []
+
+
+@pytest.mark.parametrize(("value", "number"), [
+    ("12", 12), (" 12 ", 12), ("-5", -5), ("19.99", 19.99), (" 19.99 ", 19.99), ("$19.99", 19.99), ("1e3", 1000.0),
+    ("12.", 12.0), (".5", 0.5), ("", None), ("  ", None),
+])
+def test_prices_plain_and_otherwise(value: str, number: float | None) -> None:
+    """Plain digits and decimals take a short path; signs, currency and spacing the full one: same answers."""
+    from app.catalog import _price
+
+    assert _price(value) == (number, None)
+    assert type(_price(value)[0]) is type(number)  # 12 stays an integer in the JSON, 12.0 a float
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1.5e999", "abc", "-", "1.2.3"])
+def test_prices_that_are_not_finite_numbers_are_reported(value: str) -> None:
+    from app.catalog import _price
+
+    number, problem = _price(value)
+    assert number is None and problem and repr(value) in problem
