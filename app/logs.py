@@ -15,6 +15,7 @@ import select
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 import orjson
@@ -108,7 +109,7 @@ class RequestLog:
         self._lock = threading.Lock()
         self._flusher_pid = 0  # the process whose background flusher runs (gunicorn forks after create_app)
         if enabled and flush_seconds > 0:
-            atexit.register(self.flush)
+            atexit.register(_flush_if_alive, weakref.ref(self))  # a weak one: apps that are gone hold nothing
 
     def user_hash(self, user_id: str | None) -> str | None:
         """Return HMAC-SHA256(LOG_USER_ID_KEY, user id) in hex, truncated; None without a key or a user id."""
@@ -166,6 +167,11 @@ class RequestLog:
                 self.flush()
 
         threading.Thread(target=run, name="request-log-flush", daemon=True).start()
+
+
+def _flush_if_alive(ref: weakref.ref[RequestLog]) -> None:
+    if (request_log := ref()) is not None:
+        request_log.flush()
 
 
 def request_id(header: str | None) -> str:
