@@ -98,7 +98,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     app.register_blueprint(docs_bp)
     register_error_handlers(app)
     request_log = app.extensions["request_log"] = RequestLog(
-        settings.log_user_id_key, enabled=settings.log_level in ("DEBUG", "INFO"))
+        settings.log_user_id_key, enabled=settings.log_level in ("DEBUG", "INFO"),
+        flush_seconds=settings.log_flush_ms / 1000)
     telemetry.init_app(app, metrics, request_log)
     return app
 

@@ -197,6 +197,7 @@ class Settings:
     link_query: str | None = None
     image_base_url: str | None = None
     log_user_id_key: str | None = None
+    log_flush_ms: int = 250  # request lines wait at most this long to go out a few at a time; 0: each at once
     # Recommender configurations (the /v1/recommenders admin API and ?recommender=ID).
     admin_api_keys: tuple[str, ...] = ()
     recommender_store: str = "sqlite"
@@ -293,6 +294,7 @@ class Settings:
             link_query=_link_query(_text(raw.get("link_query"))),
             image_base_url=_base_url(_text(raw.get("image_base_url"))),
             log_user_id_key=_user_id_key(_text(raw.get("log_user_id_key"))),
+            log_flush_ms=conv("log_flush_ms", 0, 10_000),
             admin_api_keys=_api_keys(raw.get("admin_api_keys"), "ADMIN_API_KEYS"),
             recommender_store=(_text(raw.get("recommender_store")) or "sqlite").lower(),
             recommender_table=_text(raw.get("recommender_table")),

@@ -61,8 +61,10 @@ def make_app(cache_dir: str) -> Callable[..., Flask]:
         # The per-process copy of answers is off by default here, so tests that reach into the shared
         # backend (garbage, backdated entries, Redis down) see it directly; tests/unit/test_local_cache.py
         # covers the copy itself, and e2e runs with the production default.
+        # Request lines written at once: a line an earlier test's app still held would land in this test's
+        # captured output. The batched writing is tested on RequestLog itself and under gunicorn (e2e).
         config = {"catalog_uri": str(SAMPLE_CATALOG), "recommendations_uri": str(SAMPLE_BATCH), "cache_dir": cache_dir,
-                  "cache_local_seconds": 0}
+                  "cache_local_seconds": 0, "log_flush_ms": 0}
         config.update(settings)
         app = create_app(config, **(services or {}))
         app.config["TESTING"] = True
