@@ -133,7 +133,7 @@ class PersonalizeRecommender:
                 status=503,
             ) from exc
         except (BotoConnectionError, BotoCoreError) as exc:
-            log.warning("personalize call failed: %s", exc)
+            log.warning("personalize call for %s failed: %s", self.arn, exc)
             raise UpstreamError("Personalize could not be reached.", code="upstream_unavailable", status=502) from exc
         return Recommendation(
             item_ids=[entry["itemId"] for entry in answer.get("itemList", []) if entry.get("itemId")],
@@ -152,6 +152,10 @@ def _client_error(exc: ClientError, arn: str) -> Exception:
             f"Personalize rejected the request: {message}", code="rejected_by_personalize"
         )
     if code == "ResourceNotFoundException":
+        # A setting is wrong, not a passing fault: say which, since every answer is now a fallback. The
+        # circuit breaker stops the calls (and so these lines) after BREAKER_FAILURE_THRESHOLD of them.
+        log.error("Personalize has no campaign or recommender %s (%s); check PERSONALIZE_CAMPAIGN_ARN or the "
+                  "configuration's RecommendationProviderUri, and AWS_REGION.", arn, message)
         return UpstreamError(
             f"Personalize has no campaign or recommender {arn}; check PERSONALIZE_CAMPAIGN_ARN and AWS_REGION.",
             code="recommender_not_found",
@@ -162,6 +166,7 @@ def _client_error(exc: ClientError, arn: str) -> Exception:
         )
     if code in ("AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
                 "ExpiredTokenException"):
+        log.error("Personalize refused the credentials for %s: %s (%s).", arn, code, message)
         return UpstreamError(f"Personalize refused the credentials: {code}.", code="upstream_access_denied")
     log.warning("personalize error %s (HTTP %s): %s", code, status, message)
     return UpstreamError(f"Personalize failed ({code or status}).", code="upstream_error")

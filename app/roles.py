@@ -1,6 +1,7 @@
 """Credentials from STS AssumeRole, refreshed by botocore itself before they expire."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,8 @@ from botocore.credentials import (
     CredentialResolver,
     DeferredRefreshableCredentials,
 )
+
+log = logging.getLogger(__name__)
 
 SESSION_NAME = "braze-recommendations"
 DURATION_SECONDS = 3600
@@ -38,9 +41,14 @@ def assumed_role_session(role_arn: str, sts_client_factory: Callable[[], Any]) -
     """
 
     def refresh() -> dict[str, str]:
-        answer = sts_client_factory().assume_role(
-            RoleArn=role_arn, RoleSessionName=SESSION_NAME, DurationSeconds=DURATION_SECONDS
-        )
+        try:
+            answer = sts_client_factory().assume_role(
+                RoleArn=role_arn, RoleSessionName=SESSION_NAME, DurationSeconds=DURATION_SECONDS
+            )
+        except Exception as exc:
+            # Surfaces to the caller as a failed Personalize call; this line says it was the role.
+            log.error("AssumeRole on %s failed (RecommendationProviderRoleArn): %s", role_arn, exc)
+            raise
         credentials = answer["Credentials"]
         return {
             "access_key": credentials["AccessKeyId"],

@@ -117,10 +117,13 @@ def test_credentials_are_refreshed_before_they_expire(app_with_role: tuple[Flask
 
 def test_the_environment_s_own_credentials_are_never_used_for_a_role(
         app_with_role: tuple[Flask, str, list[str | None]], sts: tuple[Any, Stubber],
-        signed: list[dict[str, str]]) -> None:
+        signed: list[dict[str, str]], caplog: pytest.LogCaptureFixture) -> None:
     app, config_id, _ = app_with_role
     sts[1].add_client_error("assume_role", "AccessDenied", http_status_code=403)
     response = app.test_client().get(f"/recommendations?user_id=u9&recommender={config_id}")
     assert response.status_code == 200  # the fallback answers
     assert response.headers["X-Recommendations-Source"] != "personalize"
     assert signed == []  # nothing reached Personalize with the dummy environment credentials
+    # The log names the role, not just "Personalize failed".
+    assert any(r.levelname == "ERROR" and ROLE in r.getMessage() and "AssumeRole" in r.getMessage()
+               for r in caplog.records)

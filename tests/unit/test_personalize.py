@@ -122,11 +122,15 @@ def test_invalid_input_is_a_400_rejected_by_personalize(runtime: tuple[Any, Stub
     assert "userId is too long" in error.message
 
 
-def test_resource_not_found_is_a_502_recommender_not_found(runtime: tuple[Any, Stubber]) -> None:
+def test_resource_not_found_is_a_502_recommender_not_found(runtime: tuple[Any, Stubber],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     error = call_with_error(runtime, "ResourceNotFoundException", 404)
     assert isinstance(error, UpstreamError)
     assert (error.status, error.code) == (502, "recommender_not_found")
     assert CAMPAIGN_ARN in error.message
+    # A wrong setting turns every answer into a fallback: the log must say which ARN, at ERROR.
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert CAMPAIGN_ARN in record.getMessage() and "PERSONALIZE_CAMPAIGN_ARN" in record.getMessage()
 
 
 @pytest.mark.parametrize(("code", "status"), [("ThrottlingException", 400), ("TooManyRequestsException", 400),
@@ -145,11 +149,14 @@ def test_internal_failure_is_a_502_upstream_error(runtime: tuple[Any, Stubber]) 
 
 
 @pytest.mark.parametrize("code", ["AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException"])
-def test_refused_credentials_are_upstream_access_denied(runtime: tuple[Any, Stubber], code: str) -> None:
+def test_refused_credentials_are_upstream_access_denied(runtime: tuple[Any, Stubber], code: str,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
     error = call_with_error(runtime, code, 403)
     assert isinstance(error, UpstreamError)
     assert (error.status, error.code) == (502, "upstream_access_denied")
     assert code in error.message
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert code in record.getMessage() and CAMPAIGN_ARN in record.getMessage()
 
 
 # --- errors raised by botocore itself -----------------------------------------------------------------
