@@ -14,13 +14,24 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 from app.settings import DEFAULT_WEB_THREADS  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR, see above
 
+
+def whole_number(name: str, default: int) -> int:
+    """Read a positive whole number from the environment, or stop with a sentence (not a traceback)."""
+    raw = os.environ.get(name, "").strip() or str(default)
+    if not raw.isdigit() or int(raw) < 1:
+        if METRICS_FOLDER_MADE:
+            shutil.rmtree(METRICS_FOLDER_MADE, ignore_errors=True)
+        sys.exit(f"Cannot start: {name} must be a whole number of at least 1, got {raw!r}.")
+    return int(raw)
+
+
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = whole_number("WEB_CONCURRENCY", 2)
 worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", DEFAULT_WEB_THREADS))
+threads = whole_number("WEB_THREADS", DEFAULT_WEB_THREADS)
 # Braze gives up after 2 s; a request still running after this is stuck, not slow.
-timeout = int(os.environ.get("WORKER_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "20"))
+timeout = whole_number("WORKER_TIMEOUT", 30)
+graceful_timeout = whole_number("GRACEFUL_TIMEOUT", 20)
 keepalive = 5
 # The app writes one JSON line per request (app/logs.py); gunicorn's access log is off unless ACCESS_LOG asks,
 # and then it shows the path without the query string, which holds user ids.

@@ -1,6 +1,7 @@
 """Typed settings, read once from the environment."""
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -212,6 +213,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and check every setting, raising ConfigError with a sentence on the first bad one."""
         env = os.environ if environ is None else environ
+        _refuse_near_misses(env, {f.name.upper() for f in fields(cls)})
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f.name.upper())
@@ -316,3 +318,12 @@ class Settings:
     def source_name(self) -> str:
         """Name the recommendation source in use: Personalize when an ARN is set, else the batch file."""
         return "personalize" if self.personalize_campaign_arn else "batch"
+
+
+def _refuse_near_misses(env: Mapping[str, str], names: set[str]) -> None:
+    """Refuse a variable that is one letter or so from a setting's name: API_KEY for API_KEYS would
+    otherwise leave the service open without a word."""
+    for key in env:
+        if key not in names and (close := difflib.get_close_matches(key, names, n=1, cutoff=0.9)):
+            raise ConfigError(f"{key} is not a setting; did you mean {close[0]}? (A near miss is refused, "
+                              "so a typo cannot turn a setting off.)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import csv
@@ -25,6 +26,19 @@ def test_no_recommendation_source_stops_gunicorn_naming_both_variables(standin: 
     sentences = re.split(r"(?<=[.:])\s+|\n", output)
     assert any("PERSONALIZE_CAMPAIGN_ARN" in s and "RECOMMENDATIONS_URI" in s for s in sentences), output
     assert standin.calls()["total"] == 0
+
+
+def test_a_bad_worker_setting_stops_gunicorn_with_a_sentence(standin: StandinHandle, tmp_path: Path) -> None:
+    """gunicorn.conf.py reads WEB_THREADS itself, before the app's settings are checked."""
+    env = service_env(standin.url, free_port(), WEB_THREADS="sixteen", PROMETHEUS_MULTIPROC_DIR=None)
+    before = set(Path(tempfile.gettempdir()).glob("recs-metrics-*"))
+
+    code, output, elapsed = run_gunicorn_to_exit(env, tmp_path / "gunicorn.log")
+
+    assert code != 0 and elapsed < QUICKLY
+    assert "Cannot start: WEB_THREADS must be a whole number of at least 1, got 'sixteen'." in output
+    assert "Traceback" not in output
+    assert set(Path(tempfile.gettempdir()).glob("recs-metrics-*")) <= before  # its metrics folder went too
 
 
 def test_a_missing_catalog_file_stops_gunicorn(standin: StandinHandle, tmp_path: Path) -> None:

@@ -223,3 +223,21 @@ def test_create_app_accepts_the_sample_files(make_app: Callable[..., Flask]) -> 
     app = make_app()
     assert app.config["SETTINGS"].catalog_uri.endswith("catalog.csv")
     assert app.config["SETTINGS"].default_num_results == 10
+
+
+@pytest.mark.parametrize(("typo", "meant"), [("API_KEY", "API_KEYS"), ("ADMIN_API_KEY", "ADMIN_API_KEYS"),
+                                             ("CATALOG_URL", "CATALOG_URI"), ("CACHE_REDIS_URI", "CACHE_REDIS_URL")])
+def test_a_near_miss_of_a_setting_name_stops_start_up(typo: str, meant: str) -> None:
+    """API_KEY=... for API_KEYS would otherwise start the service with no key at all, silently."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"CATALOG_URI": "sample/catalog.csv", "RECOMMENDATIONS_URI": "x.json", typo: "value"})
+    assert f"{typo} is not a setting; did you mean {meant}?" in str(caught.value)
+
+
+def test_other_variables_of_a_deployment_are_not_near_misses() -> None:
+    env = {"CATALOG_URI": "sample/catalog.csv", "RECOMMENDATIONS_URI": "x.json"}
+    env |= dict.fromkeys(["PORT", "HOST", "WEB_CONCURRENCY", "WEB_THREADS", "WORKER_TIMEOUT", "GRACEFUL_TIMEOUT",
+                          "ACCESS_LOG", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                          "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL_PERSONALIZE_RUNTIME",
+                          "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_CMD_ARGS", "TMPDIR"], "8")
+    assert Settings.from_env(env).catalog_uri == "sample/catalog.csv"
