@@ -25,6 +25,10 @@ MAX_VALUE_LENGTH = 1000
 FILTER_KEY = re.compile(r"[A-Za-z0-9_]{1,50}")
 CONTEXT_KEY = re.compile(r"[A-Za-z0-9_]{1,150}")
 MAX_LINK_VALUE_LENGTH = 200
+# An id with a control character, or only spaces, is a template mistake, not a user: say so instead of
+# asking Personalize (and caching an answer) for it.
+ID_PATTERN = r"^(?=.*\S)[^\x00-\x1f\x7f]+$"
+ID_ERROR = "Give a printable id (no control characters, not only spaces); check the template's url_param_escape."
 FORMATS = ("array", "object", "attributes")
 
 
@@ -35,11 +39,11 @@ class RecommendationQuery(Schema):
         unknown = EXCLUDE  # Braze URLs often carry extra tracking parameters
 
     user_id = ma.String(
-        validate=validate.Length(min=1, max=MAX_ID_LENGTH),
+        validate=[validate.Length(min=1, max=MAX_ID_LENGTH), validate.Regexp(ID_PATTERN, error=ID_ERROR)],
         metadata={"description": "The user id known to Personalize; URL-encode it (url_param_escape)."},
     )
     item_id = ma.String(
-        validate=validate.Length(min=1, max=MAX_ID_LENGTH),
+        validate=[validate.Length(min=1, max=MAX_ID_LENGTH), validate.Regexp(ID_PATTERN, error=ID_ERROR)],
         metadata={"description": "An item to find related items for (a related-items campaign or recommender)."},
     )
     num_results = ma.Integer(

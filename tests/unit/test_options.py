@@ -706,3 +706,16 @@ def test_bad_item_id_and_bad_options_are_reported_together(client: FlaskClient) 
     query = [("item_id", "i" * 257), ("format", "xml"), ("fields", ""), ("filter.CATEGORY", "shoes")]
 
     assert_error(get(client, query), "item_id", "format", "fields", "filter")
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "a\nb", "tab\there", "\x7f", "   ", " \t "])
+@pytest.mark.parametrize("param", ["user_id", "item_id"])
+def test_ids_with_control_characters_or_only_spaces_are_rejected(app: Flask, param: str, bad: str) -> None:
+    """Such an id is a broken template: a 400 naming it, not a Personalize call and a cached answer."""
+    error = assert_error(get(app.test_client(), {param: bad}), param)
+    assert "printable" in error["errors"][param][0]
+
+
+@pytest.mark.parametrize("good", ["jane.doe@example.com", "Ana María", "🚀rocket-fan", " padded ", "a" * 256])
+def test_printable_ids_with_spaces_or_unicode_are_accepted(app: Flask, good: str) -> None:
+    assert get(app.test_client(), {"user_id": good}).status_code == 200
