@@ -368,8 +368,8 @@ def test_csv_rows_are_what_dictreader_gives() -> None:
             '4,"Multi\nline",7\n,,\n5,Last,')
     expected = [(n, {k: v for k, v in row.items() if k is not None})
                 for n, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=1)]
-    assert list(_csv_rows(text)) == expected
-    assert list(_csv_rows("")) == []
+    assert list(_csv_rows(io.StringIO(text, newline=""))) == expected
+    assert list(_csv_rows(io.StringIO(""))) == []
 
 
 @pytest.mark.parametrize(("value", "number"), [
