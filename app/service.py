@@ -134,6 +134,11 @@ class RecommendationService:
         known = len(item_ids)
         if known < num_results:
             item_ids = self._backfill(catalog, item_ids, num_results)
+            if not known and fallback_reason is None:
+                # Nothing of the source's answer could be served (a user the batch file does not have, a
+                # user id the template broke, a campaign trained on another catalog): every item is a
+                # popular one. Say so, in the header and the fallback metrics, rather than pass it off.
+                fallback_reason = "no_known_items"
         return Result(item_ids, catalog, recommendation.recommendation_id, cache, max_age, source,
                       len(item_ids) - known, fallback_reason)
 

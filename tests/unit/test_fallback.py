@@ -502,3 +502,24 @@ def test_a_hanging_source_costs_at_most_the_budget(make_app: Callable[..., Flask
     assert response.headers["X-Recommendations-Source"] == ("batch" if recommendations_uri else "fallback")
     assert len(ids(response)) == 3
     assert elapsed < 0.2 + 0.15
+
+
+def test_an_answer_with_no_servable_item_says_so(make_app: Callable[..., Flask]) -> None:
+    """A user the batch file lacks, or a source answering only ids the catalog does not serve, gets the
+    popular items; the response and the fallback metrics say why instead of passing them off as the answer."""
+    app = make_app({}, recommendations_uri=str(SAMPLE_BATCH))  # the batch file is the source
+    client = app.test_client()
+
+    unknown = client.get("/recommendations?user_id=not-in-the-batch-file&num_results=3")
+    assert unknown.status_code == 200 and len(unknown.get_json()) == 3
+    assert unknown.headers["X-Fallback-Reason"] == "no_known_items"
+    assert unknown.headers["X-Backfilled"] == "3"
+    known = client.get("/recommendations?user_id=user123&num_results=3")
+    assert "X-Fallback-Reason" not in known.headers
+
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'recs_fallbacks_total{reason="no_known_items",source="batch"} 1.0' in metrics
+
+    catalog_mismatch = make_app({"recommender": FakeRecommender({"u1": ["not-in-catalog-1", "not-in-catalog-2"]})})
+    response = catalog_mismatch.test_client().get("/recommendations?user_id=u1&num_results=2")
+    assert response.headers["X-Fallback-Reason"] == "no_known_items"
