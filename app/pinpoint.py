@@ -51,7 +51,10 @@ def recommendation_attributes(item_ids: Sequence[str], catalog: Catalog, attribu
 
 def add_recommendations(event: Mapping[str, Any], catalog: Catalog, attributes: Sequence[str]) -> dict[str, Any]:
     """Return the event's endpoints, each with a Recommendations object added and nothing else changed."""
-    endpoints = event["Endpoints"]
+    endpoints = event.get("Endpoints") if isinstance(event, Mapping) else None
+    if not isinstance(endpoints, Mapping):
+        raise ValueError('Not a Pinpoint recommender event: it needs "Endpoints", an object of endpoint id -> '
+                         f'endpoint; got keys {sorted(event) if isinstance(event, Mapping) else type(event).__name__}.')
     if len(endpoints) > MAX_ENDPOINTS:
         raise ValueError(f"Pinpoint sends at most {MAX_ENDPOINTS} endpoints per invocation, got {len(endpoints)}.")
     missing = [i for e in endpoints.values() for i in e.get("RecommendationItems") or () if i not in catalog.encoded]

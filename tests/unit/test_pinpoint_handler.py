@@ -119,6 +119,12 @@ def test_fifty_endpoints_at_most(handler_for: Callable[..., Any]) -> None:
         handler(fifty, None)
 
 
+@pytest.mark.parametrize("event", [{}, {"Endpoints": []}, {"Endpoints": None}, []])
+def test_an_event_without_endpoints_is_refused_with_a_sentence(handler_for: Callable[..., Any], event: Any) -> None:
+    with pytest.raises(ValueError, match='needs "Endpoints"'):
+        handler_for()(event, None)
+
+
 @pytest.mark.parametrize("attributes", ["", ",".join(f"A{i}" for i in range(11)), "Title,_bad"])
 def test_recommendation_attributes_setting_is_checked(handler_for: Callable[..., Any], attributes: str) -> None:
     with pytest.raises(ConfigError, match="RECOMMENDATION_ATTRIBUTES"):
