@@ -14,6 +14,7 @@ from marshmallow import fields as ma
 
 from .catalog import ITEM_FIELDS
 from .json import json_response
+from .recommenders import MAX_PAGE_SIZE, RecommenderConfigurationSchema
 from .schemas import (
     CONTEXT_KEY,
     FILTER_KEY,
@@ -146,6 +147,8 @@ def build_spec(settings: Settings, source: str) -> dict[str, Any]:
         metrics["security"] = security
         metrics["responses"]["401"] = _error("No valid API key came with the request.")
     spec.path("/metrics", operations={"get": metrics})
+    if settings.admin_api_keys:  # documented when it is on, as it answers only then
+        _admin_paths(spec)
     document = spec.to_dict()
     _narrow(document["paths"]["/recommendations"]["get"]["parameters"], settings)
     return document
@@ -219,6 +222,47 @@ def _recommendations_operation(settings: Settings, sources: list[str], item_list
     if security:
         operation["security"] = security
     return operation
+
+
+def _admin_paths(spec: APISpec) -> None:
+    """The recommender configurations API (/v1/recommenders), in Pinpoint's shapes and with ADMIN_API_KEYS."""
+    spec.components.security_scheme("adminKey", {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                                                 "description": "One of ADMIN_API_KEYS (API_KEYS do not open it)."})
+    spec.components.schema("RecommenderConfiguration", schema=RecommenderConfigurationSchema)
+    spec.components.schema("RecommenderConfigurationResponse", {"allOf": [
+        {"$ref": "#/components/schemas/RecommenderConfiguration"},
+        {"type": "object", "required": ["Id", "CreationDate", "LastModifiedDate"], "properties": {
+            "Id": {"type": "string"}, "CreationDate": {"type": "string", "format": "date-time"},
+            "LastModifiedDate": {"type": "string", "format": "date-time"}}}]})
+    spec.components.schema("MessageBody", {"type": "object", "required": ["Message", "RequestID"], "properties": {
+        "Message": {"type": "string"}, "RequestID": {"type": "string"}}})
+    one = {"$ref": "#/components/schemas/RecommenderConfigurationResponse"}
+    body = {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/RecommenderConfiguration"}}}}
+
+    def operation(summary: str, ok: str, schema: dict[str, Any], **more: Any) -> dict[str, Any]:
+        message = {"description": "Pinpoint's error shape.",
+                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageBody"}}}}
+        return {"summary": summary, "tags": ["recommender configurations"], "security": [{"adminKey": []}],
+                "responses": {ok: {"description": summary, "content": {"application/json": {"schema": schema}}},
+                              "400": message, "403": message, "404": message, "413": message}, **more}
+
+    config_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    spec.path("/v1/recommenders", operations={
+        "get": operation("List the configurations, a page at a time", "200", {
+            "type": "object", "required": ["Item"], "properties": {
+                "Item": {"type": "array", "items": one}, "NextToken": {"type": ["string", "null"]}}},
+            parameters=[{"name": "page-size", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                         "maximum": MAX_PAGE_SIZE}},
+                        {"name": "token", "in": "query", "schema": {"type": "string"},
+                         "description": "The NextToken of the page before."}]),
+        "post": operation("Create a configuration", "201", one, requestBody=body),
+    })
+    spec.path("/v1/recommenders/{id}", operations={
+        "get": operation("Get a configuration", "200", one, parameters=config_id),
+        "put": operation("Replace a configuration", "200", one, parameters=config_id, requestBody=body),
+        "delete": operation("Delete a configuration", "200", one, parameters=config_id),
+    })
 
 
 def _health_operation(summary: str, statuses: list[str]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
+from app.recommenders import RecommenderConfigurationSchema
 from app.schemas import RecommendationQuery
 from tests.conftest import FakeRecommender
 
@@ -102,3 +103,25 @@ def test_this_deployments_filters_and_fields_are_spelled_out(configured: Flask) 
     assert parameters["filter"]["schema"]["enum"] == ["by-category"]
     fields = re.compile(parameters["fields"]["schema"]["pattern"])
     assert fields.match("id,name,category") and not fields.match("id,colour")
+
+
+def test_the_configuration_api_is_described_when_it_is_on(make_app: Callable[..., Flask],
+                                                          fake_recommender: FakeRecommender) -> None:
+    """With ADMIN_API_KEYS, /docs can try /v1/recommenders: every field of the marshmallow schema, Pinpoint's
+    error shape, and the admin key; without it the paths are absent (they answer 404)."""
+    on = make_app({"recommender": fake_recommender}, admin_api_keys="admin-key-0123456789abcdef")
+    spec = document(on.test_client())
+    validate(spec)
+    assert set(spec["paths"]["/v1/recommenders"]) == {"get", "post"}
+    assert set(spec["paths"]["/v1/recommenders/{id}"]) == {"get", "put", "delete"}
+    fields = spec["components"]["schemas"]["RecommenderConfiguration"]["properties"]
+    assert set(fields) == set(RecommenderConfigurationSchema().fields)
+    assert fields["RecommendationsPerMessage"]["maximum"] == 5
+    assert set(spec["components"]["schemas"]["RecommenderConfiguration"]["required"]) == {
+        "RecommendationProviderUri", "RecommendationProviderRoleArn"}
+    post = spec["paths"]["/v1/recommenders"]["post"]
+    assert post["security"] == [{"adminKey": []}] and "201" in post["responses"]
+    assert post["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/MessageBody")
+
+    off = document(make_app({"recommender": fake_recommender}).test_client())
+    assert not any(path.startswith("/v1/") for path in off["paths"])
