@@ -211,7 +211,7 @@ def _csv_rows(lines: Iterable[str]) -> Iterator[tuple[int, Mapping[str, Any]]]:
         number += 1
         if len(cells) < width:
             cells += [None] * (width - len(cells))
-        yield number, dict(zip(header, cells))
+        yield number, dict(zip(header, cells, strict=False))  # longer rows: extra cells dropped
 
 
 def _jsonl(data: bytes, uri: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
