@@ -133,7 +133,19 @@ def _source(variable: str, uri: str, s3_client_factory: Callable[[], Any]) -> An
 def _personalize(settings: Settings, services: Mapping[str, Any], metrics: Metrics) -> Recommender | None:
     if not settings.personalize_campaign_arn:
         return None
-    factory = services.get("personalize_client_factory") or _boto3_client_factory("personalize-runtime", settings)
+    factory = services.get("personalize_client_factory")
+    credentials = None
+    if factory is None:
+        session = _boto3_session()
+
+        @functools.cache  # one client per process, built on first use (after gunicorn forks, never at import)
+        def factory() -> Any:
+            return runtime_client(session(), settings.aws_region, settings.personalize_connect_timeout,
+                                  settings.personalize_read_timeout, settings.personalize_max_attempts,
+                                  settings.personalize_max_concurrency)
+
+        def credentials() -> Any:
+            return session().get_credentials()  # the object the client signs with: botocore keeps one per session
     promotion = None
     if settings.promotion_filter_arn:
         promotion = {
@@ -142,7 +154,7 @@ def _personalize(settings: Settings, services: Mapping[str, Any], metrics: Metri
             "percentPromotedItems": settings.promotion_percent,
         }
     return PersonalizeRecommender(settings.personalize_campaign_arn, factory, promotion,
-                                  observe=metrics.observe_personalize)
+                                  observe=metrics.observe_personalize, credentials=credentials)
 
 
 def _batch(settings: Settings, s3_client_factory: Callable[[], Any], metrics: Metrics) -> BatchRecommender | None:
@@ -170,15 +182,23 @@ def _lock_client(redis_url: str | None) -> redis.Redis | None:
 def _boto3_client_factory(service_name: str, settings: Settings) -> Callable[[], Any]:
     """Return a function that builds a boto3 client; boto3 picks up credentials and AWS_ENDPOINT_URL_* itself."""
 
-    def build() -> Any:
-        import boto3
+    session = _boto3_session()
 
-        if service_name == "personalize-runtime":
-            return runtime_client(boto3.session.Session(), settings.aws_region, settings.personalize_connect_timeout,
-                                  settings.personalize_read_timeout, settings.personalize_max_attempts,
-                                  settings.personalize_max_concurrency)
+    def build() -> Any:
         config = client_config(connect_timeout=5, read_timeout=30, max_attempts=3, pool_size=2)
-        return boto3.session.Session().client(service_name, config=config)
+        return session().client(service_name, config=config)
 
     # One client per process, built on first use (after gunicorn forks, never at import).
     return functools.cache(build)
+
+
+def _boto3_session() -> Callable[[], Any]:
+    """Return a function giving one boto3 session (credentials, AWS_ENDPOINT_URL_*) per process, made on first use."""
+
+    @functools.cache
+    def session() -> Any:
+        import boto3
+
+        return boto3.session.Session()
+
+    return session

@@ -205,19 +205,36 @@ def region_of(arn: str) -> str | None:
     return match.group("region") if match else None
 
 
-def role_client_factory(settings: Settings, sts_client_factory: Callable[[str | None], Any]
-                        ) -> Callable[[str | None, str | None], Any]:
-    """Return (role ARN, region) -> a personalize-runtime client signing with the role's assumed credentials."""
+class RoleClients:
+    """personalize-runtime clients signing with a role's assumed credentials: one session per role and region."""
 
-    def build(role_arn: str | None, region: str | None) -> Any:
-        import boto3
+    def __init__(self, settings: Settings, sts_client_factory: Callable[[str | None], Any]) -> None:
+        self.settings = settings
+        self.sts_client_factory = sts_client_factory
+        self._sessions: dict[tuple[str | None, str | None], Any] = {}
+        self._lock = threading.Lock()
 
-        session = (assumed_role_session(role_arn, lambda: sts_client_factory(region)) if role_arn
-                   else boto3.session.Session())
-        return runtime_client(session, region, settings.personalize_connect_timeout, settings.personalize_read_timeout,
-                              settings.personalize_max_attempts, settings.personalize_max_concurrency)
+    def __call__(self, role_arn: str | None, region: str | None) -> Any:
+        """Return a client for the role (the default credentials when role_arn is None) in region."""
+        settings = self.settings
+        return runtime_client(self._session(role_arn, region), region, settings.personalize_connect_timeout,
+                              settings.personalize_read_timeout, settings.personalize_max_attempts,
+                              settings.personalize_max_concurrency)
 
-    return build
+    def credentials(self, role_arn: str | None, region: str | None) -> Any:
+        """Return the credentials those clients sign with (to see when a refresh, an AssumeRole call, is due)."""
+        return self._session(role_arn, region).get_credentials()
+
+    def _session(self, role_arn: str | None, region: str | None) -> Any:
+        with self._lock:
+            session = self._sessions.get((role_arn, region))
+            if session is None:
+                import boto3
+
+                session = (assumed_role_session(role_arn, lambda: self.sts_client_factory(region)) if role_arn
+                           else boto3.session.Session())
+                self._sessions[(role_arn, region)] = session
+            return session
 
 
 def _regional_client(service_name: str, config: Any) -> Callable[[str | None], Any]:
@@ -248,7 +265,8 @@ def build_configured(settings: Settings, base: RecommendationService, presenter:
     store = services.get("recommender_store") or build_store(settings, lambda: dynamodb(settings.aws_region))
     sts = services.get("sts_client_factory") or _regional_client(
         "sts", client_config(connect_timeout=1, read_timeout=2, max_attempts=2, pool_size=2))
-    clients = services.get("role_client_factory") or role_client_factory(settings, sts)
+    clients = services.get("role_client_factory") or RoleClients(settings, sts)
+    credentials = getattr(clients, "credentials", None)  # a test's plain (role, region) -> client has none
     timeout = settings.transformer_timeout_ms / 1000
     regional_lambda = services.get("lambda_client_factory") or _regional_client(
         "lambda", client_config(connect_timeout=timeout, read_timeout=timeout, max_attempts=1,
@@ -259,8 +277,9 @@ def build_configured(settings: Settings, base: RecommendationService, presenter:
 
     def build_recommender(config: RecommenderConfig) -> GuardedRecommender:
         region = region_of(config.provider_arn)
-        recommender = PersonalizeRecommender(config.provider_arn, lambda: clients(config.role_arn, region),
-                                             observe=observe)
+        recommender = PersonalizeRecommender(
+            config.provider_arn, lambda: clients(config.role_arn, region), observe=observe,
+            credentials=(lambda: credentials(config.role_arn, region)) if credentials is not None else None)
         return guarded(recommender, settings)
 
     return ConfiguredRecommenders(store, base, presenter, build_recommender, LambdaTransformer(lambdas),

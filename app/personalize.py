@@ -1,6 +1,7 @@
 """Amazon Personalize Runtime GetRecommendations, behind a small class that raises the project's errors."""
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -8,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from botocore.config import Config
+from botocore.retries import standard
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -20,7 +22,7 @@ from botocore.exceptions import (
 )
 
 from .errors import InvalidParameterError, ServiceError, UpstreamError
-from .recommendation import NO_OPTIONS, Options, Recommendation
+from .recommendation import CALL_DEADLINE, NO_OPTIONS, Options, Recommendation
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,40 @@ def runtime_client(session: Any, region: str | None, connect_timeout: float, rea
                    max_attempts: int, pool_size: int) -> Any:
     """Build a personalize-runtime client from a boto3 session, configured for the request budget."""
     config = client_config(connect_timeout, read_timeout, max_attempts, pool_size)
-    return session.client("personalize-runtime", region_name=region, config=config)
+    client = session.client("personalize-runtime", region_name=region, config=config)
+    refuse_late_retries(client)
+    return client
+
+
+def refuse_late_retries(client: Any) -> None:
+    """Keep botocore's standard retries, but skip a retry that could not end before CALL_DEADLINE.
+
+    botocore registered its retry handler when it built the client. This puts the same handler (botocore's
+    `standard.register_retry_handler`, with the client's attempts) in its place behind a check: a retry is made
+    only when its back-off plus one attempt's connect and read timeouts end by the deadline. A retry that
+    cannot be waited for would only spend Personalize's TPS and, in the request's thread, the request's time.
+    """
+    events = client.meta.events
+    service = client.meta.service_model.service_id.hyphenize()
+    event, unique_id = f"needs-retry.{service}", f"retry-config-{service}"
+    config = client.meta.config
+    events.unregister(event, unique_id=unique_id)
+    handler = standard.register_retry_handler(client, max_attempts=config.retries.get("total_max_attempts"))
+    events.unregister(event, unique_id=unique_id)
+    attempt_seconds = config.connect_timeout + config.read_timeout
+    events.register(event, functools.partial(_retry_in_time, handler.needs_retry, attempt_seconds),
+                    unique_id=unique_id)
+
+
+def _retry_in_time(needs_retry: Callable[..., Any], attempt_seconds: float, **kwargs: Any) -> Any:
+    """botocore's needs-retry answer (seconds to wait before retrying, or None/False), or False past the deadline."""
+    deadline = CALL_DEADLINE.get()
+    if deadline is not None and time.monotonic() + attempt_seconds > deadline:
+        return False  # not even an immediate retry would end in time (False: botocore asks no later handler)
+    delay = needs_retry(**kwargs)
+    if deadline is not None and delay and time.monotonic() + delay + attempt_seconds > deadline:
+        return False
+    return delay
 
 
 class PersonalizeRecommender:
@@ -79,8 +114,10 @@ class PersonalizeRecommender:
     def __init__(
         self, arn: str, client_factory: Callable[[], Any], promotion: Mapping[str, Any] | None = None,
         observe: Callable[[float, str | None], None] | None = None,
+        credentials: Callable[[], Any] | None = None,
     ) -> None:
         self.arn = arn
+        self._credentials = credentials  # the botocore credentials the client signs with, to see a refresh coming
         self._observe = observe  # told each call's seconds and error code (None on success), for the metrics
         self.promotion = promotion
         # A promotion changes every answer, so answers cached without it must not be served with it.
@@ -103,6 +140,24 @@ class PersonalizeRecommender:
     def check_ready(self) -> None:
         """Build the client now (no network call), so a worker's first requests do not pay for it."""
         _ = self.client
+
+    def ends_within(self, seconds: float) -> bool:
+        """Whether a call is sure to end within seconds by botocore's own timeouts, so it needs no watchdog.
+
+        True when one attempt's connect and read timeouts fit (refuse_late_retries stops retries that would
+        not) and no credential refresh is due: a refresh waits on STS or instance metadata, under their
+        own, longer timeouts. Within 15 minutes of the credentials' expiry (botocore's advisory window)
+        calls are watched again, until a call has refreshed them.
+        """
+        try:
+            config = self.client.meta.config
+        except Exception:  # the client cannot be built: let the guarded call meet the same error
+            return False
+        if seconds < config.connect_timeout + config.read_timeout:
+            return False
+        credentials = self._credentials() if self._credentials is not None else None
+        refresh_needed = getattr(credentials, "refresh_needed", None)
+        return refresh_needed is None or not refresh_needed()
 
     def recommend(self, user_id: str | None, num_results: int, options: Options = NO_OPTIONS) -> Recommendation:
         """Return Personalize's item ids for the user (or the related item), in Personalize's order."""

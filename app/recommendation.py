@@ -1,8 +1,13 @@
 """What every recommendation source answers, and the interface they share."""
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+# When the current call to a source must have answered (time.monotonic()), or None for no deadline. The guard
+# sets it around each call; a source that can cut its own work short reads it (Personalize: botocore's retries).
+CALL_DEADLINE: ContextVar[float | None] = ContextVar("call_deadline", default=None)
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,7 @@ class Settings:
     cache_local_seconds: float = 5.0
     cache_local_items: int = 10_000
     catalog_refresh_seconds: float = 60.0
-    personalize_connect_timeout: float = 0.3
+    personalize_connect_timeout: float = 0.2
     personalize_read_timeout: float = 0.5
     personalize_max_attempts: int = 2
     personalize_max_concurrency: int = 0  # 0: as many as WEB_THREADS, so no worker thread waits for a slot

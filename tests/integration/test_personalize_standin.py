@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,7 +19,8 @@ import boto3
 import pytest
 
 from app.errors import InvalidParameterError, UpstreamError
-from app.personalize import PersonalizeRecommender, client_config
+from app.personalize import PersonalizeRecommender, runtime_client
+from app.upstream import GuardedRecommender
 from tests.conftest import ROOT, SAMPLE_CATALOG
 from tests.standin.personalize import Control, StandinHandle, items_from, start_standin
 
@@ -57,11 +59,12 @@ def make_recommender() -> Iterator[Callable[..., PersonalizeRecommender]]:
     """Build PersonalizeRecommenders on a real boto3 client (closed after the test)."""
     clients: list[Any] = []
 
-    def build(arn: str = CAMPAIGN, read_timeout: float = 2.0, max_attempts: int = 1) -> PersonalizeRecommender:
+    def build(arn: str = CAMPAIGN, read_timeout: float = 2.0, max_attempts: int = 1,
+              connect_timeout: float = 1.0) -> PersonalizeRecommender:
         def factory() -> Any:
-            config = client_config(connect_timeout=1.0, read_timeout=read_timeout, max_attempts=max_attempts,
-                                   pool_size=4)
-            client = boto3.client("personalize-runtime", region_name="us-east-1", config=config)
+            # Production's wiring: runtime_client also keeps botocore's retries within the caller's deadline.
+            client = runtime_client(boto3.session.Session(), "us-east-1", connect_timeout, read_timeout,
+                                    max_attempts, 4)
             clients.append(client)
             return client
 
@@ -197,6 +200,37 @@ def test_botocore_retries_a_500_once_with_two_attempts(make_recommender: Callabl
 
     assert answer.item_ids == standin.ranked("u1", 3)
     assert standin.calls()["total"] == 2
+
+
+@pytest.mark.parametrize("mode", ["hang", "error500"])
+def test_in_the_request_thread_a_hang_or_failure_ends_within_the_budget_without_a_late_retry(
+    make_recommender: Callable[..., PersonalizeRecommender], standin: StandinHandle, mode: str
+) -> None:
+    """Production's defaults: 0.2 + 0.5 s per attempt, 2 attempts, an 800 ms budget of which 790 ms are left.
+
+    The attempt fits, so the guard calls in the caller's thread; after a hang (read timeout at 0.5 s) the
+    retry would not fit and is not made. After a 500 at once it fits and is made.
+    """
+    standin.set_fault(mode, latency_ms=1500)
+    inner = make_recommender(connect_timeout=0.2, read_timeout=0.5, max_attempts=2)
+    guard = GuardedRecommender(inner, max_concurrency=4, failure_threshold=5, recovery_seconds=30)
+    threads: list[str] = []
+    inner.client.meta.events.register("before-send.personalize-runtime",
+                                      lambda **_: threads.append(threading.current_thread().name))
+    started = time.monotonic()
+
+    with pytest.raises(UpstreamError) as caught:
+        guard.recommend("u1", 3, timeout=0.79)
+
+    elapsed = time.monotonic() - started
+    assert threads and set(threads) == {threading.current_thread().name}
+    if mode == "hang":
+        assert caught.value.code == "upstream_timeout"
+        assert 0.5 <= elapsed < 0.79
+        assert standin.calls()["total"] == 1
+    else:
+        assert caught.value.code == "upstream_error"
+        assert standin.calls()["total"] == 2
 
 
 @pytest.mark.parametrize("attempts", [1, 2])

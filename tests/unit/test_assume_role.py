@@ -12,7 +12,7 @@ from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.stub import Stubber
 from flask import Flask
 
-from app.configured import role_client_factory
+from app.configured import RoleClients
 from app.recommenders import SQLiteStore, new_record
 from app.roles import SESSION_NAME
 from app.settings import Settings
@@ -61,7 +61,7 @@ def app_with_role(make_app: Callable[..., Flask], tmp_path: Path, sts: tuple[Any
         return sts[0]
 
     settings = Settings.from_mapping({"catalog_uri": str(SAMPLE_CATALOG), "recommendations_uri": str(SAMPLE_BATCH)})
-    real = role_client_factory(settings, sts_factory)  # the production client, credentials and all
+    real = RoleClients(settings, sts_factory)  # the production client, credentials and all
 
     def capture(request: AWSRequest, **_: Any) -> AWSResponse:
         signed.append({name: value.decode() if isinstance(value, bytes) else value

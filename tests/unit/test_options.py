@@ -427,7 +427,7 @@ def test_fields_select_a_subset_in_the_given_order(client: FlaskClient, fields: 
     body = ok(get(client, {"user_id": "u1", "fields": ",".join(fields)}))
 
     assert len(body) == len(full) == 10
-    for item, whole in zip(body, full):
+    for item, whole in zip(body, full, strict=True):
         assert list(item) == fields
         assert item == {name: whole[name] for name in fields}
 

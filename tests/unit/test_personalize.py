@@ -1,12 +1,15 @@
 """app/personalize.py against a real boto3 personalize-runtime client stubbed with botocore's Stubber."""
 from __future__ import annotations
 
+import datetime
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
@@ -16,8 +19,8 @@ from botocore.exceptions import (
 from botocore.stub import Stubber
 
 from app.errors import InvalidParameterError, UpstreamError
-from app.personalize import PersonalizeRecommender, client_config, request_for
-from app.recommendation import Recommendation
+from app.personalize import PersonalizeRecommender, client_config, request_for, runtime_client
+from app.recommendation import CALL_DEADLINE, Recommendation
 
 CAMPAIGN_ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/braze-recs"
 RECOMMENDER_ARN = "arn:aws:personalize:us-east-1:123456789012:recommender/top-picks"
@@ -274,3 +277,110 @@ def test_recommender_identifies_itself_by_arn() -> None:
     factory: Callable[[], Any] = lambda: None  # noqa: E731
     recommender = PersonalizeRecommender(RECOMMENDER_ARN, factory)
     assert (recommender.name, recommender.key) == ("personalize", RECOMMENDER_ARN)
+
+
+# --- retries within the caller's deadline, and when a call may run without a watchdog ----------------
+
+
+def failing_client(monkeypatch: pytest.MonkeyPatch, delay: float, connect: float = 0.2, read: float = 0.5,
+                   max_attempts: int = 3) -> tuple[Any, list[str]]:
+    """A runtime_client (production's wiring) whose every attempt is answered 500 at once; botocore's back-off
+    before a retry is `delay` seconds (and botocore really sleeps it before a retry it makes)."""
+    from botocore.awsrequest import AWSResponse
+    from botocore.retries import standard
+
+    monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", lambda self, context: delay)
+    client = runtime_client(boto3.session.Session(), "us-east-1", connect, read, max_attempts, 2)
+    sent: list[str] = []
+
+    def answer_500(request: Any, **kwargs: Any) -> AWSResponse:
+        sent.append(request.url)
+        return AWSResponse(request.url, 500, {"Content-Type": "application/x-amz-json-1.1"}, FailingRaw())
+
+    client.meta.events.register("before-send.personalize-runtime.GetRecommendations", answer_500)
+    return client, sent
+
+
+def call_with_deadline(client: Any, seconds: float | None) -> None:
+    token = CALL_DEADLINE.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        with pytest.raises(UpstreamError):
+            recommender_on(client).recommend("u1", 5)
+    finally:
+        CALL_DEADLINE.reset(token)
+
+
+def test_without_a_deadline_botocore_makes_every_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, sent = failing_client(monkeypatch, delay=0.01)
+    call_with_deadline(client, None)
+    assert len(sent) == 3
+
+
+def test_retries_are_made_while_the_back_off_and_an_attempt_end_before_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, sent = failing_client(monkeypatch, delay=0.05)  # 0.05 + 0.2 + 0.5 = 0.75 s per retry
+    call_with_deadline(client, 5)
+    assert len(sent) == 3
+
+
+def test_no_retry_when_one_more_attempt_could_not_end_before_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, sent = failing_client(monkeypatch, delay=0)
+    call_with_deadline(client, 0.6)  # an attempt may take 0.2 + 0.5 s
+    assert len(sent) == 1
+
+
+def test_no_retry_when_the_back_off_would_push_the_attempt_past_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, sent = failing_client(monkeypatch, delay=0.5)  # a throttling back-off; 0.5 + 0.7 > 1.0
+    call_with_deadline(client, 1.0)
+    assert len(sent) == 1
+
+
+def test_ends_within_needs_the_connect_and_read_timeouts_to_fit() -> None:
+    client = runtime_client(boto3.session.Session(), "us-east-1", 0.2, 0.5, 2, 2)
+    recommender = PersonalizeRecommender(CAMPAIGN_ARN, lambda: client)
+    assert recommender.ends_within(0.71)
+    assert recommender.ends_within(0.7)
+    assert not recommender.ends_within(0.69)
+
+
+def refreshable(expires_in: float) -> Any:
+    from botocore.credentials import RefreshableCredentials
+
+    expiry = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=expires_in)).isoformat()
+    return RefreshableCredentials.create_from_metadata(
+        {"access_key": "a", "secret_key": "s", "token": "t", "expiry_time": expiry},
+        refresh_using=lambda: pytest.fail("ends_within must not refresh the credentials itself"),
+        method="sts-assume-role",
+    )
+
+
+@pytest.mark.parametrize(("credentials", "inline"), [
+    (None, True),  # none found: the call fails at once with upstream_credentials
+    (Credentials("a", "s"), True),  # static keys never refresh
+    ("hour", True),  # an hour left: no refresh is due
+    ("ten-minutes", False),  # within botocore's 15-minute advisory window: the next call may call STS
+    ("deferred", False),  # an assumed role not assumed yet: the first call calls STS
+])
+def test_ends_within_is_false_while_a_credential_refresh_is_due(credentials: Any, inline: bool) -> None:
+    from botocore.credentials import DeferredRefreshableCredentials
+
+    made = {
+        "hour": lambda: refreshable(3600),
+        "ten-minutes": lambda: refreshable(600),
+        "deferred": lambda: DeferredRefreshableCredentials(refresh_using=lambda: {}, method="assume-role"),
+    }
+    if isinstance(credentials, str):
+        credentials = made[credentials]()
+    client = runtime_client(boto3.session.Session(), "us-east-1", 0.2, 0.5, 2, 2)
+    recommender = PersonalizeRecommender(CAMPAIGN_ARN, lambda: client, credentials=lambda: credentials)
+    assert recommender.ends_within(0.79) is inline
+
+
+def test_ends_within_is_false_when_the_client_cannot_be_built() -> None:
+    def broken() -> Any:
+        raise RuntimeError("no region")
+
+    assert PersonalizeRecommender(CAMPAIGN_ARN, broken).ends_within(5) is False

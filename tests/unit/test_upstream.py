@@ -10,7 +10,7 @@ import circuitbreaker
 import pytest
 
 from app.errors import InvalidParameterError, UpstreamError
-from app.recommendation import NO_OPTIONS, Options, Recommendation
+from app.recommendation import CALL_DEADLINE, NO_OPTIONS, Options, Recommendation
 from app.upstream import GuardedRecommender
 from tests.conftest import FakeRecommender
 
@@ -351,3 +351,88 @@ def test_opening_and_closing_the_breaker_are_logged_once_each(
         (logging.ERROR, "fake failed 2 times in a row: answering from the fallback for 30 s"),
         (logging.WARNING, "fake answers again: circuit breaker closed"),
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# in the caller's thread when the source's own timeouts end the call in time
+
+
+class SelfTimingRecommender:
+    """A source that says its own timeouts end a call within `ends_in` seconds; it records where it ran."""
+
+    name = "self-timing"
+    key = "self-timing-source"
+
+    def __init__(self, ends_in: float, error: Exception | None = None) -> None:
+        self.ends_in = ends_in
+        self.error = error
+        self.asked: list[float] = []
+        self.threads: list[threading.Thread] = []
+        self.deadlines: list[float | None] = []
+
+    def ends_within(self, seconds: float) -> bool:
+        self.asked.append(seconds)
+        return self.ends_in <= seconds
+
+    def recommend(self, user_id: str | None, num_results: int, options: Options = NO_OPTIONS) -> Recommendation:
+        self.threads.append(threading.current_thread())
+        self.deadlines.append(CALL_DEADLINE.get())
+        if self.error is not None:
+            raise self.error
+        return Recommendation(["1000"], "rid-self-timing")
+
+
+def test_a_call_its_own_timeouts_end_in_time_runs_in_the_callers_thread_with_the_deadline_set() -> None:
+    inner = SelfTimingRecommender(ends_in=0.7)
+    g = guard(inner)
+
+    before = time.monotonic()
+    assert g.recommend("u1", 1, timeout=0.79) == Recommendation(["1000"], "rid-self-timing")
+    after = time.monotonic()
+
+    assert inner.asked == [0.79]
+    assert inner.threads == [threading.current_thread()]
+    [deadline] = inner.deadlines
+    assert deadline is not None and before + 0.79 <= deadline <= after + 0.79
+    assert CALL_DEADLINE.get() is None  # reset once the call is over
+
+
+def test_a_call_its_own_timeouts_cannot_end_in_time_runs_on_the_pool_with_the_deadline_set() -> None:
+    inner = SelfTimingRecommender(ends_in=0.8)
+    g = guard(inner)
+
+    before = time.monotonic()
+    g.recommend("u1", 1, timeout=0.79)
+
+    assert inner.asked == [0.79]
+    [thread] = inner.threads
+    assert thread is not threading.current_thread() and thread.name.startswith("self-timing-call")
+    [deadline] = inner.deadlines
+    assert deadline is not None and before + 0.79 <= deadline <= time.monotonic() + 0.79
+
+
+def test_a_source_without_ends_within_always_runs_on_the_pool() -> None:
+    inner = FakeRecommender({"u1": ["1000"]})
+    threads: list[threading.Thread] = []
+    answer = inner.recommend
+
+    def recording(*args: object, **kwargs: object) -> Recommendation:
+        threads.append(threading.current_thread())
+        return answer(*args, **kwargs)  # type: ignore[arg-type]
+
+    inner.recommend = recording  # type: ignore[method-assign]
+    guard(inner).recommend("u1", 1, timeout=30)
+    assert threads and threads[0] is not threading.current_thread()
+
+
+def test_failures_in_the_callers_thread_open_the_breaker_and_release_their_slots() -> None:
+    inner = SelfTimingRecommender(ends_in=0.1, error=UpstreamError("Personalize did not answer in time.",
+                                                                   code="upstream_timeout", status=504))
+    g = guard(inner, max_concurrency=1, failure_threshold=3)
+
+    codes = [raises_upstream(lambda: g.recommend("u1", 1, timeout=0.5))[0].code for _ in range(4)]
+
+    # Each failure gave its one slot back (else the second call would be upstream_busy); the third opened it.
+    assert codes == ["upstream_timeout"] * 3 + ["circuit_open"]
+    assert len(inner.threads) == 3
+    assert g.breaker.opened
