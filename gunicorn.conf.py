@@ -2,6 +2,7 @@
 import glob
 import os
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -33,6 +34,10 @@ threads = whole_number("WEB_THREADS", DEFAULT_WEB_THREADS)
 timeout = whole_number("WORKER_TIMEOUT", 30)
 graceful_timeout = whole_number("GRACEFUL_TIMEOUT", 20)
 keepalive = 5
+# Each worker listens on a socket of its own and the kernel spreads new connections over them. With the one
+# shared socket, whichever worker woke first took them: a burst of 64 connections split 60/4 at times, and
+# the worker with 4 left half its threads idle while the other queued (misses at 354 instead of 597 req/s).
+reuse_port = True
 # The app writes one JSON line per request (app/logs.py); gunicorn's access log is off unless ACCESS_LOG asks,
 # and then it shows the path without the query string, which holds user ids.
 accesslog = os.environ.get("ACCESS_LOG") or None
@@ -50,10 +55,37 @@ def on_starting(server):
     clear_metrics_folder()
     try:
         Settings.from_env()
+        check_free(server.cfg.address)
     except ConfigError as exc:
         server.log.error("Cannot start: %s", exc)
         on_exit(server)  # gunicorn does not call it when on_starting exits
         sys.exit(2)
+    server.log.info("Listening at: %s, on a socket per worker (reuse_port)",
+                    ", ".join(f"http://{host}:{port}" for host, port in tcp_addresses(server.cfg.address)))
+
+
+def tcp_addresses(addresses):
+    return [address for address in addresses if isinstance(address, tuple)]
+
+
+def check_free(addresses) -> None:
+    """Raise ConfigError when an address cannot be listened on (in use, or a port below 1024 without root).
+
+    With reuse_port, gunicorn's master never binds: each worker does, and a worker that cannot is replaced
+    by another that cannot, for ever. A plain bind here fails the way the workers would, once. It also
+    fails when another server of ours has the port: reuse_port would otherwise share its traffic.
+    """
+    from app.settings import ConfigError
+
+    for host, port in tcp_addresses(addresses):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn's: TIME_WAIT is no conflict
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); set PORT (and HOST) to an "
+                                  "address this user may bind that no other program uses.") from None
 
 
 def clear_metrics_folder() -> None:

@@ -109,7 +109,8 @@ def gunicorn_settings() -> dict[str, Any]:
     os.environ.clear()
     os.environ.update(before)
     return {"workers": int(conf.get("workers", 1)), "threads": int(conf.get("threads", 1)),
-            "worker_class": str(conf.get("worker_class", "sync")), "keepalive": int(conf.get("keepalive", 2))}
+            "worker_class": str(conf.get("worker_class", "sync")), "keepalive": int(conf.get("keepalive", 2)),
+            "reuse_port": bool(conf.get("reuse_port", False))}
 
 
 def children(pid: int) -> list[int]:
@@ -233,7 +234,8 @@ class Bench:
             process = subprocess.Popen(
                 [self.gunicorn, "-c", "/dev/null", "--bind", f"127.0.0.1:{port}", "--workers", str(s["workers"]),
                  "--threads", str(s["threads"]), "--worker-class", s["worker_class"], "--keep-alive",
-                 str(s["keepalive"]), "--no-control-socket", f"loadtest.{module}:app"],
+                 str(s["keepalive"]), "--no-control-socket", *(["--reuse-port"] if s["reuse_port"] else []),
+                 f"loadtest.{module}:app"],
                 cwd=ROOT, env=self.env(port), stdout=subprocess.DEVNULL, stderr=self.log(module),
             )
             self.processes.append(process)
@@ -396,7 +398,8 @@ class Runner:
     def report(self) -> int:
         s, args = self.bench.settings, self.args
         print(f"\nwrk -t2 -d{args.duration:g}s (+1 s warm-up); Personalize stand-in latency {args.latency_ms} ms; "
-              f"WEB_CONCURRENCY={s['workers']} WEB_THREADS={s['threads']} worker_class={s['worker_class']}; "
+              f"WEB_CONCURRENCY={s['workers']} WEB_THREADS={s['threads']} worker_class={s['worker_class']} "
+              f"reuse_port={s['reuse_port']}; "
               f"REQUEST_BUDGET_MS={self.bench.budget_ms}\n")
         header = (f"{'scenario':27} {'conns':>5} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
                   f"{'calls/req':>9} {'CPU us/req':>10} {'× yardstick':>18}  note")

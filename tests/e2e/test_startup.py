@@ -1,15 +1,14 @@
 """Starting `gunicorn wsgi:app` with a broken configuration: it must stop at once and say why."""
 from __future__ import annotations
 
+import csv
 import re
+import socket
 import tempfile
 from pathlib import Path
 
-import csv
-
-
 from tests.conftest import SAMPLE_CATALOG
-from tests.e2e.conftest import free_port, get, run_gunicorn_to_exit, service_env, start_gunicorn
+from tests.e2e.conftest import WORKERS, Gunicorn, free_port, get, run_gunicorn_to_exit, service_env, start_gunicorn
 from tests.standin.personalize import StandinHandle
 
 QUICKLY = 15.0  # seconds; a refused configuration must not leave gunicorn respawning workers
@@ -94,3 +93,35 @@ def test_personalize_not_found_without_a_fallback_is_a_json_error(standin: Stand
     assert error["code"] in ("recommender_not_found", "no_recommendations")
     assert "PERSONALIZE_CAMPAIGN_ARN" in error["message"]
     assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_port_in_use_stops_gunicorn_with_a_sentence_instead_of_respawning_workers(
+    standin: StandinHandle, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        code, output, elapsed = run_gunicorn_to_exit(service_env(standin.url, port), tmp_path / "gunicorn.log")
+
+    assert code != 0 and elapsed < QUICKLY, output
+    assert f"Cannot start: cannot listen on 127.0.0.1:{port} (Address already in use)" in output
+    assert "Booting worker" not in output and "Traceback" not in output
+
+
+def listening_sockets(port: int) -> list[str]:
+    """The inodes of the sockets listening on 127.0.0.1:port (from /proc/net/tcp: state 0A is LISTEN)."""
+    found = []
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        address, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and address == f"0100007F:{port:04X}":
+            found.append(inode)
+    return found
+
+
+def test_each_worker_listens_on_a_socket_of_its_own(gunicorn_server: Gunicorn) -> None:
+    """reuse_port: the kernel spreads new connections over the workers, not the worker that woke first."""
+    port = int(gunicorn_server.url.rsplit(":", 1)[1])
+    assert len(set(listening_sockets(port))) == WORKERS
