@@ -127,3 +127,23 @@ def test_the_environment_s_own_credentials_are_never_used_for_a_role(
     # The log names the role, not just "Personalize failed".
     assert any(r.levelname == "ERROR" and ROLE in r.getMessage() and "AssumeRole" in r.getMessage()
                for r in caplog.records)
+
+
+def test_role_clients_say_when_an_assume_role_call_is_due(sts: tuple[Any, Stubber]) -> None:
+    """The guard calls in the request's thread only when no AssumeRole is due (it has its own, longer timeouts)."""
+    settings = Settings.from_mapping({"catalog_uri": str(SAMPLE_CATALOG), "recommendations_uri": str(SAMPLE_BATCH)})
+    clients = RoleClients(settings, lambda region: sts[0])
+    sts[1].add_response("assume_role", credentials(1, timedelta(hours=1)), ASSUME)
+
+    client = clients(ROLE, "eu-west-1")
+    signing = clients.credentials(ROLE, "eu-west-1")
+    assert signing.refresh_needed()  # not assumed yet: the first call assumes the role
+
+    def answer(request: AWSRequest, **_: Any) -> AWSResponse:
+        return AWSResponse(request.url, 200, {"Content-Type": "application/json"}, RawBody(b'{"itemList": []}'))
+
+    client.meta.events.register("before-send.personalize-runtime.GetRecommendations", answer)
+    client.get_recommendations(campaignArn=CAMPAIGN, userId="u1")
+
+    assert clients.credentials(ROLE, "eu-west-1") is signing  # the very credentials the client signs with
+    assert not signing.refresh_needed()  # an hour left: the next calls need no AssumeRole
