@@ -53,23 +53,30 @@ def on_starting(server):
     from app.settings import ConfigError, Settings
 
     clear_metrics_folder()
+    if not all(isinstance(address, tuple) for address in server.cfg.address) or inherits_sockets():
+        # A unix socket path holds one socket (each worker would replace the last one's), and a socket handed
+        # over by systemd or by a gunicorn upgrade (USR2) is already open: one shared socket, as gunicorn makes.
+        server.cfg.set("reuse_port", False)
     try:
         Settings.from_env()
-        check_free(server.cfg.address)
+        if server.cfg.reuse_port:
+            check_free(server.cfg.address)
     except ConfigError as exc:
         server.log.error("Cannot start: %s", exc)
         on_exit(server)  # gunicorn does not call it when on_starting exits
         sys.exit(2)
-    server.log.info("Listening at: %s, on a socket per worker (reuse_port)",
-                    ", ".join(f"http://{host}:{port}" for host, port in tcp_addresses(server.cfg.address)))
+    if server.cfg.reuse_port:
+        server.log.info("Listening at: %s, on a socket per worker (reuse_port)",
+                        ", ".join(f"http://{host}:{port}" for host, port in server.cfg.address))
 
 
-def tcp_addresses(addresses):
-    return [address for address in addresses if isinstance(address, tuple)]
+def inherits_sockets() -> bool:
+    """Whether gunicorn will take its listening sockets from systemd or from the gunicorn it upgrades."""
+    return bool(os.environ.get("LISTEN_FDS") or os.environ.get("GUNICORN_FD"))
 
 
 def check_free(addresses) -> None:
-    """Raise ConfigError when an address cannot be listened on (in use, or a port below 1024 without root).
+    """Raise ConfigError when a (host, port) cannot be listened on (in use, or a port below 1024 without root).
 
     With reuse_port, gunicorn's master never binds: each worker does, and a worker that cannot is replaced
     by another that cannot, for ever. A plain bind here fails the way the workers would, once. It also
@@ -77,7 +84,7 @@ def check_free(addresses) -> None:
     """
     from app.settings import ConfigError
 
-    for host, port in tcp_addresses(addresses):
+    for host, port in addresses:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn's: TIME_WAIT is no conflict

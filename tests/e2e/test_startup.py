@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 from tests.conftest import SAMPLE_CATALOG
@@ -125,3 +127,47 @@ def test_each_worker_listens_on_a_socket_of_its_own(gunicorn_server: Gunicorn) -
     """reuse_port: the kernel spreads new connections over the workers, not the worker that woke first."""
     port = int(gunicorn_server.url.rsplit(":", 1)[1])
     assert len(set(listening_sockets(port))) == WORKERS
+
+
+def unix_listeners(path: Path) -> int:
+    """How many sockets listen on the unix socket path (from /proc/net/unix: flag 00010000 is __SO_ACCEPTCON)."""
+    return sum(1 for row in Path("/proc/net/unix").read_text().splitlines()[1:]
+               if row.split()[-1] == str(path) and row.split()[3] == "00010000")
+
+
+def get_over_unix_socket(path: Path, target: str) -> tuple[int, bytes]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(5)
+        client.connect(str(path))
+        client.sendall(f"GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := client.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_a_unix_socket_bind_gets_one_shared_socket_not_one_per_worker(standin: StandinHandle,
+                                                                      tmp_path: Path) -> None:
+    """reuse_port is for TCP: on a unix socket path each worker would replace the last one's socket."""
+    path = tmp_path / "recs.sock"
+    env = service_env(standin.url, free_port(), CACHE_REDIS_URL=None, CACHE_DIR=str(tmp_path / "cache"),
+                      GUNICORN_CMD_ARGS=f"--bind unix:{path}")
+    server = start_gunicorn(env, tmp_path / "gunicorn.log")
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and server.process.poll() is None:
+            if path.exists() and len(set(server.worker_pids())) == WORKERS:
+                try:
+                    if get_over_unix_socket(path, "/readyz")[0] == 200:
+                        break
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        status, body = get_over_unix_socket(path, "/recommendations?user_id=user123&num_results=2")
+        listeners = unix_listeners(path)
+    finally:
+        code = server.stop()
+    assert (status, code) == (200, 0), server.output()
+    assert len(json.loads(body)) == 2
+    assert listeners == 1, server.output()
