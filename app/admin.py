@@ -129,6 +129,9 @@ def _flatten(problem: Any) -> str:
 @bp.get("")
 def list_configurations() -> Response:
     """GetRecommenderConfigurations: one page of configurations, oldest first, and the next page's token."""
+    for name in ("page-size", "token"):
+        if len(request.args.getlist(name)) > 1:  # as GET /recommendations: which one was meant is a guess
+            raise AdminError(400, f"Give {name} once.")
     raw = request.args.get("page-size", str(MAX_PAGE_SIZE))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise AdminError(400, f"page-size must be a whole number from 1 to {MAX_PAGE_SIZE}.")

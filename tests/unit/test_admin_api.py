@@ -103,6 +103,13 @@ def test_bad_paging_is_a_400(admin: FlaskClient, query: dict[str, str]) -> None:
     assert_message_body(admin.get("/v1/recommenders", query_string=query, headers=AUTH), 400)
 
 
+@pytest.mark.parametrize("name", ["page-size", "token"])
+def test_a_paging_parameter_given_twice_is_a_400(admin: FlaskClient, name: str) -> None:
+    values = ["1", "2"] if name == "page-size" else ["", ""]  # each alone would be accepted
+    response = admin.get("/v1/recommenders", query_string={name: values}, headers=AUTH)
+    assert_message_body(response, 400, f"Give {name} once.")
+
+
 def test_an_invalid_configuration_is_a_400_naming_the_field(admin: FlaskClient) -> None:
     response = admin.post("/v1/recommenders", json={**BODY, "RecommendationsPerMessage": 6}, headers=AUTH)
     assert_message_body(response, 400, "RecommendationsPerMessage")
