@@ -34,6 +34,7 @@ from .sources import Reloadable, SourceError, open_source
 from .views import bp
 
 log = logging.getLogger(__name__)
+BRAZE_TIMEOUT_MS = 2000  # Connected Content gives up after 2 s (README, "Never the reason an email goes out broken")
 
 __all__ = ["ConfigError", "create_app", "warm_up"]
 
@@ -136,6 +137,10 @@ def _source(variable: str, uri: str, s3_client_factory: Callable[[], Any]) -> An
 def _personalize(settings: Settings, services: Mapping[str, Any], metrics: Metrics) -> Recommender | None:
     if settings.personalize_campaign_arn or settings.admin_api_keys:
         _warn_if_calls_need_a_watchdog(settings)
+    if settings.admin_api_keys and settings.request_budget_ms + settings.transformer_timeout_ms > BRAZE_TIMEOUT_MS:
+        log.warning("REQUEST_BUDGET_MS + TRANSFORMER_TIMEOUT_MS (%d ms) is more than Braze waits (%d ms): a "
+                    "recommender configuration with a transformer Lambda may answer too late for Braze.",
+                    settings.request_budget_ms + settings.transformer_timeout_ms, BRAZE_TIMEOUT_MS)
     if not settings.personalize_campaign_arn:
         return None
     factory = services.get("personalize_client_factory")

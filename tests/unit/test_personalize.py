@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -386,15 +385,3 @@ def test_ends_within_is_false_when_the_client_cannot_be_built() -> None:
 
     assert PersonalizeRecommender(CAMPAIGN_ARN, broken).ends_within(5) is False
 
-
-@pytest.mark.parametrize(("connect", "read", "warned"), [(0.2, 0.5, False), (0.3, 0.5, True), (0.3, 0.7, True)])
-def test_start_up_warns_when_the_timeouts_do_not_fit_the_budget(
-    make_app: Callable[..., Any], caplog: pytest.LogCaptureFixture, connect: float, read: float, warned: bool
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="app"):
-        make_app({"personalize_client_factory": lambda: None}, personalize_campaign_arn=CAMPAIGN_ARN,
-                 personalize_connect_timeout=connect, personalize_read_timeout=read, request_budget_ms=800)
-    lines = [r.getMessage() for r in caplog.records if "watchdog" in r.getMessage()]
-    assert bool(lines) is warned
-    if warned:
-        assert f"({connect + read:.2f} s) is not less than REQUEST_BUDGET_MS (800 ms)" in lines[0]
