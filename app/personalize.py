@@ -9,7 +9,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from botocore.config import Config
-from botocore.retries import standard
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -20,6 +19,7 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from botocore.retries import standard
 
 from .errors import InvalidParameterError, ServiceError, UpstreamError
 from .recommendation import CALL_DEADLINE, NO_OPTIONS, Options, Recommendation
@@ -83,10 +83,12 @@ def refuse_late_retries(client: Any) -> None:
     only when its back-off plus one attempt's connect and read timeouts end by the deadline. A retry that
     cannot be waited for would only spend Personalize's TPS and, in the request's thread, the request's time.
     """
+    config = client.meta.config
+    if config.retries.get("mode") != "standard":  # client_config always asks for it; another mode is left alone
+        return
     events = client.meta.events
     service = client.meta.service_model.service_id.hyphenize()
     event, unique_id = f"needs-retry.{service}", f"retry-config-{service}"
-    config = client.meta.config
     events.unregister(event, unique_id=unique_id)
     handler = standard.register_retry_handler(client, max_attempts=config.retries.get("total_max_attempts"))
     events.unregister(event, unique_id=unique_id)
