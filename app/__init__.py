@@ -48,6 +48,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     """
     settings = _settings(config)
     configure_logging(settings.log_level)
+    _warn_about_timeouts(settings)
     app = Flask(__name__)
     app.config.update(SETTINGS=settings)
     metrics = app.extensions["metrics"] = Metrics()
@@ -135,12 +136,6 @@ def _source(variable: str, uri: str, s3_client_factory: Callable[[], Any]) -> An
 
 
 def _personalize(settings: Settings, services: Mapping[str, Any], metrics: Metrics) -> Recommender | None:
-    if settings.personalize_campaign_arn or settings.admin_api_keys:
-        _warn_if_calls_need_a_watchdog(settings)
-    if settings.admin_api_keys and settings.request_budget_ms + settings.transformer_timeout_ms > BRAZE_TIMEOUT_MS:
-        log.warning("REQUEST_BUDGET_MS + TRANSFORMER_TIMEOUT_MS (%d ms) is more than Braze waits (%d ms): a "
-                    "recommender configuration with a transformer Lambda may answer too late for Braze.",
-                    settings.request_budget_ms + settings.transformer_timeout_ms, BRAZE_TIMEOUT_MS)
     if not settings.personalize_campaign_arn:
         return None
     factory = services.get("personalize_client_factory")
@@ -167,15 +162,22 @@ def _personalize(settings: Settings, services: Mapping[str, Any], metrics: Metri
                                   observe=metrics.observe_personalize, credentials=credentials)
 
 
-def _warn_if_calls_need_a_watchdog(settings: Settings) -> None:
-    """Say so when botocore's timeouts cannot end a Personalize call within the budget (upstream.py)."""
+def _warn_about_timeouts(settings: Settings) -> None:
+    """Log timeouts that are valid alone but work against each other (they are not worth refusing to start)."""
     attempt = settings.personalize_connect_timeout + settings.personalize_read_timeout
-    if attempt >= settings.request_budget_ms / 1000:
+    calls_personalize = settings.personalize_campaign_arn or settings.admin_api_keys
+    if calls_personalize and attempt >= settings.request_budget_ms / 1000:
+        # upstream.py: botocore's timeouts cannot end the call within the budget, so the guard must watch it.
         log.warning(
             "PERSONALIZE_CONNECT_TIMEOUT + PERSONALIZE_READ_TIMEOUT (%.2f s) is not less than REQUEST_BUDGET_MS "
             "(%d ms), so every Personalize call runs on a watchdog thread that stops waiting at the budget's end: "
             "about 15%% more CPU per cache miss. Keep the two timeouts under the budget.",
             attempt, settings.request_budget_ms)
+    with_transformer = settings.request_budget_ms + settings.transformer_timeout_ms
+    if settings.admin_api_keys and with_transformer > BRAZE_TIMEOUT_MS:
+        log.warning("REQUEST_BUDGET_MS + TRANSFORMER_TIMEOUT_MS (%d ms) is more than Braze waits (%d ms): a "
+                    "recommender configuration with a transformer Lambda may answer too late for Braze.",
+                    with_transformer, BRAZE_TIMEOUT_MS)
 
 
 def _batch(settings: Settings, s3_client_factory: Callable[[], Any], metrics: Metrics) -> BatchRecommender | None:
