@@ -234,20 +234,7 @@ class FailingRaw:
 
 @pytest.mark.parametrize("max_attempts", [1, 2, 3])
 def test_max_attempts_is_the_total_number_of_attempts(monkeypatch: pytest.MonkeyPatch, max_attempts: int) -> None:
-    from botocore.awsrequest import AWSResponse
-    from botocore.retries import standard
-
-    monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", lambda self, context: 0)
-    client = boto3.client(
-        "personalize-runtime", region_name="us-east-1", config=client_config(0.5, 1.0, max_attempts, 2)
-    )
-    sent: list[str] = []
-
-    def answer_500(request: Any, **kwargs: Any) -> AWSResponse:
-        sent.append(request.url)
-        return AWSResponse(request.url, 500, {"Content-Type": "application/x-amz-json-1.1"}, FailingRaw())
-
-    client.meta.events.register("before-send.personalize-runtime.GetRecommendations", answer_500)
+    client, sent = failing_client(monkeypatch, delay=0, max_attempts=max_attempts)
     with pytest.raises(UpstreamError) as info:
         recommender_on(client).recommend("u1", 5)
     assert info.value.code == "upstream_error"
