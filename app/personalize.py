@@ -92,18 +92,22 @@ def refuse_late_retries(client: Any) -> None:
     events.unregister(event, unique_id=unique_id)
     handler = standard.register_retry_handler(client, max_attempts=config.retries.get("total_max_attempts"))
     events.unregister(event, unique_id=unique_id)
-    attempt_seconds = config.connect_timeout + config.read_timeout
-    events.register(event, functools.partial(_retry_in_time, handler.needs_retry, attempt_seconds),
+    events.register(event, functools.partial(_retry_in_time, handler.needs_retry, attempt_seconds(config)),
                     unique_id=unique_id)
 
 
-def _retry_in_time(needs_retry: Callable[..., Any], attempt_seconds: float, **kwargs: Any) -> Any:
+def attempt_seconds(config: Config) -> float:
+    """The longest one attempt can take by botocore's own timeouts: connecting, then waiting for the answer."""
+    return config.connect_timeout + config.read_timeout
+
+
+def _retry_in_time(needs_retry: Callable[..., Any], attempt: float, **kwargs: Any) -> Any:
     """botocore's needs-retry answer (seconds to wait before retrying, or None/False), or False past the deadline."""
     deadline = CALL_DEADLINE.get()
-    if deadline is not None and time.monotonic() + attempt_seconds > deadline:
+    if deadline is not None and time.monotonic() + attempt > deadline:
         return False  # not even an immediate retry would end in time (False: botocore asks no later handler)
     delay = needs_retry(**kwargs)
-    if deadline is not None and delay and time.monotonic() + delay + attempt_seconds > deadline:
+    if deadline is not None and delay and time.monotonic() + delay + attempt > deadline:
         return False
     return delay
 
@@ -155,7 +159,7 @@ class PersonalizeRecommender:
             config = self.client.meta.config
         except Exception:  # the client cannot be built: let the guarded call meet the same error
             return False
-        if seconds < config.connect_timeout + config.read_timeout:
+        if seconds < attempt_seconds(config):
             return False
         credentials = self._credentials() if self._credentials is not None else None
         refresh_needed = getattr(credentials, "refresh_needed", None)

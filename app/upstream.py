@@ -16,6 +16,10 @@ from .recommendation import CALL_DEADLINE, NO_OPTIONS, Options, Recommendation, 
 log = logging.getLogger(__name__)
 
 
+def _circuit_open() -> UpstreamError:
+    return UpstreamError("Personalize is failing; answering from the fallback.", code="circuit_open", status=503)
+
+
 class GuardedRecommender:
     """Call a recommender within a deadline, at most max_concurrency at a time, behind a circuit breaker.
 
@@ -62,7 +66,7 @@ class GuardedRecommender:
     ) -> Recommendation:
         """Return the inner source's answer, or raise UpstreamError at once or when timeout seconds pass."""
         if self.breaker.opened:
-            raise UpstreamError("Personalize is failing; answering from the fallback.", code="circuit_open", status=503)
+            raise _circuit_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         inline = timeout is None or (self._ends_within is not None and self._ends_within(timeout))
         if not self._slots.acquire(blocking=False):
@@ -88,8 +92,7 @@ class GuardedRecommender:
         try:
             return self._call(user_id, num_results, options)
         except CircuitBreakerError:
-            raise UpstreamError("Personalize is failing; answering from the fallback.", code="circuit_open",
-                                status=503) from None
+            raise _circuit_open() from None
         finally:
             CALL_DEADLINE.reset(token)
             self._slots.release()
