@@ -54,11 +54,11 @@ from typing import Any
 
 import redis
 
+from tests.redis_server import RedisServer
 from tests.standin.personalize import Control
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
-REDIS_URL = "redis://127.0.0.1:6379/13"
 ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/bench"
 HIT_USERS = 100  # the users hits.lua asks for
 CATALOG_ROWS = 1_000_000
@@ -148,9 +148,10 @@ def proc_kib(pid: int, name: str, file: str = "status") -> int:
 class Bench:
     """The processes of one run: the stand-in, the yardsticks, and a fresh service per scenario."""
 
-    def __init__(self, args: argparse.Namespace, logs: Path) -> None:
+    def __init__(self, args: argparse.Namespace, logs: Path, redis_url: str) -> None:
         self.args = args
         self.logs = logs
+        self.redis_url = redis_url
         self.gunicorn = str(Path(sys.executable).with_name("gunicorn"))
         self.settings = gunicorn_settings()
         self.budget_ms = int(os.environ.get("REQUEST_BUDGET_MS", "800"))
@@ -204,7 +205,7 @@ class Bench:
         env.update(
             HOST="127.0.0.1", PORT=str(port), ACCESS_LOG="",
             CATALOG_URI=str(ROOT / "sample" / "catalog.csv"), PERSONALIZE_CAMPAIGN_ARN=ARN,
-            CACHE_REDIS_URL=REDIS_URL, AWS_ENDPOINT_URL_PERSONALIZE_RUNTIME=self.standin_url,
+            CACHE_REDIS_URL=self.redis_url, AWS_ENDPOINT_URL_PERSONALIZE_RUNTIME=self.standin_url,
             AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
         )
         env.pop("RECOMMENDATIONS_URI", None)
@@ -214,7 +215,7 @@ class Bench:
     @contextlib.contextmanager
     def service(self, name: str, **extra: str) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
         """Run `gunicorn wsgi:app` as production does, on an empty Redis cache, until the block ends."""
-        redis.Redis.from_url(REDIS_URL).flushdb()
+        redis.Redis.from_url(self.redis_url).flushdb()  # the bench's own redis-server
         port = free_port()
         process = subprocess.Popen([self.gunicorn, "wsgi:app"], cwd=ROOT, env=self.env(port, **extra),
                                    stdout=subprocess.DEVNULL, stderr=self.log(f"service-{name}"))
@@ -614,10 +615,9 @@ def main() -> int:
     wanted |= {need for name in list(wanted) for need in NEEDS.get(name, ())}
     if shutil.which("wrk") is None and args.serve is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
-    redis.Redis.from_url(REDIS_URL).ping()
-
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    bench = Bench(args, logs)
+    redis_server = RedisServer(logs / "redis.log").start()  # never the Redis other programs share on 6379
+    bench = Bench(args, logs, redis_server.url)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         bench.start_standin()
@@ -632,6 +632,7 @@ def main() -> int:
         return runner.report()
     finally:
         bench.close()
+        redis_server.stop()
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 from werkzeug.test import EnvironBuilder
 
+from tests.redis_server import RedisServer
+
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = "redis://127.0.0.1:6379/12"
 CALLS, ROUNDS = 5000, 5
 
 
@@ -52,14 +52,14 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recs-metrics-"))
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    redis_server = RedisServer().start()  # the run's own: never the Redis other programs share on 6379
 
     from app import create_app, warm_up
     from loadtest.baseline import app as baseline
 
     service = create_app({"catalog_uri": str(ROOT / "sample" / "catalog.csv"),
                           "recommendations_uri": str(ROOT / "sample" / "batch-output.json.out"),
-                          "cache_redis_url": REDIS_URL})
+                          "cache_redis_url": redis_server.url})
     warm_up(service)
     with open(os.devnull, "wb") as devnull:
         service.extensions["request_log"].fd = devnull.fileno()
@@ -72,6 +72,7 @@ def main() -> None:
             profile.runcall(lambda: [hit() for _ in range(CALLS)])
             pstats.Stats(profile).sort_stats("tottime").print_stats(20)
         service.extensions["request_log"].flush()
+    redis_server.stop()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Fixtures shared by every tier: sample data, a fake recommender that records calls, the app."""
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,11 +16,11 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.recommendation import NO_OPTIONS, Options, Recommendation
+from tests.redis_server import RedisServer, RedisUnavailable, given_redis_url, must_fail
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CATALOG = ROOT / "sample" / "catalog.csv"
 SAMPLE_BATCH = ROOT / "sample" / "batch-output.json.out"
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 class FakeRecommender:
@@ -88,20 +87,36 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """Yield a URL of the real Redis (a database of its own, emptied); fail, never skip, when Redis is down."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Yield the URL of a Redis of the tests' own (a redis-server on a free port, or TEST_REDIS_URL).
+
+    Fail, never skip, under CI=true when there is none; elsewhere skip the tests that need it.
+    """
+    if (given := given_redis_url()) is not None:
+        yield given
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis") / "redis.log")
     try:
-        client.ping()
-    except redis.RedisError as exc:
-        message = f"Redis is not reachable at {REDIS_URL} ({exc}); start it (see .ci/run)."
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        server.start()
+    except RedisUnavailable as exc:
+        if must_fail():
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """Yield the URL of the tests' own Redis, emptied before and after the test."""
+    client = redis.Redis.from_url(redis_server, socket_connect_timeout=1)
     client.flushdb()
-    yield REDIS_URL
+    yield redis_server
     client.flushdb()
+    client.close()
 
 
 @pytest.fixture

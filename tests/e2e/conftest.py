@@ -1,5 +1,5 @@
 """End-to-end fixtures: gunicorn started from the repo root the way a user starts it, the Personalize stand-in,
-and Redis database 14 as the shared answer cache.
+and the tests' own redis-server (tests/redis_server.py) as the shared answer cache.
 
 `gunicorn wsgi:app` reads gunicorn.conf.py (PORT, WEB_CONCURRENCY, ...). The only additions are
 ACCESS_LOG and GUNICORN_CMD_ARGS with an access-log format that records each request's worker pid and the
@@ -31,7 +31,9 @@ from tests.conftest import ROOT, SAMPLE_CATALOG
 from tests.standin.personalize import StandinHandle, items_from, start_standin
 
 CAMPAIGN_ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/e2e"
-E2E_REDIS_URL = "redis://127.0.0.1:6379/14"
+# Set by the session's `e2e_session` fixture: the answer cache every server shares unless a test says otherwise,
+# and the temporary folder servers are given (TMPDIR), so tests look only at the folders their servers made.
+E2E: dict[str, str] = {}
 WORKERS = 3
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
@@ -80,7 +82,6 @@ def service_env(standin_url: str, port: int, **overrides: str | None) -> dict[st
         GUNICORN_CMD_ARGS=f"--access-logformat '{ACCESS_FORMAT}'",
         PERSONALIZE_CAMPAIGN_ARN=CAMPAIGN_ARN,
         CATALOG_URI="sample/catalog.csv",
-        CACHE_REDIS_URL=E2E_REDIS_URL,
         AWS_ENDPOINT_URL_PERSONALIZE_RUNTIME=standin_url,
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
@@ -90,6 +91,8 @@ def service_env(standin_url: str, port: int, **overrides: str | None) -> dict[st
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         PYTHONUNBUFFERED="1",
     )
+    if E2E:  # the e2e session's own Redis and temporary folder (tests/contract starts servers without them)
+        env.update(CACHE_REDIS_URL=E2E["redis_url"], TMPDIR=E2E["tmpdir"])
     for name, value in overrides.items():
         if value is None:
             env.pop(name, None)
@@ -203,17 +206,18 @@ def read_catalog() -> dict[str, dict[str, str]]:
 # -- fixtures -------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="session", autouse=True)
+def e2e_session(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Give every server of the session the tests' own Redis and a temporary folder of the session's own."""
+    E2E.update(redis_url=redis_server, tmpdir=str(tmp_path_factory.mktemp("tmpdir")))
+    yield E2E
+    E2E.clear()
+
+
 @pytest.fixture(scope="session")
-def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(E2E_REDIS_URL, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        message = f"Redis is not reachable at {E2E_REDIS_URL} ({exc}); start it (see .ci/run)."
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+def redis_client(e2e_session: dict[str, str]) -> Iterator[redis.Redis]:
+    """A client of the tests' own Redis, which the servers share as their answer cache."""
+    client = redis.Redis.from_url(e2e_session["redis_url"], socket_connect_timeout=1)
     yield client
     client.flushdb()
     client.close()

@@ -16,7 +16,7 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Gunicorn, get
+from tests.e2e.conftest import E2E, Gunicorn, get
 from tests.standin.personalize import StandinHandle
 
 USER_KEY = "e2e-log-user-id-key-0123456789"
@@ -106,7 +106,7 @@ def test_a_metrics_folder_from_the_environment_outlives_the_server(gunicorn_fact
     """A PROMETHEUS_MULTIPROC_DIR the caller set is theirs, even one named like the folders gunicorn.conf.py
     makes: gunicorn empties it at start but never removes it, so a second server started with the same
     environment (as loadtest.bench does) still boots."""
-    folder = Path(tempfile.mkdtemp(prefix="recs-metrics-"))
+    folder = Path(tempfile.mkdtemp(prefix="recs-metrics-", dir=E2E["tmpdir"]))
     (folder / "counter_12345.db").write_bytes(b"left by an earlier run")
     first = gunicorn_factory(PROMETHEUS_MULTIPROC_DIR=str(folder))
     assert not (folder / "counter_12345.db").exists()
@@ -122,7 +122,7 @@ def test_a_metrics_folder_from_the_environment_outlives_the_server(gunicorn_fact
 
 def test_a_metrics_folder_gunicorn_made_is_removed_at_exit(gunicorn_factory: Any) -> None:
     server = gunicorn_factory(PROMETHEUS_MULTIPROC_DIR=None)
-    folders = {path.parent for path in Path(tempfile.gettempdir()).glob("recs-metrics-*/*.db")
+    folders = {path.parent for path in Path(E2E["tmpdir"]).glob("recs-metrics-*/*.db")
                if int(path.stem.rsplit("_", 1)[1]) in server.worker_pids()}
     assert len(folders) == 1  # the workers write into the one folder gunicorn.conf.py made
     assert server.stop() == 0

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 
-from tests.e2e.conftest import WORKERS, Gunicorn, free_port, get, read_catalog
+from tests.e2e.conftest import WORKERS, Gunicorn, get, read_catalog
+from tests.redis_server import RedisServer
 from tests.standin.personalize import StandinHandle
 
 DEFAULT_BUDGET_MS = 800  # REQUEST_BUDGET_MS's default (README)
@@ -162,55 +162,9 @@ def failures(outcomes: Sequence[Outcome]) -> list[str]:
 # -- a private Redis ----------------------------------------------------------------------------------------------
 
 
-class PrivateRedis:
-    """A `redis-server` of this test's own on a free port, without persistence; never the shared one on 6379."""
-
-    def __init__(self, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        try:
-            if not wait_for(lambda: self._pings(client), timeout=5.0, interval=0.02):
-                pytest.fail(f"redis-server on port {self.port} did not start:\n{self.log_path.read_text()}")
-        finally:
-            client.close()
-
-    @staticmethod
-    def _pings(client: redis.Redis) -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(timeout=5)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path / "redis.log")
-    server.start()
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis.log").start()
     try:
         yield server
     finally:
@@ -294,7 +248,7 @@ def test_a_burst_against_a_failing_personalize_is_all_2xx_and_the_breaker_bounds
 
 
 def test_redis_killed_mid_run_costs_no_request_and_hits_resume_once_it_is_back(
-    gunicorn_factory: Callable[..., Gunicorn], standin: StandinHandle, private_redis: PrivateRedis
+    gunicorn_factory: Callable[..., Gunicorn], standin: StandinHandle, private_redis: RedisServer
 ) -> None:
     # Without the per-process copy every hit is a Redis read, so the outage is really felt (and proven below).
     server = gunicorn_factory(CACHE_REDIS_URL=private_redis.url, CACHE_LOCAL_SECONDS="0")
@@ -477,7 +431,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_gunicorn_exits_0(
 
 
 def test_a_frozen_redis_does_not_stretch_the_request_budget(
-    gunicorn_factory: Callable[..., Gunicorn], standin: StandinHandle, private_redis: PrivateRedis
+    gunicorn_factory: Callable[..., Gunicorn], standin: StandinHandle, private_redis: RedisServer
 ) -> None:
     """Redis accepts connections but never answers (SIGSTOP): each Redis call costs its 0.25 s socket timeout.
     With Personalize hanging too, the answer must still come within the budget the README promises."""

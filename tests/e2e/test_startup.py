@@ -5,7 +5,6 @@ import csv
 import json
 import re
 import socket
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,14 +31,14 @@ def test_no_recommendation_source_stops_gunicorn_naming_both_variables(standin: 
 def test_a_bad_worker_setting_stops_gunicorn_with_a_sentence(standin: StandinHandle, tmp_path: Path) -> None:
     """gunicorn.conf.py reads WEB_THREADS itself, before the app's settings are checked."""
     env = service_env(standin.url, free_port(), WEB_THREADS="sixteen", PROMETHEUS_MULTIPROC_DIR=None)
-    before = set(Path(tempfile.gettempdir()).glob("recs-metrics-*"))
+    before = set(Path(env["TMPDIR"]).glob("recs-metrics-*"))
 
     code, output, elapsed = run_gunicorn_to_exit(env, tmp_path / "gunicorn.log")
 
     assert code != 0 and elapsed < QUICKLY
     assert "Cannot start: WEB_THREADS must be a whole number of at least 1, got 'sixteen'." in output
     assert "Traceback" not in output
-    assert set(Path(tempfile.gettempdir()).glob("recs-metrics-*")) <= before  # its metrics folder went too
+    assert set(Path(env["TMPDIR"]).glob("recs-metrics-*")) <= before  # its metrics folder went too
 
 
 def test_a_missing_catalog_file_stops_gunicorn(standin: StandinHandle, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""The answer cache on a real Redis (db 15, flushed by the redis_url fixture): shared, private, expiring, optional."""
+"""The answer cache on a real Redis (the tests' own redis-server, emptied by the redis_url fixture): shared, private, expiring, optional."""
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from app.cache import AnswerCache, CachedAnswer
 from app.extensions import cache as cache_extension
 from app.recommendation import Recommendation
 from tests.conftest import FakeRecommender
+from tests.redis_server import given_redis_url
 
 DOWN_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused at once
 
@@ -235,3 +237,14 @@ def test_redis_refusing_writes_is_logged_once(
     assert len(fake.calls) == 5
     cache_logs = [r.getMessage() for r in caplog.records if r.name == "app.cache"]
     assert len(cache_logs) == 1, cache_logs
+
+
+def test_the_tests_redis_is_their_own(redis_url: str) -> None:
+    """Other programs share the Redis on 6379: the tests start a redis-server of their own and empty only it."""
+    if given_redis_url() is not None:
+        pytest.skip("TEST_REDIS_URL names a Redis given to the tests")
+    info = redis.Redis.from_url(redis_url).info("server")
+    assert info["tcp_port"] != 6379
+    with open(f"/proc/{info['process_id']}/stat") as stat:
+        parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+    assert parent == os.getpid()  # started by this test session
