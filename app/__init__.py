@@ -8,7 +8,6 @@ from typing import Any
 
 import redis
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import telemetry
 from .admin import bp as admin_bp
@@ -25,6 +24,7 @@ from .metrics import bp as metrics_bp
 from .openapi import bp as docs_bp
 from .personalize import PersonalizeRecommender, client_config, runtime_client
 from .presentation import Presenter
+from .proxies import TrustedProxies
 from .recommendation import Recommender
 from .schemas import QueryParser
 from .service import RecommendationService
@@ -49,12 +49,13 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     settings = _settings(config)
     configure_logging(settings.log_level)
     _warn_about_timeouts(settings)
+    _warn_about_filters(settings)
     app = Flask(__name__)
     app.config.update(SETTINGS=settings)
     metrics = app.extensions["metrics"] = Metrics()
     if settings.trusted_proxies:
-        # Behind a load balancer the caller's address is in X-Forwarded-For; trust only that many hops.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
+        # Behind a load balancer the caller's address is in X-Forwarded-For, believed only from the balancers.
+        app.wsgi_app = TrustedProxies(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
 
     cache.init_app(
         app,
@@ -178,6 +179,14 @@ def _warn_about_timeouts(settings: Settings) -> None:
         log.warning("REQUEST_BUDGET_MS + TRANSFORMER_TIMEOUT_MS (%d ms) is more than Braze waits (%d ms): a "
                     "recommender configuration with a transformer Lambda may answer too late for Braze.",
                     with_transformer, BRAZE_TIMEOUT_MS)
+
+
+def _warn_about_filters(settings: Settings) -> None:
+    """Log that filters cannot apply when the only source is a batch file (requests naming one still answer)."""
+    if (settings.filters or settings.promotion_filter_arn) and not settings.personalize_campaign_arn:
+        log.warning("FILTERS or PROMOTION_FILTER_ARN is set but PERSONALIZE_CAMPAIGN_ARN is not: a batch inference "
+                    "file cannot apply a filter, so a request's filter (and context) is ignored and its answer says "
+                    "so in X-Ignored-Parameters. Set PERSONALIZE_CAMPAIGN_ARN for filters to apply.")
 
 
 def _batch(settings: Settings, s3_client_factory: Callable[[], Any], metrics: Metrics) -> BatchRecommender | None:

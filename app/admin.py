@@ -11,11 +11,12 @@ import logging
 import uuid
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, current_app, g, request
 from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from .auth import key_matches, presented_keys
+from .auth import address_allowed, key_matches, presented_keys
 from .configured import ConfiguredRecommenders
 from .errors import with_http_headers
 from .json import json_response
@@ -28,6 +29,7 @@ from .recommenders import (
     new_record,
     replaced_record,
 )
+from .schemas import whole_number
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,9 @@ def _authorize() -> None:
     keys = [key.encode("utf-8") for key in current_app.config["SETTINGS"].admin_api_keys]
     if not keys:
         raise AdminError(404, "The recommender configuration API is off: set ADMIN_API_KEYS to turn it on.")
+    if not address_allowed(request, current_app.config["SETTINGS"].admin_allowed_cidrs):
+        raise AdminError(403, "This address may not call the recommender configuration API (see "
+                              "ADMIN_ALLOWED_CIDRS, which defaults to ALLOWED_CIDRS).")
     if request.method == "OPTIONS":
         return  # what the resource allows is no secret (and a CORS preflight carries no key)
     if not any(key_matches(candidate, keys) for candidate in presented_keys(request)):
@@ -105,9 +110,15 @@ def _forget(config_id: str) -> None:
 
 def _body() -> dict[str, Any]:
     """Return the request's configuration, validated; raise AdminError 400 (or 413) naming what is wrong."""
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise AdminError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-    data = request.get_json(silent=True)
+    # werkzeug enforces the limit on Content-Length and, for a chunked body (no Content-Length), while reading.
+    request.max_content_length = MAX_BODY_BYTES
+    try:
+        # orjson refuses nesting deeper than 1024 with a JSONDecodeError; the stdlib parser overflows the stack.
+        data = orjson.loads(request.get_data(cache=False)) if request.is_json else None
+    except RequestEntityTooLarge:
+        raise AdminError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.") from None
+    except orjson.JSONDecodeError:
+        data = None
     if not isinstance(data, dict):
         raise AdminError(400, "The request body must be a JSON object (Content-Type: application/json).")
     try:
@@ -132,11 +143,11 @@ def list_configurations() -> Response:
     for name in ("page-size", "token"):
         if len(request.args.getlist(name)) > 1:  # as GET /recommendations: which one was meant is a guess
             raise AdminError(400, f"Give {name} once.")
-    raw = request.args.get("page-size", str(MAX_PAGE_SIZE))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
-        raise AdminError(400, f"page-size must be a whole number from 1 to {MAX_PAGE_SIZE}.")
+    page_size = whole_number(request.args.get("page-size", str(MAX_PAGE_SIZE)))
+    if page_size is None or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise AdminError(400, f"page-size must be a whole number from 1 to {MAX_PAGE_SIZE} (ASCII digits).")
     try:
-        items, token = _store().list(int(raw), request.args.get("token") or None)
+        items, token = _store().list(page_size, request.args.get("token") or None)
     except BadTokenError as exc:
         raise AdminError(400, str(exc)) from None
     return json_response({"Item": items, "NextToken": token})

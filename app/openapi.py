@@ -8,7 +8,7 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, Response, current_app, url_for
+from flask import Blueprint, Response, current_app, redirect, url_for
 from marshmallow import Schema
 from marshmallow import fields as ma
 
@@ -323,3 +323,9 @@ def docs() -> Response:
                             js=url_for("docs.static", filename="swagger-ui-bundle.js"),
                             spec=url_for("docs.openapi_json"))
     return Response(page, mimetype="text/html")
+
+
+@bp.get("/docs/")
+def docs_slash() -> Response:
+    """Send /docs/ (as people type it) to the page."""
+    return redirect(url_for("docs.docs"), 308)

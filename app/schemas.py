@@ -6,6 +6,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from marshmallow import EXCLUDE, Schema, ValidationError, validate, validates_schema
 from marshmallow import fields as ma
@@ -30,6 +31,46 @@ MAX_LINK_VALUE_LENGTH = 200
 ID_PATTERN = r"^(?=.*\S)[^\x00-\x1f\x7f]+$"
 ID_ERROR = "Give a printable id (no control characters, not only spaces); check the template's url_param_escape."
 FORMATS = ("array", "object", "attributes")
+ASCII_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
+# A percent-escape of a byte above 0x7f, or such a byte sent raw: only then can a parameter be invalid UTF-8.
+NON_ASCII = re.compile(rb"%[89a-fA-F]|[\x80-\xff]")
+UTF8_ERROR = "Not valid UTF-8 once percent-decoded; check the template's url_param_escape."
+
+
+def whole_number(raw: str) -> int | None:
+    """Return raw as an int when it is 1-9 ASCII digits, else None (int() also takes ' 2', '1_0' and '٣')."""
+    return int(raw) if ASCII_WHOLE_NUMBER.fullmatch(raw) else None
+
+
+class WholeNumber(ma.Integer):
+    """A query parameter holding a whole number in ASCII digits: no sign, space, _ or other scripts' digits."""
+
+    default_error_messages = {"invalid": "Give a whole number in ASCII digits (0-9)."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> int:
+        number = whole_number(value) if isinstance(value, str) else None
+        if number is None:
+            raise self.make_error("invalid")
+        return number
+
+
+def invalid_utf8(query_string: bytes) -> dict[str, list[str]]:
+    """Name each parameter whose name or value is not UTF-8 once percent-decoded.
+
+    werkzeug keeps such bytes percent-encoded (user_id=%ff and user_id=%25FF would share an answer) or,
+    sent raw, fails to decode the query string at all.
+    """
+    errors: dict[str, list[str]] = {}
+    if not NON_ASCII.search(query_string):
+        return errors
+    for pair in query_string.split(b"&"):
+        name, _, value = (unquote_to_bytes(part) for part in pair.replace(b"+", b" ").partition(b"="))
+        try:
+            name.decode("utf-8")
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            errors[name.decode("utf-8", "backslashreplace")] = [UTF8_ERROR]
+    return errors
 
 
 class RecommendationQuery(Schema):
@@ -46,8 +87,7 @@ class RecommendationQuery(Schema):
         validate=[validate.Length(min=1, max=MAX_ID_LENGTH), validate.Regexp(ID_PATTERN, error=ID_ERROR)],
         metadata={"description": "An item to find related items for (a related-items campaign or recommender)."},
     )
-    num_results = ma.Integer(
-        strict=False,
+    num_results = WholeNumber(
         validate=validate.Range(min=1, max=MAX_NUM_RESULTS),
         metadata={"description": f"How many items to return, 1-{MAX_NUM_RESULTS}."},
     )
@@ -117,6 +157,8 @@ class QueryParser:
         key = request.query_string
         query = self._recent.get(key)
         if query is None:
+            if errors := invalid_utf8(key):
+                raise InvalidParameterError(f"Invalid request parameters. {_describe(errors)}", errors=errors)
             query = self.parse(request.args)
             if self.recent_size:
                 if len(self._recent) >= self.recent_size:
@@ -148,8 +190,7 @@ class QueryParser:
             if len(value) > MAX_LINK_VALUE_LENGTH:
                 errors[name] = [f"At most {MAX_LINK_VALUE_LENGTH} characters."]
         if errors:
-            detail = "; ".join(f"{name}: {' '.join(map(str, problems))}" for name, problems in sorted(errors.items()))
-            raise InvalidParameterError(f"Invalid request parameters. {detail}", errors=errors)
+            raise InvalidParameterError(f"Invalid request parameters. {_describe(errors)}", errors=errors)
         return Query(
             user_id=values.get("user_id"),
             num_results=values.get("num_results", self.default_num_results),
@@ -209,3 +250,8 @@ class QueryParser:
                                 + (f"; unknown: {', '.join(unknown)}." if unknown else ".")]
             return None
         return wanted
+
+
+def _describe(errors: Mapping[str, Any]) -> str:
+    """Say what is wrong with each parameter, in name order."""
+    return "; ".join(f"{name}: {' '.join(map(str, problems))}" for name, problems in sorted(errors.items()))
