@@ -110,13 +110,18 @@ def _forget(config_id: str) -> None:
 
 def _body() -> dict[str, Any]:
     """Return the request's configuration, validated; raise AdminError 400 (or 413) naming what is wrong."""
-    # werkzeug enforces the limit on Content-Length and, for a chunked body (no Content-Length), while reading.
-    request.max_content_length = MAX_BODY_BYTES
+    # werkzeug refuses a larger Content-Length at once and stops reading a chunked body (no Content-Length) at
+    # the limit without a word: a limit one byte over tells a body that is too large from one just at it.
+    request.max_content_length = MAX_BODY_BYTES + 1
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raw = None
+    if raw is None or len(raw) > MAX_BODY_BYTES:
+        raise AdminError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
     try:
         # orjson refuses nesting deeper than 1024 with a JSONDecodeError; the stdlib parser overflows the stack.
-        data = orjson.loads(request.get_data(cache=False)) if request.is_json else None
-    except RequestEntityTooLarge:
-        raise AdminError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.") from None
+        data = orjson.loads(raw) if request.is_json else None
     except orjson.JSONDecodeError:
         data = None
     if not isinstance(data, dict):
@@ -140,14 +145,18 @@ def _flatten(problem: Any) -> str:
 @bp.get("")
 def list_configurations() -> Response:
     """GetRecommenderConfigurations: one page of configurations, oldest first, and the next page's token."""
+    try:
+        args = request.args
+    except UnicodeDecodeError:  # a byte above 0x7f sent raw: werkzeug cannot decode the query string
+        raise AdminError(400, "The query string is not UTF-8: percent-encode it.") from None
     for name in ("page-size", "token"):
-        if len(request.args.getlist(name)) > 1:  # as GET /recommendations: which one was meant is a guess
+        if len(args.getlist(name)) > 1:  # as GET /recommendations: which one was meant is a guess
             raise AdminError(400, f"Give {name} once.")
-    page_size = whole_number(request.args.get("page-size", str(MAX_PAGE_SIZE)))
+    page_size = whole_number(args.get("page-size", str(MAX_PAGE_SIZE)))
     if page_size is None or not 1 <= page_size <= MAX_PAGE_SIZE:
         raise AdminError(400, f"page-size must be a whole number from 1 to {MAX_PAGE_SIZE} (ASCII digits).")
     try:
-        items, token = _store().list(page_size, request.args.get("token") or None)
+        items, token = _store().list(page_size, args.get("token") or None)
     except BadTokenError as exc:
         raise AdminError(400, str(exc)) from None
     return json_response({"Item": items, "NextToken": token})

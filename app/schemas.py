@@ -55,7 +55,7 @@ class WholeNumber(ma.Integer):
 
 
 def invalid_utf8(query_string: bytes) -> dict[str, list[str]]:
-    """Name each parameter whose name or value is not UTF-8 once percent-decoded.
+    """Name each parameter whose value (or name) is not UTF-8 once percent-decoded.
 
     werkzeug keeps such bytes percent-encoded (user_id=%ff and user_id=%25FF would share an answer) or,
     sent raw, fails to decode the query string at all.
@@ -151,28 +151,40 @@ class QueryParser:
         self.link_names = tuple(
             name for _, name, _, _ in string.Formatter().parse(settings.link_query or "") if name
         )
+        self.names = (*(f.data_key or n for n, f in self.schema.fields.items()), *self.link_names)
 
     def parse_request(self, request: Request) -> Query:
         """Return the request's Query, from the recent ones when the same query string was seen."""
         key = request.query_string
         query = self._recent.get(key)
         if query is None:
-            if errors := invalid_utf8(key):
-                raise InvalidParameterError(f"Invalid request parameters. {_describe(errors)}", errors=errors)
-            query = self.parse(request.args)
+            query = self.parse(self._args(request))
             if self.recent_size:
                 if len(self._recent) >= self.recent_size:
                     self._recent.clear()  # cheaper than LRU bookkeeping, and thread-safe under the GIL
                 self._recent[key] = query
         return query
 
+    def _args(self, request: Request) -> MultiDict[str, str]:
+        """Return the request's parameters; raise InvalidParameterError if one this service reads is not UTF-8."""
+        try:
+            args = request.args
+            errors = {name: problem for name, problem in invalid_utf8(request.query_string).items()
+                      if self._reads(name)}
+        except UnicodeDecodeError:  # a byte above 0x7f sent raw, not percent-encoded: werkzeug parses nothing
+            args, errors = MultiDict(), invalid_utf8(request.query_string)
+        if errors:
+            raise InvalidParameterError(f"Invalid request parameters. {_describe(errors)}", errors=errors)
+        return args
+
+    def _reads(self, name: str) -> bool:
+        """Say whether a query parameter is one this service reads (others, e.g. tracking ones, are ignored)."""
+        return name in self.names or name.startswith(("filter.", "context."))
+
     def parse(self, args: MultiDict[str, str]) -> Query:
         """Return the Query, or raise InvalidParameterError naming every bad parameter."""
-        errors: dict[str, Any] = {
-            name: ["Give this parameter once."]
-            for name in (*(f.data_key or n for n, f in self.schema.fields.items()), *self.link_names)
-            if len(args.getlist(name)) > 1
-        }
+        errors: dict[str, Any] = {name: ["Give this parameter once."] for name in self.names
+                                  if len(args.getlist(name)) > 1}
         values: dict[str, Any] = {}
         try:
             values = self.schema.load(args)
