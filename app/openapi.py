@@ -186,6 +186,10 @@ def _recommendations_operation(settings: Settings, sources: list[str], item_list
         "X-Fallback-Reason": _header("Why the fallback answered, e.g. upstream_timeout.", {"type": "string"}),
         "X-Backfilled": _header("How many popular items filled up a short list.", {"type": "string",
                                                                                   "pattern": "^[0-9]+$"}),
+        "X-Ignored-Parameters": _header(
+            "The request's filter and/or context, comma-separated, when the source that answered (a batch file or "
+            "the popular-items fallback) cannot apply them: the list is unfiltered.",
+            {"type": "string", "enum": ["filter", "context", "filter,context"]}),
         "Cache-Control": _header("private, max-age=N (seconds left of the cache TTL), or no-store for fallbacks.",
                                  {"type": "string"}, required=True),
     }
