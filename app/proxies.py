@@ -6,6 +6,7 @@ one of the proxies' own.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -21,8 +22,11 @@ class TrustedProxies:
     def __init__(self, app: WSGIApp, proxies: Sequence[IPNetwork]) -> None:
         self.app = app
         self.proxies = tuple(proxies)
+        # The same few balancers and callers come back on every request: parsing an address costs more than
+        # the rest of this middleware.
+        self.is_proxy = functools.lru_cache(maxsize=4096)(self._is_proxy)  # type: ignore[method-assign]
 
-    def is_proxy(self, address: str) -> bool:
+    def _is_proxy(self, address: str) -> bool:
         """Say whether an address (as a header or the socket gives it) is one of the trusted proxies'."""
         try:
             ip = ipaddress.ip_address(address.strip())
