@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test install
+.PHONY: run test test-fast install
 
 install: $(STAMP)
 
@@ -19,3 +19,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# Quick feedback while coding: every tier but e2e (which starts gunicorn many times over).
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest --ignore=tests/e2e

@@ -11,12 +11,12 @@ import logging
 import uuid
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .auth import key_matches, presented_keys
-from .configured import ConfiguredRecommenders
+from .components import components
 from .errors import with_http_headers
 from .json import json_response
 from .recommenders import (
@@ -78,7 +78,7 @@ def _crash(exc: Exception) -> Response:
 
 @bp.before_request
 def _authorize() -> None:
-    keys = [key.encode("utf-8") for key in current_app.config["SETTINGS"].admin_api_keys]
+    keys = [key.encode("utf-8") for key in components().settings.admin_api_keys]
     if not keys:
         raise AdminError(404, "The recommender configuration API is off: set ADMIN_API_KEYS to turn it on.")
     if request.method == "OPTIONS":
@@ -95,12 +95,11 @@ def _request_id(response: Response) -> Response:
 
 
 def _store() -> RecommenderStore:
-    return current_app.extensions["recommender_store"]
+    return components().store
 
 
 def _forget(config_id: str) -> None:
-    configured: ConfiguredRecommenders = current_app.extensions["configured_recommenders"]
-    configured.forget(config_id)
+    components().configured.forget(config_id)
 
 
 def _body() -> dict[str, Any]:

@@ -10,6 +10,7 @@ import redis
 from flask import Flask
 
 from app.catalog import parse_catalog
+from app.components import components
 from app.recommendation import NO_OPTIONS, Options, Recommendation
 from app.singleflight import SingleFlight
 from tests.conftest import FakeRecommender
@@ -38,7 +39,7 @@ class TimedRecommender:
 def test_the_budget_counts_from_the_requests_start_not_from_the_source_call(make_app: Callable[..., Flask]) -> None:
     """Time spent before the service is asked (queueing, parsing, auth) comes out of the same budget."""
     app = make_app({"recommender": FakeRecommender()}, request_budget_ms=BUDGET_MS)
-    service = app.extensions["recommendations"]
+    service = components(app).service
     timed = service.recommender = TimedRecommender()
 
     service.recommend("edge-user", 3, started=time.monotonic() - 0.5)
