@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 MIN_PYTHON := 3.11
 IS_NEW_ENOUGH := -c 'import sys; sys.exit(sys.version_info < tuple(map(int, "$(MIN_PYTHON)".split("."))))'
 
-.PHONY: run test install check-python
+.PHONY: run test test-fast install check-python
 
 install: $(STAMP)
 
@@ -36,3 +36,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# Quick feedback while coding: every tier but e2e (which starts gunicorn many times over).
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest --ignore=tests/e2e

@@ -103,9 +103,11 @@ def clear_metrics_folder() -> None:
 
 def worker_exit(server, worker):
     """Write the request log lines still pending in the worker (app/logs.py writes a few at a time)."""
-    request_log = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("request_log")
-    if request_log is not None:
-        request_log.flush()
+    from app.components import EXTENSION
+
+    parts = getattr(getattr(worker, "wsgi", None), "extensions", {}).get(EXTENSION)
+    if parts is not None:
+        parts.request_log.flush()
 
 
 def child_exit(server, worker):

@@ -7,30 +7,35 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
+from cachelib.base import BaseCache
 from flask import Flask
 
 from . import telemetry
 from .admin import bp as admin_bp
 from .auth import build_guard
+from .aws import AwsClients, Timeouts
 from .batch import BatchRecommender, parse_batch_output
 from .cache import AnswerCache, cache_config
-from .catalog import parse_catalog, parse_item_list
-from .configured import build_configured, guarded
+from .catalog import Catalog, parse_catalog, parse_item_list
+from .components import EXTENSION, Components, components
+from .configured import build_configured
 from .errors import register_error_handlers
 from .extensions import cache
 from .logs import RequestLog, configure_logging
 from .metrics import Metrics
 from .metrics import bp as metrics_bp
 from .openapi import bp as docs_bp
-from .personalize import PersonalizeRecommender, client_config, runtime_client
+from .personalize import PersonalizeRecommender
 from .presentation import Presenter
 from .proxies import TrustedProxies
 from .recommendation import Recommender
+from .recommenders import RecommenderStore, build_store
 from .schemas import QueryParser
 from .service import RecommendationService
 from .settings import ConfigError, Settings
 from .singleflight import SingleFlight
 from .sources import Reloadable, SourceError, open_source
+from .upstream import GuardedRecommender
 from .views import bp
 
 log = logging.getLogger(__name__)
@@ -39,12 +44,23 @@ BRAZE_TIMEOUT_MS = 2000  # Connected Content gives up after 2 s (README, "Never 
 __all__ = ["ConfigError", "create_app", "warm_up"]
 
 
-def create_app(config: Settings | Mapping[str, Any] | None = None, **services: Any) -> Flask:
-    """Build the app from settings (the environment by default); tests may pass services to replace real ones.
+def create_app(
+    config: Settings | Mapping[str, Any] | None = None,
+    *,
+    recommender: Recommender | None = None,
+    aws: AwsClients | None = None,
+    recommender_store: RecommenderStore | None = None,
+    answer_backend: BaseCache | None = None,
+    lock_client: redis.Redis | None = None,
+    http_session: Any = None,
+) -> Flask:
+    """Build the app from settings (the environment by default); each outside service may be replaced.
 
-    services: `recommender` (a Recommender), `s3_client_factory` and `personalize_client_factory`
-    (callables returning boto3 clients), and those of configured.build_configured (recommender
-    configurations). Nothing here does network I/O; see warm_up().
+    recommender: the source of answers (default: Personalize when PERSONALIZE_CAMPAIGN_ARN is set, else the
+    batch output); aws: every boto3 client (Personalize, S3, DynamoDB, STS, Lambda); recommender_store: where
+    configurations are kept; answer_backend: the answer cache's backend (default: Redis or files, as set);
+    lock_client: the Redis client of the cross-worker lock; http_session: the requests.Session of https://
+    files. Nothing here does network I/O; see warm_up().
     """
     settings = _settings(config)
     configure_logging(settings.log_level)
@@ -52,67 +68,38 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, **services: A
     _warn_about_filters(settings)
     app = Flask(__name__)
     app.config.update(SETTINGS=settings)
-    metrics = app.extensions["metrics"] = Metrics()
-    if settings.trusted_proxies:
-        # Behind a load balancer the caller's address is in X-Forwarded-For, believed only from the balancers.
-        app.wsgi_app = TrustedProxies(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
-
-    cache.init_app(
-        app,
-        config=cache_config(settings.cache_redis_url, settings.cache_dir, settings.cache_threshold,
-                            settings.cache_ttl_seconds),
+    _trust_proxies(app, settings)
+    aws = aws or AwsClients(settings.aws_region, _personalize_timeouts(settings), settings.transformer_timeout_ms / 1000)
+    metrics = Metrics()
+    service = _recommendation_service(settings, app, metrics, aws, recommender, answer_backend, lock_client,
+                                      http_session)
+    presenter = Presenter(settings.link_query)
+    store = recommender_store or build_store(settings.recommender_store, settings.recommender_db_path,
+                                             settings.recommender_table, aws.dynamodb)
+    app.extensions[EXTENSION] = Components(
+        settings=settings,
+        metrics=metrics,
+        service=service,
+        query_parser=QueryParser(settings.default_num_results, settings.filters, settings.catalog_extra_fields,
+                                 settings.link_query, recent_size=settings.cache_local_items),
+        presenter=presenter,
+        auth_guard=build_guard(settings.api_keys, settings.allowed_cidrs),
+        metrics_guard=build_guard(settings.api_keys, ()),
+        configured=build_configured(store, service, presenter, aws, _guard(settings),
+                                    settings.recommender_refresh_seconds, observe=metrics.observe_personalize),
+        store=store,
+        request_log=RequestLog(settings.log_user_id_key, enabled=settings.log_level in ("DEBUG", "INFO"),
+                               flush_seconds=settings.log_flush_ms / 1000),
     )
-    s3_client_factory: Callable[[], Any] = services.get("s3_client_factory") or _boto3_client_factory("s3", settings)
-    parse = functools.partial(
-        parse_catalog, extra_fields=settings.catalog_extra_fields, image_base_url=settings.image_base_url
-    )
-    catalog = _reloadable("CATALOG_URI", settings.catalog_uri, parse, settings, s3_client_factory, "catalog",
-                          metrics)
-    assert catalog is not None  # Settings requires CATALOG_URI
-    answers = AnswerCache(
-        app.extensions["cache"][cache],
-        settings.cache_ttl_seconds,
-        settings.cache_stale_seconds,
-        local_seconds=settings.cache_local_seconds,
-        local_items=settings.cache_local_items,
-    )
-    batch = _batch(settings, s3_client_factory, metrics)
-    primary: Recommender = services.get("recommender") or _personalize(settings, services, metrics) or batch
-    app.extensions["recommendations"] = RecommendationService(
-        guarded(primary, settings, on_state_change=metrics.breaker_changed),
-        catalog,
-        answers,
-        SingleFlight(answers, _lock_client(settings.cache_redis_url)),
-        budget_seconds=settings.request_budget_ms / 1000,
-        batch=batch if primary is not batch else None,
-        popular=_reloadable("POPULAR_ITEMS_URI", settings.popular_items_uri, parse_item_list, settings,
-                            s3_client_factory, "popular items", metrics),
-    )
-
-    app.extensions["auth_guard"] = build_guard(settings.api_keys, settings.allowed_cidrs)
-    app.extensions["query_parser"] = QueryParser(settings, recent_size=settings.cache_local_items)
-    app.extensions["presenter"] = Presenter(settings.link_query)
-    # /metrics takes the API keys but not ALLOWED_CIDRS: Prometheus scrapes from inside, not from Braze's IPs.
-    app.extensions["metrics_guard"] = build_guard(settings.api_keys, ())
-    configured = build_configured(settings, app.extensions["recommendations"], app.extensions["presenter"], services,
-                                  observe=metrics.observe_personalize)
-    app.extensions["configured_recommenders"] = configured
-    app.extensions["recommender_store"] = configured.store
-    app.register_blueprint(bp)
-    app.register_blueprint(admin_bp)
-    app.register_blueprint(metrics_bp)
-    app.register_blueprint(docs_bp)
+    _register_blueprints(app)
     register_error_handlers(app)
-    request_log = app.extensions["request_log"] = RequestLog(
-        settings.log_user_id_key, enabled=settings.log_level in ("DEBUG", "INFO"),
-        flush_seconds=settings.log_flush_ms / 1000)
-    telemetry.init_app(app, metrics, request_log)
+    telemetry.init_app(app, metrics, components(app).request_log)
     return app
 
 
 def warm_up(app: Flask) -> None:
     """Load the catalog (and batch output) now, raising when they cannot be read: call before serving."""
-    service: RecommendationService = app.extensions["recommendations"]
+    service = components(app).service
     service.catalog.load()
     service.check_ready()
     if service.batch is not None:
@@ -129,29 +116,77 @@ def _settings(config: Settings | Mapping[str, Any] | None) -> Settings:
     return Settings.from_mapping(config)
 
 
-def _source(variable: str, uri: str, s3_client_factory: Callable[[], Any]) -> Any:
-    try:
-        return open_source(uri, s3_client_factory)
-    except SourceError as exc:
-        raise ConfigError(f"{variable}: {exc}") from exc
+def _trust_proxies(app: Flask, settings: Settings) -> None:
+    """Behind a load balancer the caller's address is in X-Forwarded-For, believed only from the balancers."""
+    if settings.trusted_proxies:
+        app.wsgi_app = TrustedProxies(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
 
 
-def _personalize(settings: Settings, services: Mapping[str, Any], metrics: Metrics) -> Recommender | None:
+def _personalize_timeouts(settings: Settings) -> Timeouts:
+    return Timeouts(connect=settings.personalize_connect_timeout, read=settings.personalize_read_timeout,
+                    attempts=settings.personalize_max_attempts, pool=settings.personalize_max_concurrency)
+
+
+def _guard(settings: Settings) -> Callable[..., GuardedRecommender]:
+    """Return what wraps a recommender in the deadline, concurrency cap and circuit breaker the settings describe."""
+    return functools.partial(GuardedRecommender, max_concurrency=settings.personalize_max_concurrency,
+                             failure_threshold=settings.breaker_failure_threshold,
+                             recovery_seconds=settings.breaker_recovery_seconds)
+
+
+def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aws: AwsClients,
+                            recommender: Recommender | None, answer_backend: BaseCache | None,
+                            lock_client: redis.Redis | None, http_session: Any) -> RecommendationService:
+    """Build GET /recommendations' service: the files it reads, the answer cache, the source and its guard."""
+
+    def reloadable(variable: str, uri: str | None, parse: Callable[[bytes, str, str], Any],
+                   what: str) -> Reloadable[Any] | None:
+        """Return the file a setting names, re-read when it changes; None when the setting is empty."""
+        if not uri:
+            return None
+        try:
+            source = open_source(uri, aws.s3, http_session)
+        except SourceError as exc:
+            raise ConfigError(f"{variable}: {exc}") from exc
+        return Reloadable(source, parse, settings.catalog_refresh_seconds, what, on_load=metrics.loader(what))
+
+    parse = functools.partial(parse_catalog, extra_fields=settings.catalog_extra_fields,
+                              image_base_url=settings.image_base_url)
+    catalog: Reloadable[Catalog] | None = reloadable("CATALOG_URI", settings.catalog_uri, parse, "catalog")
+    assert catalog is not None  # Settings requires CATALOG_URI
+    batch_answers = reloadable("RECOMMENDATIONS_URI", settings.recommendations_uri, parse_batch_output,
+                               "batch recommendations")
+    batch = BatchRecommender(batch_answers) if batch_answers is not None else None
+    primary = recommender or _personalize(settings, aws, metrics) or batch
+    assert primary is not None  # Settings requires PERSONALIZE_CAMPAIGN_ARN or RECOMMENDATIONS_URI
+    answers = AnswerCache(
+        answer_backend or _cache_backend(app, settings),
+        settings.cache_ttl_seconds,
+        settings.cache_stale_seconds,
+        local_seconds=settings.cache_local_seconds,
+        local_items=settings.cache_local_items,
+    )
+    return RecommendationService(
+        _guard(settings)(primary, on_state_change=metrics.breaker_changed),
+        catalog,
+        answers,
+        SingleFlight(answers, lock_client or _lock_client(settings.cache_redis_url)),
+        budget_seconds=settings.request_budget_ms / 1000,
+        batch=batch if primary is not batch else None,
+        popular=reloadable("POPULAR_ITEMS_URI", settings.popular_items_uri, parse_item_list, "popular items"),
+    )
+
+
+def _cache_backend(app: Flask, settings: Settings) -> BaseCache:
+    """Return flask-caching's backend for answers: Redis when CACHE_REDIS_URL is set, else files in CACHE_DIR."""
+    cache.init_app(app, config=cache_config(settings.cache_redis_url, settings.cache_dir, settings.cache_threshold,
+                                            settings.cache_ttl_seconds))
+    return app.extensions["cache"][cache]
+
+
+def _personalize(settings: Settings, aws: AwsClients, metrics: Metrics) -> Recommender | None:
     if not settings.personalize_campaign_arn:
         return None
-    factory = services.get("personalize_client_factory")
-    credentials = None
-    if factory is None:
-        session = _boto3_session()
-
-        @functools.cache  # one client per process, built on first use (after gunicorn forks, never at import)
-        def factory() -> Any:
-            return runtime_client(session(), settings.aws_region, settings.personalize_connect_timeout,
-                                  settings.personalize_read_timeout, settings.personalize_max_attempts,
-                                  settings.personalize_max_concurrency)
-
-        def credentials() -> Any:
-            return session().get_credentials()  # the object the client signs with: botocore keeps one per session
     promotion = None
     if settings.promotion_filter_arn:
         promotion = {
@@ -159,8 +194,22 @@ def _personalize(settings: Settings, services: Mapping[str, Any], metrics: Metri
             "filterArn": settings.promotion_filter_arn,
             "percentPromotedItems": settings.promotion_percent,
         }
-    return PersonalizeRecommender(settings.personalize_campaign_arn, factory, promotion,
-                                  observe=metrics.observe_personalize, credentials=credentials)
+    # The client and the credentials it signs with (botocore keeps one per session): built on first use,
+    # after gunicorn forks, never at import.
+    return PersonalizeRecommender(settings.personalize_campaign_arn, aws.personalize_runtime, promotion,
+                                  observe=metrics.observe_personalize, credentials=aws.credentials)
+
+
+def _lock_client(redis_url: str | None) -> redis.Redis | None:
+    """Return the Redis client single-flight locks use across workers, when Redis is the cache."""
+    if not redis_url:
+        return None
+    return redis.Redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
+
+
+def _register_blueprints(app: Flask) -> None:
+    for blueprint in (bp, admin_bp, metrics_bp, docs_bp):
+        app.register_blueprint(blueprint)
 
 
 def _warn_about_timeouts(settings: Settings) -> None:
@@ -172,7 +221,7 @@ def _warn_about_timeouts(settings: Settings) -> None:
         log.warning(
             "PERSONALIZE_CONNECT_TIMEOUT + PERSONALIZE_READ_TIMEOUT (%.2f s) is not less than REQUEST_BUDGET_MS "
             "(%d ms), so every Personalize call runs on a watchdog thread that stops waiting at the budget's end: "
-            "about 15%% more CPU per cache miss. Keep the two timeouts under the budget.",
+            "more CPU per cache miss (see the README's Benchmark). Keep the two timeouts under the budget.",
             attempt, settings.request_budget_ms)
     with_transformer = settings.request_budget_ms + settings.transformer_timeout_ms
     if settings.admin_api_keys and with_transformer > BRAZE_TIMEOUT_MS:
@@ -187,50 +236,3 @@ def _warn_about_filters(settings: Settings) -> None:
         log.warning("FILTERS or PROMOTION_FILTER_ARN is set but PERSONALIZE_CAMPAIGN_ARN is not: a batch inference "
                     "file cannot apply a filter, so a request's filter (and context) is ignored and its answer says "
                     "so in X-Ignored-Parameters. Set PERSONALIZE_CAMPAIGN_ARN for filters to apply.")
-
-
-def _batch(settings: Settings, s3_client_factory: Callable[[], Any], metrics: Metrics) -> BatchRecommender | None:
-    answers = _reloadable("RECOMMENDATIONS_URI", settings.recommendations_uri, parse_batch_output, settings,
-                          s3_client_factory, "batch recommendations", metrics)
-    return BatchRecommender(answers) if answers is not None else None
-
-
-def _reloadable(variable: str, uri: str | None, parse: Callable[[bytes, str, str], Any], settings: Settings,
-                s3_client_factory: Callable[[], Any], what: str, metrics: Metrics) -> Reloadable[Any] | None:
-    """Return the file a setting names, re-read when it changes; None when the setting is empty."""
-    if not uri:
-        return None
-    return Reloadable(_source(variable, uri, s3_client_factory), parse, settings.catalog_refresh_seconds, what,
-                      on_load=metrics.loader(what))
-
-
-def _lock_client(redis_url: str | None) -> redis.Redis | None:
-    """Return the Redis client single-flight locks use across workers, when Redis is the cache."""
-    if not redis_url:
-        return None
-    return redis.Redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
-
-
-def _boto3_client_factory(service_name: str, settings: Settings) -> Callable[[], Any]:
-    """Return a function that builds a boto3 client; boto3 picks up credentials and AWS_ENDPOINT_URL_* itself."""
-
-    session = _boto3_session()
-
-    def build() -> Any:
-        config = client_config(connect_timeout=5, read_timeout=30, max_attempts=3, pool_size=2)
-        return session().client(service_name, config=config)
-
-    # One client per process, built on first use (after gunicorn forks, never at import).
-    return functools.cache(build)
-
-
-def _boto3_session() -> Callable[[], Any]:
-    """Return a function giving one boto3 session (credentials, AWS_ENDPOINT_URL_*) per process, made on first use."""
-
-    @functools.cache
-    def session() -> Any:
-        import boto3
-
-        return boto3.session.Session()
-
-    return session

@@ -12,12 +12,12 @@ import uuid
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from .auth import address_allowed, key_matches, presented_keys
-from .configured import ConfiguredRecommenders
+from .components import components
 from .errors import with_http_headers
 from .json import json_response
 from .recommenders import (
@@ -80,10 +80,11 @@ def _crash(exc: Exception) -> Response:
 
 @bp.before_request
 def _authorize() -> None:
-    keys = [key.encode("utf-8") for key in current_app.config["SETTINGS"].admin_api_keys]
+    settings = components().settings
+    keys = [key.encode("utf-8") for key in settings.admin_api_keys]
     if not keys:
         raise AdminError(404, "The recommender configuration API is off: set ADMIN_API_KEYS to turn it on.")
-    if not address_allowed(request, current_app.config["SETTINGS"].admin_allowed_cidrs):
+    if not address_allowed(request, settings.admin_allowed_cidrs):
         raise AdminError(403, "This address may not call the recommender configuration API (see "
                               "ADMIN_ALLOWED_CIDRS, which defaults to ALLOWED_CIDRS).")
     if request.method == "OPTIONS":
@@ -100,12 +101,11 @@ def _request_id(response: Response) -> Response:
 
 
 def _store() -> RecommenderStore:
-    return current_app.extensions["recommender_store"]
+    return components().store
 
 
 def _forget(config_id: str) -> None:
-    configured: ConfiguredRecommenders = current_app.extensions["configured_recommenders"]
-    configured.forget(config_id)
+    components().configured.forget(config_id)
 
 
 def _body() -> dict[str, Any]:

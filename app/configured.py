@@ -1,32 +1,29 @@
 """GET /recommendations?recommender=ID: serve a stored recommender configuration.
 
 Configurations are kept in memory for RECOMMENDER_REFRESH_SECONDS, so a request does not read the store;
-each (provider ARN, role) gets one guarded Personalize recommender, built on first use and reused.
+each (provider ARN, role) gets one guarded Personalize recommender, built on first use and reused, and is
+served by the default RecommendationService with that recommender as its source (same caches, fallbacks).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import orjson
 from cachetools import TTLCache
 
+from .aws import AwsClients, region_of
 from .errors import InvalidParameterError, ServiceError, UnavailableError
-from .personalize import PersonalizeRecommender, client_config, runtime_client
+from .personalize import PersonalizeRecommender
 from .pinpoint import recommendation_attributes
 from .presentation import Presenter
 from .recommendation import Recommender
-from .recommenders import RecommenderConfig, RecommenderStore, StoreError, build_store
-from .roles import assumed_role_session
+from .recommenders import RecommenderConfig, RecommenderStore, StoreError
 from .schemas import Query
 from .service import RecommendationService, Result
-from .settings import ARN_PATTERN, Settings
 from .transformer import LambdaTransformer, TransformerError
 from .upstream import GuardedRecommender
 
@@ -40,18 +37,6 @@ class UnknownRecommenderError(ServiceError):
 
     status = 404
     code = "unknown_recommender"
-
-
-def guarded(inner: Recommender, settings: Settings,
-            on_state_change: Callable[[str], None] | None = None) -> GuardedRecommender:
-    """Wrap a recommender in the deadline, concurrency cap and circuit breaker the settings describe."""
-    return GuardedRecommender(
-        inner,
-        max_concurrency=settings.personalize_max_concurrency,
-        failure_threshold=settings.breaker_failure_threshold,
-        recovery_seconds=settings.breaker_recovery_seconds,
-        on_state_change=on_state_change,
-    )
 
 
 class ConfiguredRecommenders:
@@ -78,7 +63,7 @@ class ConfiguredRecommenders:
         self._configs: dict[str, tuple[RecommenderConfig, float]] = {}  # id -> (config, when it was read)
         # Ids the store does not have, remembered as long and bounded: random ids must not grow memory.
         self._unknown: TTLCache[str, bool] = TTLCache(maxsize=MAX_UNKNOWN_IDS, ttl=refresh_seconds, timer=clock)
-        self._services: dict[tuple[str, str | None], RecommendationService] = {}
+        self._sources: dict[tuple[str, str | None], GuardedRecommender] = {}
         self._lock = threading.Lock()
         self._unknown_lock = threading.Lock()  # TTLCache is not thread-safe
         self._refreshing: set[str] = set()
@@ -95,7 +80,8 @@ class ConfiguredRecommenders:
                 f"Invalid request parameters. format: recommender {config.id} has no Attributes.",
                 errors={"format": ["attributes needs a recommender configuration with Attributes."]},
             )
-        result = self.service_for(config).recommend(query.user_id, query.num_results, started, query.options)
+        result = self.base.recommend(query.user_id, query.num_results, started, query.options,
+                                     source=self.source_for(config))
         if query.format != "attributes":
             return result, self.presenter.render(result, query)
         return self._attributes(config, query, result)
@@ -180,107 +166,37 @@ class ConfiguredRecommenders:
         with self._unknown_lock:
             self._unknown.pop(config_id, None)
 
-    def service_for(self, config: RecommenderConfig) -> RecommendationService:
-        """Return the service for the configuration's ARN and role: the default one's caches and fallbacks,
-        its own guarded recommender (built on first use, then reused)."""
+    def source_for(self, config: RecommenderConfig) -> GuardedRecommender:
+        """Return the guarded recommender for the configuration's ARN and role (built on first use, then reused)."""
         key = (config.provider_arn, config.role_arn)
-        service = self._services.get(key)
-        if service is None:
+        source = self._sources.get(key)
+        if source is None:
             with self._lock:
-                service = self._services.get(key)
-                if service is None:
-                    service = copy.copy(self.base)
-                    service.recommender = self._build_recommender(config)
-                    self._services[key] = service
-        return service
+                source = self._sources.get(key)
+                if source is None:
+                    source = self._sources[key] = self._build_recommender(config)
+        return source
 
 
 def _thread(task: Callable[[], None]) -> None:
     threading.Thread(target=task, name="recommender-refresh", daemon=True).start()
 
 
-def region_of(arn: str) -> str | None:
-    """Return the region a Personalize ARN names."""
-    match = ARN_PATTERN.match(arn)
-    return match.group("region") if match else None
-
-
-class RoleClients:
-    """personalize-runtime clients signing with a role's assumed credentials: one session per role and region."""
-
-    def __init__(self, settings: Settings, sts_client_factory: Callable[[str | None], Any]) -> None:
-        self.settings = settings
-        self.sts_client_factory = sts_client_factory
-        self._sessions: dict[tuple[str | None, str | None], Any] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, role_arn: str | None, region: str | None) -> Any:
-        """Return a client for the role (the default credentials when role_arn is None) in region."""
-        settings = self.settings
-        return runtime_client(self._session(role_arn, region), region, settings.personalize_connect_timeout,
-                              settings.personalize_read_timeout, settings.personalize_max_attempts,
-                              settings.personalize_max_concurrency)
-
-    def credentials(self, role_arn: str | None, region: str | None) -> Any:
-        """Return the credentials those clients sign with (to see when a refresh, an AssumeRole call, is due)."""
-        return self._session(role_arn, region).get_credentials()
-
-    def _session(self, role_arn: str | None, region: str | None) -> Any:
-        with self._lock:
-            session = self._sessions.get((role_arn, region))
-            if session is None:
-                import boto3
-
-                session = (assumed_role_session(role_arn, lambda: self.sts_client_factory(region)) if role_arn
-                           else boto3.session.Session())
-                self._sessions[(role_arn, region)] = session
-            return session
-
-
-def _regional_client(service_name: str, config: Any) -> Callable[[str | None], Any]:
-    """Return region -> a boto3 client of the default session, one per region and process, built on first use."""
-
-    @functools.cache
-    def build(region: str | None) -> Any:
-        import boto3
-
-        return boto3.session.Session().client(service_name, region_name=region, config=config)
-
-    return build
-
-
-def build_configured(settings: Settings, base: RecommendationService, presenter: Presenter,
-                     services: Mapping[str, Any],
+def build_configured(store: RecommenderStore, base: RecommendationService, presenter: Presenter, aws: AwsClients,
+                     guard: Callable[[Recommender], GuardedRecommender], refresh_seconds: float,
                      observe: Callable[[float, str | None], None] | None = None) -> ConfiguredRecommenders:
-    """Plug together the store, the per-role Personalize clients and the transformer; tests may replace each.
+    """Plug together the store, a guarded Personalize recommender per (ARN, role) and the transformer.
 
-    services: `recommender_store`, `dynamodb_client_factory` (region -> client), `sts_client_factory`
-    (region -> client), `role_client_factory` ((role ARN, region) -> personalize-runtime client) and
-    `lambda_client_factory` (region -> client). Nothing connects until first use. observe is told each
-    Personalize call's seconds and error code, as for the default campaign (the metrics).
+    Nothing connects until first use. observe is told each Personalize call's seconds and error code, as for
+    the default campaign (the metrics).
     """
-    # A first read of a configuration waits for DynamoDB inside a Braze request: short timeouts.
-    dynamodb = services.get("dynamodb_client_factory") or _regional_client(
-        "dynamodb", client_config(connect_timeout=0.3, read_timeout=0.5, max_attempts=2, pool_size=4))
-    store = services.get("recommender_store") or build_store(settings, lambda: dynamodb(settings.aws_region))
-    sts = services.get("sts_client_factory") or _regional_client(
-        "sts", client_config(connect_timeout=1, read_timeout=2, max_attempts=2, pool_size=2))
-    clients = services.get("role_client_factory") or RoleClients(settings, sts)
-    credentials = getattr(clients, "credentials", None)  # a test's plain (role, region) -> client has none
-    timeout = settings.transformer_timeout_ms / 1000
-    regional_lambda = services.get("lambda_client_factory") or _regional_client(
-        "lambda", client_config(connect_timeout=timeout, read_timeout=timeout, max_attempts=1,
-                                pool_size=settings.personalize_max_concurrency))
-
-    def lambdas(region: str | None) -> Any:
-        return regional_lambda(region or settings.aws_region)  # a bare function name: AWS_REGION's
 
     def build_recommender(config: RecommenderConfig) -> GuardedRecommender:
         region = region_of(config.provider_arn)
         recommender = PersonalizeRecommender(
-            config.provider_arn, lambda: clients(config.role_arn, region), observe=observe,
-            credentials=(lambda: credentials(config.role_arn, region)) if credentials is not None else None)
-        return guarded(recommender, settings)
+            config.provider_arn, lambda: aws.personalize_runtime(config.role_arn, region), observe=observe,
+            credentials=lambda: aws.credentials(config.role_arn, region))
+        return guard(recommender)
 
-    return ConfiguredRecommenders(store, base, presenter, build_recommender, LambdaTransformer(lambdas),
-                                  settings.recommender_refresh_seconds)
+    return ConfiguredRecommenders(store, base, presenter, build_recommender, LambdaTransformer(aws.lambda_),
+                                  refresh_seconds)

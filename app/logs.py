@@ -91,7 +91,7 @@ class RequestLog:
     """Write the one JSON line per request to stderr, a few lines per write call, no logging machinery.
 
     Each write call is a system call that hands the GIL to another of the worker's threads; one per
-    request cost a cache hit about a sixth of its time under gunicorn. So lines wait (at most
+    request cost a cache hit a measurable share of its time under gunicorn (README, Benchmark). So lines wait (at most
     flush_seconds, by a background thread) until PIPE_BUF bytes of them are pending, and go out in one
     write of at most PIPE_BUF bytes: the pipe keeps such a write whole, so lines of several workers
     sharing stderr never interleave. flush() writes what is pending; gunicorn's worker_exit and atexit

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sized
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -21,6 +21,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from .components import components
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # Braze waits 2 s and REQUEST_BUDGET_MS is 800 ms by default: buckets resolve what matters below both.
@@ -112,6 +114,7 @@ bp = Blueprint("metrics", __name__)
 @bp.get("/metrics")
 def metrics() -> Response:
     """Return the metrics in Prometheus's text format; API_KEYS, when set, protect it too."""
-    if (guard := current_app.extensions["metrics_guard"]) is not None:
+    parts = components()
+    if (guard := parts.metrics_guard) is not None:
         guard(request)
-    return Response(current_app.extensions["metrics"].render(), content_type=CONTENT_TYPE_LATEST)
+    return Response(parts.metrics.render(), content_type=CONTENT_TYPE_LATEST)

@@ -8,11 +8,12 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, Response, current_app, redirect, url_for
+from flask import Blueprint, Response, redirect, url_for
 from marshmallow import Schema
 from marshmallow import fields as ma
 
 from .catalog import ITEM_FIELDS
+from .components import components
 from .json import json_response
 from .recommenders import MAX_PAGE_SIZE, RecommenderConfigurationSchema
 from .schemas import (
@@ -313,11 +314,10 @@ DOCS_PAGE = """<!DOCTYPE html>
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
     """Return the OpenAPI document (built once per process)."""
-    extensions = current_app.extensions
-    if "openapi" not in extensions:
-        source = extensions["recommendations"].recommender.name
-        extensions["openapi"] = build_spec(current_app.config["SETTINGS"], source)
-    return json_response(extensions["openapi"])
+    parts = components()
+    if parts.openapi is None:
+        parts.openapi = build_spec(parts.settings, parts.service.recommender.name)
+    return json_response(parts.openapi)
 
 
 @bp.get("/docs")

@@ -1,14 +1,12 @@
 """Amazon Personalize Runtime GetRecommendations, behind a small class that raises the project's errors."""
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -19,10 +17,10 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
-from botocore.retries import standard
 
+from .aws import attempt_seconds
 from .errors import InvalidParameterError, ServiceError, UpstreamError
-from .recommendation import CALL_DEADLINE, NO_OPTIONS, Options, Recommendation
+from .recommendation import NO_OPTIONS, Options, Recommendation
 
 log = logging.getLogger(__name__)
 
@@ -53,63 +51,6 @@ def request_for(
     if promotion:
         params["promotions"] = [dict(promotion)]
     return params
-
-
-def client_config(connect_timeout: float, read_timeout: float, max_attempts: int, pool_size: int) -> Config:
-    """Configure botocore for a request budget of seconds, not botocore's default minutes."""
-    return Config(
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        # total_max_attempts counts the first call too; botocore's max_attempts would count retries only.
-        retries={"mode": "standard", "total_max_attempts": max_attempts},
-        max_pool_connections=pool_size,
-    )
-
-
-def runtime_client(session: Any, region: str | None, connect_timeout: float, read_timeout: float,
-                   max_attempts: int, pool_size: int) -> Any:
-    """Build a personalize-runtime client from a boto3 session, configured for the request budget."""
-    config = client_config(connect_timeout, read_timeout, max_attempts, pool_size)
-    client = session.client("personalize-runtime", region_name=region, config=config)
-    refuse_late_retries(client)
-    return client
-
-
-def refuse_late_retries(client: Any) -> None:
-    """Keep botocore's standard retries, but skip a retry that could not end before CALL_DEADLINE.
-
-    botocore registered its retry handler when it built the client. This puts the same handler (botocore's
-    `standard.register_retry_handler`, with the client's attempts) in its place behind a check: a retry is made
-    only when its back-off plus one attempt's connect and read timeouts end by the deadline. A retry that
-    cannot be waited for would only spend Personalize's TPS and, in the request's thread, the request's time.
-    """
-    config = client.meta.config
-    if config.retries.get("mode") != "standard":  # client_config always asks for it; another mode is left alone
-        return
-    events = client.meta.events
-    service = client.meta.service_model.service_id.hyphenize()
-    event, unique_id = f"needs-retry.{service}", f"retry-config-{service}"
-    events.unregister(event, unique_id=unique_id)
-    handler = standard.register_retry_handler(client, max_attempts=config.retries.get("total_max_attempts"))
-    events.unregister(event, unique_id=unique_id)
-    events.register(event, functools.partial(_retry_in_time, handler.needs_retry, attempt_seconds(config)),
-                    unique_id=unique_id)
-
-
-def attempt_seconds(config: Config) -> float:
-    """The longest one attempt can take by botocore's own timeouts: connecting, then waiting for the answer."""
-    return config.connect_timeout + config.read_timeout
-
-
-def _retry_in_time(needs_retry: Callable[..., Any], attempt: float, **kwargs: Any) -> Any:
-    """botocore's needs-retry answer (seconds to wait before retrying, or None/False), or False past the deadline."""
-    deadline = CALL_DEADLINE.get()
-    if deadline is not None and time.monotonic() + attempt > deadline:
-        return False  # not even an immediate retry would end in time (False: botocore asks no later handler)
-    delay = needs_retry(**kwargs)
-    if deadline is not None and delay and time.monotonic() + delay + attempt > deadline:
-        return False
-    return delay
 
 
 class PersonalizeRecommender:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from .aws import AwsClients
 from .catalog import ALIASES, Catalog, parse_catalog
 from .recommenders import ATTRIBUTE_NAME, MAX_ATTRIBUTES
 from .settings import ConfigError
@@ -100,9 +101,7 @@ def handler_from_env(environ: Mapping[str, str]) -> Callable[[Mapping[str, Any],
 
 @functools.cache
 def _s3_client() -> Any:
-    import boto3
-
-    return boto3.client("s3")
+    return AwsClients(os.environ.get("AWS_REGION") or None).s3()
 
 
 @functools.cache

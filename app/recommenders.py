@@ -17,7 +17,7 @@ import orjson
 from marshmallow import RAISE, Schema, ValidationError, validate, validates_schema
 from marshmallow import fields as ma
 
-from .settings import ARN_PATTERN, Settings
+from .settings import ARN_PATTERN
 
 # The seed's rules (Pinpoint's CreateRecommenderConfiguration).
 NAME = re.compile(r"[^\W_][\w -]{0,127}")  # starts with a letter or number; letters, numbers, spaces, _ and -
@@ -107,7 +107,6 @@ class RecommenderConfig:
     per_message: int
     attributes: tuple[str, ...]
     transformer: str | None
-    id_type: str
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> RecommenderConfig:
@@ -119,7 +118,6 @@ class RecommenderConfig:
             per_message=record.get("RecommendationsPerMessage", DEFAULT_PER_MESSAGE),
             attributes=tuple(record.get("Attributes") or ()),
             transformer=record.get("RecommendationTransformerUri"),
-            id_type=record.get("RecommendationProviderIdType", ID_TYPES[0]),
         )
 
 
@@ -303,9 +301,9 @@ class DynamoDBStore:
         return orjson.loads(old["Body"]["S"]) if old else None
 
 
-def build_store(settings: Settings, dynamodb_client_factory: Callable[[], Any]) -> RecommenderStore:
-    """Return the store RECOMMENDER_STORE names; nothing is opened until first use."""
-    if settings.recommender_store == "dynamodb":
-        assert settings.recommender_table is not None  # Settings requires it
-        return DynamoDBStore(settings.recommender_table, dynamodb_client_factory)
-    return SQLiteStore(settings.recommender_db_path)
+def build_store(kind: str, db_path: str, table: str | None, dynamodb_client: Callable[[], Any]) -> RecommenderStore:
+    """Return the store RECOMMENDER_STORE names (sqlite or dynamodb); nothing is opened until first use."""
+    if kind == "dynamodb":
+        assert table is not None  # Settings requires RECOMMENDER_TABLE with dynamodb
+        return DynamoDBStore(table, dynamodb_client)
+    return SQLiteStore(db_path)

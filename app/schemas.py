@@ -16,7 +16,7 @@ from werkzeug.wrappers import Request
 from .catalog import ITEM_FIELDS
 from .errors import InvalidParameterError
 from .recommendation import Options
-from .settings import MAX_NUM_RESULTS, Settings
+from .settings import MAX_NUM_RESULTS
 
 # Personalize's own limits.
 MAX_ID_LENGTH = 256
@@ -141,16 +141,15 @@ class QueryParser:
     than the rest of a cache hit. Invalid ones are not kept (each is rejected afresh).
     """
 
-    def __init__(self, settings: Settings, recent_size: int = 0) -> None:
+    def __init__(self, default_num_results: int = 10, filters: Mapping[str, str] | None = None,
+                 extra_fields: tuple[str, ...] = (), link_query: str | None = None, recent_size: int = 0) -> None:
         self.recent_size = recent_size
         self._recent: dict[bytes, Query] = {}
         self.schema = RecommendationQuery()
-        self.default_num_results = settings.default_num_results
-        self.filters = settings.filters
-        self.item_fields = ITEM_FIELDS + settings.catalog_extra_fields
-        self.link_names = tuple(
-            name for _, name, _, _ in string.Formatter().parse(settings.link_query or "") if name
-        )
+        self.default_num_results = default_num_results
+        self.filters = dict(filters or {})
+        self.item_fields = ITEM_FIELDS + extra_fields
+        self.link_names = tuple(name for _, name, _, _ in string.Formatter().parse(link_query or "") if name)
         self.names = (*(f.data_key or n for n, f in self.schema.fields.items()), *self.link_names)
 
     def parse_request(self, request: Request) -> Query:

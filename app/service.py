@@ -60,21 +60,26 @@ class RecommendationService:
         self.popular = popular
 
     def recommend(
-        self, user_id: str | None, num_results: int, started: float | None = None, options: Options = NO_OPTIONS
+        self, user_id: str | None, num_results: int, started: float | None = None, options: Options = NO_OPTIONS,
+        source: GuardedRecommender | None = None,
     ) -> Result:
-        """Return up to num_results catalog items for the user, in the source's order, backfilled if short."""
+        """Return up to num_results catalog items for the user, in the source's order, backfilled if short.
+
+        source: a stored configuration's recommender instead of the default one (same caches and fallbacks).
+        """
+        recommender = source or self.recommender
         deadline = (started or time.monotonic()) + self.budget_seconds
         catalog = self.current_catalog()
         params = {"num_results": num_results, **options.cache_params()}
-        key = self.cache.key(self.recommender.key, user_id or "", params)
+        key = self.cache.key(recommender.key, user_id or "", params)
         cached = self.cache.get(key)
         if cached is not None and self.cache.is_fresh(cached):
             return self._result(catalog, cached.recommendation, num_results, "HIT", self.cache.max_age(cached),
-                                self.recommender.name)
+                                recommender.name)
         try:
             recommendation = self.flights.run(
                 key,
-                lambda remaining: self.recommender.recommend(user_id, num_results, timeout=remaining, options=options),
+                lambda remaining: recommender.recommend(user_id, num_results, timeout=remaining, options=options),
                 deadline,
             )
         except InvalidParameterError:
@@ -86,7 +91,7 @@ class RecommendationService:
             log.exception("recommendation source crashed; serving the fallback")
             return self._fallback(catalog, cached.recommendation if cached else None, user_id, num_results,
                                   UpstreamError("The recommendation source failed.", code="internal_error"), options)
-        return self._result(catalog, recommendation, num_results, "MISS", self.cache.ttl, self.recommender.name)
+        return self._result(catalog, recommendation, num_results, "MISS", self.cache.ttl, recommender.name)
 
 
     def _fallback(

@@ -19,8 +19,8 @@ FILTER_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:personalize:[a-z0-9-]+:\d{12}:
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 MIN_API_KEY_LENGTH = 16
 MAX_NUM_RESULTS = 100
-# gunicorn threads per worker; gunicorn.conf.py reads the same WEB_THREADS. 16 measured best on 2 cores
-# (loadtest/bench.py: cache hits 0.74x bare Flask vs 0.60x with 8 and 0.69x with 32).
+# gunicorn threads per worker; gunicorn.conf.py reads the same WEB_THREADS. Chosen by measurement: see the
+# README's Benchmark section.
 DEFAULT_WEB_THREADS = 16
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -329,11 +329,6 @@ class Settings:
             )
         _check_recommender_settings(settings)
         return settings
-
-    @property
-    def source_name(self) -> str:
-        """Name the recommendation source in use: Personalize when an ARN is set, else the batch file."""
-        return "personalize" if self.personalize_campaign_arn else "batch"
 
 
 def _refuse_near_misses(env: Mapping[str, str], names: set[str]) -> None:

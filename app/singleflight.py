@@ -42,7 +42,7 @@ class SingleFlight:
     hold it); a worker that finds the lock taken polls the cache for the answer the holder writes.
     Nobody waits past the deadline: they get UpstreamError and the caller falls back.
     The lock is a plain SET NX with a random token and a token-checked delete: redis-py's Lock does the
-    same with a uuid1 token and per-call bookkeeping, 50 us more CPU per miss.
+    same with a uuid1 token and per-call bookkeeping, more CPU per miss.
     """
 
     def __init__(self, cache: AnswerCache, lock_client: redis.Redis | None = None, poll_seconds: float = 0.01) -> None:

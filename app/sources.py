@@ -118,12 +118,12 @@ class S3Source:
 class HttpSource:
     """A feed on a web server; its version is the ETag or Last-Modified header, else a content hash."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, session: Any = None) -> None:
         import requests
 
         self.uri = uri
         self.format, self._gzipped = format_of(uri)
-        self._session = requests.Session()
+        self._session = session if session is not None else requests.Session()
 
     def fetch(self, known_version: str | None) -> Snapshot | None:
         import requests
@@ -152,15 +152,15 @@ class HttpSource:
         return Snapshot(_decompress(self.uri, response.content, self._gzipped), version)
 
 
-def open_source(uri: str, s3_client_factory: Callable[[], Any]) -> Source:
-    """Pick the reader for a URI by its scheme."""
+def open_source(uri: str, s3_client_factory: Callable[[], Any], http_session: Any = None) -> Source:
+    """Pick the reader for a URI by its scheme (http_session: a requests.Session for https:// feeds)."""
     scheme = urlparse(uri).scheme.lower() if "://" in uri else ""
     if scheme in ("", "file"):
         return LocalSource(uri)
     if scheme == "s3":
         return S3Source(uri, s3_client_factory)
     if scheme in ("https", "http"):
-        return HttpSource(uri)
+        return HttpSource(uri, http_session)
     raise SourceError(f"{uri}: unsupported scheme {scheme!r}; use a path, file://, s3:// or https://.")
 
 

@@ -13,6 +13,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from .aws import region_of
 from .errors import UpstreamError
 from .pinpoint import Attributes
 
@@ -28,12 +29,6 @@ class TransformerError(UpstreamError):
 def pinpoint_event(endpoint_id: str, item_ids: Sequence[str]) -> dict[str, Any]:
     """Return the event Pinpoint would send for one recipient: an endpoint with its RecommendationItems."""
     return {"Endpoints": {endpoint_id: {"User": {"UserId": endpoint_id}, "RecommendationItems": list(item_ids)}}}
-
-
-def region_of(function: str) -> str | None:
-    """Return the region a Lambda ARN names, or None for a bare function name."""
-    parts = function.split(":")
-    return parts[3] if function.startswith("arn:") and len(parts) > 3 else None
 
 
 class LambdaTransformer:

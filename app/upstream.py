@@ -11,7 +11,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from circuitbreaker import CircuitBreaker, CircuitBreakerError
 
 from .errors import UpstreamError
-from .recommendation import CALL_DEADLINE, NO_OPTIONS, Options, Recommendation, Recommender
+from .recommendation import (
+    CALL_DEADLINE,
+    NO_OPTIONS,
+    Options,
+    Recommendation,
+    Recommender,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +33,7 @@ class GuardedRecommender:
     botocore's connect and read timeouts), the call runs in the caller's thread. Otherwise it runs on a
     small thread pool, so a request can stop waiting at its deadline even when the source has not given
     up yet; the late answer is simply dropped. The hand-off costs little CPU itself but, under load, a
-    worker's threads queue for the GIL at every hand-over: measured, a miss took about 15% more CPU.
+    worker's threads queue for the GIL at every hand-over, which costs a miss CPU (README, Benchmark).
     Either way the deadline is in CALL_DEADLINE during the call. Calls beyond the cap and calls while the
     breaker is open fail at once, so requests go to the fallback instead of queueing behind a dead
     upstream (and Personalize's provisioned TPS is not multiplied by a burst).

@@ -3,35 +3,30 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 
+from .components import components
 from .errors import ServiceError
 from .json import json_response
 from .recommendation import Options
-from .service import RecommendationService
 
 bp = Blueprint("recommendations", __name__)
 SOURCES_WITHOUT_OPTIONS = ("batch", "fallback")  # a batch file or the popular items: no filter, no context
-
-
-def service() -> RecommendationService:
-    """Return the app's RecommendationService (built once in create_app)."""
-    return current_app.extensions["recommendations"]
 
 
 @bp.get("/recommendations")
 def recommendations() -> Response:
     """Return the user's recommended catalog items as a JSON array (or object), in rank order."""
     started = time.monotonic()
-    extensions = current_app.extensions
-    if (guard := extensions["auth_guard"]) is not None:
+    parts = components()
+    if (guard := parts.auth_guard) is not None:
         guard(request)
-    query = extensions["query_parser"].parse_request(request)
+    query = parts.query_parser.parse_request(request)
     if query.recommender is not None:  # a stored configuration (/v1/recommenders): its ARN, role and count
-        result, body = extensions["configured_recommenders"].answer(query, started)
+        result, body = parts.configured.answer(query, started)
     else:
-        result = service().recommend(query.user_id, query.num_results, started, query.options)
-        body = extensions["presenter"].render(result, query)
+        result = parts.service.recommend(query.user_id, query.num_results, started, query.options)
+        body = parts.presenter.render(result, query)
     g.result, g.user_id = result, query.user_id  # for the request's metrics and log line (telemetry.py)
     response = Response(body, mimetype="application/json")
     # A new response has none of these headers, so add() (set() first looks for one to replace).
@@ -65,7 +60,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     """Say whether the catalog and the recommendation source are loaded and configured."""
-    svc = service()
+    svc = components().service
     try:
         catalog = svc.check_ready()
     except ServiceError as exc:

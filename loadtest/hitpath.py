@@ -22,6 +22,7 @@ from typing import Any
 
 from werkzeug.test import EnvironBuilder
 
+from app.components import components
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ def main() -> None:
                           "cache_redis_url": redis_server.url})
     warm_up(service)
     with open(os.devnull, "wb") as devnull:
-        service.extensions["request_log"].fd = devnull.fileno()
+        components(service).request_log.fd = devnull.fileno()
         hit = caller(service, "/recommendations?user_id=user123")
         bare = caller(baseline, "/recommendations")
         print(f"bare Flask  {microseconds(bare):6.1f} us/request")
@@ -71,7 +72,7 @@ def main() -> None:
             profile = cProfile.Profile()
             profile.runcall(lambda: [hit() for _ in range(CALLS)])
             pstats.Stats(profile).sort_stats("tottime").print_stats(20)
-        service.extensions["request_log"].flush()
+        components(service).request_log.flush()
     redis_server.stop()
 
 

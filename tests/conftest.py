@@ -15,6 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
+from app.aws import AwsClients
 from app.recommendation import NO_OPTIONS, Options, Recommendation
 from tests.redis_server import RedisServer, RedisUnavailable, given_redis_url, must_fail
 
@@ -47,6 +48,37 @@ class FakeRecommender:
         return None
 
 
+class FakeAws(AwsClients):
+    """AwsClients whose clients are the test's own (usually under botocore's Stubber); records what was asked.
+
+    personalize: (role ARN, region) -> a personalize-runtime client; lambdas: region -> a lambda client;
+    s3: () -> an S3 client. A client not given is the real one AwsClients would build.
+    """
+
+    def __init__(self, personalize: Callable[[str | None, str | None], Any] | None = None,
+                 lambdas: Callable[[str | None], Any] | None = None, s3: Callable[[], Any] | None = None,
+                 region: str | None = "us-east-1") -> None:
+        super().__init__(region)
+        self._personalize, self._lambdas, self._s3 = personalize, lambdas, s3
+        self.asked: list[tuple[str, str | None, str | None]] = []
+
+    def personalize_runtime(self, role_arn: str | None = None, region: str | None = None) -> Any:
+        self.asked.append(("personalize-runtime", role_arn, region))
+        if self._personalize is None:
+            return super().personalize_runtime(role_arn, region)
+        return self._personalize(role_arn, region)
+
+    def credentials(self, role_arn: str | None = None, region: str | None = None) -> Any:
+        return None if self._personalize is not None else super().credentials(role_arn, region)
+
+    def lambda_(self, region: str | None = None) -> Any:
+        self.asked.append(("lambda", None, region))
+        return super().lambda_(region) if self._lambdas is None else self._lambdas(region)
+
+    def s3(self) -> Any:
+        return super().s3() if self._s3 is None else self._s3()
+
+
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> str:
     return str(tmp_path / "cache")
@@ -65,7 +97,7 @@ def make_app(cache_dir: str) -> Callable[..., Flask]:
         config = {"catalog_uri": str(SAMPLE_CATALOG), "recommendations_uri": str(SAMPLE_BATCH), "cache_dir": cache_dir,
                   "cache_local_seconds": 0, "log_flush_ms": 0}
         config.update(settings)
-        app = create_app(config, **(services or {}))
+        app = create_app(config, **(services or {}))  # a misspelt service name is a TypeError
         app.config["TESTING"] = True
         return app
 

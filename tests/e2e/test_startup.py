@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 
 from tests.conftest import SAMPLE_CATALOG
-from tests.e2e.conftest import WORKERS, Gunicorn, free_port, get, run_gunicorn_to_exit, service_env, start_gunicorn
+from tests.e2e.conftest import (
+    WORKERS,
+    Gunicorn,
+    free_port,
+    get,
+    run_gunicorn_to_exit,
+    service_env,
+    start_gunicorn,
+)
 from tests.standin.personalize import StandinHandle
 
 QUICKLY = 15.0  # seconds; a refused configuration must not leave gunicorn respawning workers

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.error import HTTPError
 
-import boto3
 import pytest
 
+from app.aws import AwsClients, Timeouts
 from app.errors import InvalidParameterError, UpstreamError
-from app.personalize import PersonalizeRecommender, runtime_client
+from app.personalize import PersonalizeRecommender
 from app.upstream import GuardedRecommender
 from tests.conftest import ROOT, SAMPLE_CATALOG
 from tests.standin.personalize import Control, StandinHandle, items_from, start_standin
@@ -62,9 +62,9 @@ def make_recommender() -> Iterator[Callable[..., PersonalizeRecommender]]:
     def build(arn: str = CAMPAIGN, read_timeout: float = 2.0, max_attempts: int = 1,
               connect_timeout: float = 1.0) -> PersonalizeRecommender:
         def factory() -> Any:
-            # Production's wiring: runtime_client also keeps botocore's retries within the caller's deadline.
-            client = runtime_client(boto3.session.Session(), "us-east-1", connect_timeout, read_timeout,
-                                    max_attempts, 4)
+            # Production's wiring: AwsClients also keeps botocore's retries within the caller's deadline.
+            client = AwsClients("us-east-1", Timeouts(connect_timeout, read_timeout, max_attempts, 4)
+                                ).personalize_runtime()
             clients.append(client)
             return client
 

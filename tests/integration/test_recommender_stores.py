@@ -10,7 +10,14 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from app.recommenders import BadTokenError, DynamoDBStore, RecommenderStore, SQLiteStore, StoreError, new_record
+from app.recommenders import (
+    BadTokenError,
+    DynamoDBStore,
+    RecommenderStore,
+    SQLiteStore,
+    StoreError,
+    new_record,
+)
 
 TABLE = "recommender-configurations"
 BODY = {"RecommendationProviderUri": "arn:aws:personalize:us-east-1:123456789012:campaign/movies",

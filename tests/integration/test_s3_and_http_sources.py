@@ -16,8 +16,9 @@ from responses import matchers
 
 from app import create_app
 from app.catalog import parse_catalog
+from app.components import components
 from app.sources import HttpSource, Reloadable, S3Source, SourceError, open_source
-from tests.conftest import SAMPLE_BATCH, SAMPLE_CATALOG
+from tests.conftest import SAMPLE_BATCH, SAMPLE_CATALOG, FakeAws
 
 BUCKET = "recs-data"
 FEED = "https://feeds.example.com/products.json"
@@ -80,7 +81,7 @@ def s3_app(client: Any, cache_dir: str, catalog_key: str, batch_key: str = "out/
     app = create_app(
         {"catalog_uri": f"s3://{BUCKET}/{catalog_key}", "recommendations_uri": f"s3://{BUCKET}/{batch_key}",
          "cache_dir": cache_dir},
-        s3_client_factory=lambda: client,
+        aws=FakeAws(s3=lambda: client),
     )
     app.config["TESTING"] = True
     return app
@@ -112,7 +113,7 @@ def test_changed_s3_object_is_picked_up_and_unchanged_one_is_not_downloaded(s3: 
     put(s3, "out/batch.json.out", SAMPLE_BATCH.read_bytes())
     app = s3_app(s3, cache_dir, "catalog.csv")
     client = app.test_client()
-    catalog = app.extensions["recommendations"].catalog
+    catalog = components(app).service.catalog
     counter = CallCounter(s3)
 
     first_id = expected_ids("user123")[0]

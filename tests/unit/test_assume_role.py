@@ -12,11 +12,9 @@ from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.stub import Stubber
 from flask import Flask
 
-from app.configured import RoleClients
+from app.aws import SESSION_NAME, AwsClients
 from app.recommenders import SQLiteStore, new_record
-from app.roles import SESSION_NAME
-from app.settings import Settings
-from tests.conftest import SAMPLE_BATCH, SAMPLE_CATALOG, FakeRecommender, stubbed
+from tests.conftest import FakeRecommender, stubbed
 
 CAMPAIGN = "arn:aws:personalize:eu-west-1:123456789012:campaign/movies"
 ROLE = "arn:aws:iam::123456789012:role/PinpointRecommendations"
@@ -56,28 +54,29 @@ def app_with_role(make_app: Callable[..., Flask], tmp_path: Path, sts: tuple[Any
                   signed: list[dict[str, str]]) -> tuple[Flask, str, list[str | None]]:
     sts_regions: list[str | None] = []
 
-    def sts_factory(region: str | None) -> Any:
-        sts_regions.append(region)
-        return sts[0]
-
-    settings = Settings.from_mapping({"catalog_uri": str(SAMPLE_CATALOG), "recommendations_uri": str(SAMPLE_BATCH)})
-    real = RoleClients(settings, sts_factory)  # the production client, credentials and all
-
     def capture(request: AWSRequest, **_: Any) -> AWSResponse:
         signed.append({name: value.decode() if isinstance(value, bytes) else value
                        for name, value in request.headers.items()})
         body = orjson.dumps({"itemList": [{"itemId": "1000"}, {"itemId": "1037"}], "recommendationId": "rid"})
         return AWSResponse(request.url, 200, {"Content-Type": "application/json"}, RawBody(body))
 
-    def factory(role_arn: str | None, region: str | None) -> Any:
-        client = real(role_arn, region)
-        client.meta.events.register("before-send.personalize-runtime.GetRecommendations", capture)
-        return client
+    class CapturedAws(AwsClients):
+        """The production clients, credentials and all, with STS stubbed and Personalize answered here."""
+
+        def sts(self, region: str | None = None) -> Any:
+            sts_regions.append(region)
+            return sts[0]
+
+        def personalize_runtime(self, role_arn: str | None = None, region: str | None = None) -> Any:
+            client = super().personalize_runtime(role_arn, region)
+            client.meta.events.register("before-send.personalize-runtime.GetRecommendations", capture,
+                                        unique_id="test-capture")
+            return client
 
     store = SQLiteStore(str(tmp_path / "r.sqlite3"))
     record = new_record({"RecommendationProviderUri": CAMPAIGN, "RecommendationProviderRoleArn": ROLE})
     store.create(record)
-    app = make_app({"recommender": FakeRecommender(), "recommender_store": store, "role_client_factory": factory})
+    app = make_app({"recommender": FakeRecommender(), "recommender_store": store, "aws": CapturedAws(None)})
     return app, record["Id"], sts_regions
 
 
@@ -131,11 +130,14 @@ def test_the_environment_s_own_credentials_are_never_used_for_a_role(
 
 def test_role_clients_say_when_an_assume_role_call_is_due(sts: tuple[Any, Stubber]) -> None:
     """The guard calls in the request's thread only when no AssumeRole is due (it has its own, longer timeouts)."""
-    settings = Settings.from_mapping({"catalog_uri": str(SAMPLE_CATALOG), "recommendations_uri": str(SAMPLE_BATCH)})
-    clients = RoleClients(settings, lambda region: sts[0])
+    class StubbedSts(AwsClients):
+        def sts(self, region: str | None = None) -> Any:
+            return sts[0]
+
+    clients = StubbedSts(None)
     sts[1].add_response("assume_role", credentials(1, timedelta(hours=1)), ASSUME)
 
-    client = clients(ROLE, "eu-west-1")
+    client = clients.personalize_runtime(ROLE, "eu-west-1")
     signing = clients.credentials(ROLE, "eu-west-1")
     assert signing.refresh_needed()  # not assumed yet: the first call assumes the role
 

@@ -14,11 +14,13 @@ from botocore.stub import Stubber
 from flask import Flask
 from flask.testing import FlaskClient
 
+from app.aws import AwsClients
+from app.components import components
 from app.configured import ConfiguredRecommenders, UnknownRecommenderError
 from app.errors import UnavailableError
 from app.recommenders import SQLiteStore, StoreError, new_record
 from app.transformer import LambdaTransformer, TransformerError, pinpoint_event
-from tests.conftest import FakeRecommender, stubbed
+from tests.conftest import FakeAws, FakeRecommender, stubbed
 
 CAMPAIGN = "arn:aws:personalize:us-east-1:123456789012:campaign/movies"
 OTHER_CAMPAIGN = "arn:aws:personalize:us-east-1:123456789012:campaign/books"
@@ -74,8 +76,8 @@ def serving_app(make_app: Callable[..., Flask], fake_recommender: FakeRecommende
         clients_asked.append((role_arn, region))
         return client
 
-    return make_app({"recommender": fake_recommender, "recommender_store": store, "role_client_factory": role_client,
-                     "lambda_client_factory": lambda region: lambda_stub[0]},
+    return make_app({"recommender": fake_recommender, "recommender_store": store,
+                     "aws": FakeAws(personalize=role_client, lambdas=lambda region: lambda_stub[0])},
                     catalog_extra_fields="category")
 
 
@@ -159,7 +161,7 @@ def test_a_configuration_is_read_once_per_refresh_interval(serving: FlaskClient,
 def test_refresh_reads_the_store_again_and_keeps_the_last_good_on_error(store: CountingStore,
                                                                         serving_app: Flask) -> None:
     now = [0.0]
-    app_s = serving_app.extensions["configured_recommenders"]
+    app_s = components(serving_app).configured
     background: list[Callable[[], None]] = []
     configured = ConfiguredRecommenders(store, app_s.base, app_s.presenter, lambda config: app_s.base.recommender,
                                         app_s.transformer, refresh_seconds=30, clock=lambda: now[0],
@@ -190,15 +192,15 @@ def test_refresh_reads_the_store_again_and_keeps_the_last_good_on_error(store: C
 
 
 def test_one_guarded_recommender_per_arn_and_role(serving_app: Flask, store: CountingStore) -> None:
-    configured = serving_app.extensions["configured_recommenders"]
+    configured = components(serving_app).configured
     a = configured.config(configure(store))
     b = configured.config(configure(store, Name="same-arn-and-role"))
     c = configured.config(configure(store, RecommendationProviderRoleArn=ROLE + "2"))
-    assert configured.service_for(a) is configured.service_for(b)
-    assert configured.service_for(a) is not configured.service_for(c)
-    guarded = configured.service_for(a).recommender
+    assert configured.source_for(a) is configured.source_for(b)
+    assert configured.source_for(a) is not configured.source_for(c)
+    guarded = configured.source_for(a)
     assert type(guarded).__name__ == "GuardedRecommender" and guarded.key == CAMPAIGN
-    assert configured.service_for(a).catalog is serving_app.extensions["recommendations"].catalog
+    assert configured.base is components(serving_app).service  # the same caches and fallbacks
 
 
 def test_a_failing_provider_goes_to_the_fallback(serving: FlaskClient, store: CountingStore,
@@ -221,7 +223,7 @@ def test_a_deleted_configuration_is_unknown_at_once_in_this_process(make_app: Ca
     config_id = "0" * 32
     assert client.get(f"/recommendations?user_id=u1&recommender={config_id}").status_code == 404
     record = client.post("/v1/recommenders", json=BASE, headers={"X-API-Key": key}).get_json()
-    app.extensions["configured_recommenders"].config(record["Id"])
+    components(app).configured.config(record["Id"])
     client.delete(f"/v1/recommenders/{record['Id']}", headers={"X-API-Key": key})
     assert client.get(f"/recommendations?user_id=u1&recommender={record['Id']}").status_code == 404
 
@@ -362,7 +364,7 @@ def test_unknown_ids_are_remembered_for_the_interval_and_bounded(serving: FlaskC
     for _ in range(3):
         assert serving.get("/recommendations?user_id=u1&recommender=nope").status_code == 404
     assert store.gets == 1
-    configured = serving_app.extensions["configured_recommenders"]
+    configured = components(serving_app).configured
     for i in range(configured._unknown.maxsize + 5):
         with pytest.raises(Exception, match="no recommender configuration"):
             configured.config(f"random-{i}")
@@ -374,23 +376,34 @@ def test_an_id_created_here_after_a_miss_is_known_at_once(make_app: Callable[...
     key = "admin-key-0123456789abcdef"
     app = make_app({"recommender": fake_recommender}, admin_api_keys=key,
                    recommender_db_path=str(tmp_path / "r.sqlite3"))
-    configured = app.extensions["configured_recommenders"]
+    configured = components(app).configured
     record = new_record(BASE)
     with pytest.raises(Exception, match="no recommender configuration"):
         configured.config(record["Id"])
-    app.extensions["recommender_store"].create(record)
+    components(app).store.create(record)
     with pytest.raises(Exception, match="no recommender configuration"):
         configured.config(record["Id"])  # written behind this worker's back: seen after the interval
     configured.forget(record["Id"])  # what the admin API does after each write
     assert configured.config(record["Id"]).provider_arn == CAMPAIGN
 
 
+class RecordingSession:
+    """A boto3 session whose clients are SlowLambdas, recording the region each was made for."""
+
+    def __init__(self, regions: list[str | None]) -> None:
+        self.regions = regions
+
+    def client(self, service: str, region_name: str | None = None, config: Any = None) -> SlowLambda:
+        self.regions.append(region_name)
+        return SlowLambda()
+
+
 def test_a_bare_function_name_is_called_in_aws_region(make_app: Callable[..., Flask],
                                                       fake_recommender: FakeRecommender) -> None:
     regions: list[str | None] = []
-    app = make_app({"recommender": fake_recommender, "lambda_client_factory": slow_lambdas(regions)},
-                   aws_region="eu-west-1")
-    transformer = app.extensions["configured_recommenders"].transformer
+    aws = AwsClients("eu-west-1", session_factory=lambda: RecordingSession(regions))  # AWS_REGION's, as create_app
+    app = make_app({"recommender": fake_recommender, "aws": aws}, aws_region="eu-west-1")
+    transformer = components(app).configured.transformer
     for function in ("pinpoint-transformer", "arn:aws:lambda:us-west-2:123456789012:function:t"):
         with pytest.raises(TransformerError):
             transformer.transform(function, "u9", [], ["Title"])
@@ -399,15 +412,14 @@ def test_a_bare_function_name_is_called_in_aws_region(make_app: Callable[..., Fl
 
 def test_a_crashing_transformer_client_still_falls_back(make_app: Callable[..., Flask],
                                                         fake_recommender: FakeRecommender,
-                                                        store: CountingStore) -> None:
+                                                        store: CountingStore, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_recommender.answers["u1"] = ["1000", "1037", "1074"]
     app = make_app({"recommender": fake_recommender, "recommender_store": store,
-                    "role_client_factory": lambda role, region: None,  # never reached: see below
-                    "lambda_client_factory": lambda region: None})  # .invoke on None: AttributeError
+                    "aws": FakeAws(personalize=lambda role, region: None,  # never reached: see below
+                                   lambdas=lambda region: None)})  # .invoke on None: AttributeError
     config_id = configure(store, RecommendationTransformerUri="t", Attributes={"Title": "Title"})
-    configured = app.extensions["configured_recommenders"]
-    config = configured.config(config_id)
-    configured.service_for(config).recommender = app.extensions["recommendations"].recommender  # the fake
+    configured = components(app).configured
+    monkeypatch.setattr(configured, "source_for", lambda config: components(app).service.recommender)  # the fake
     response = app.test_client().get(f"/recommendations?user_id=u1&recommender={config_id}&format=attributes")
     assert response.status_code == 200
     assert response.get_json() == {"Title": [NAMES["1000"], NAMES["1037"], "Waterproof Hiking Jacket"]}

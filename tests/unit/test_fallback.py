@@ -20,6 +20,7 @@ from werkzeug.test import TestResponse
 
 from app import warm_up
 from app.cache import CachedAnswer
+from app.components import components
 from app.errors import InvalidParameterError, UnavailableError, UpstreamError
 from app.recommendation import NO_OPTIONS, Options, Recommendation
 from app.service import RecommendationService
@@ -91,7 +92,7 @@ def failing(error: Exception) -> FakeRecommender:
 
 
 def service_of(app: Flask) -> RecommendationService:
-    return app.extensions["recommendations"]
+    return components(app).service
 
 
 def store_answer(app: Flask, user_id: str, num_results: int, item_ids: list[str], age: float) -> tuple[str, float]:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from app.components import components
 from app.errors import UpstreamError
 from app.logs import JsonFormatter, RequestLog, request_id
 from app.settings import ConfigError, Settings
@@ -27,7 +28,7 @@ RAW_USER = "jane.doe@example.com"
 
 def output(app: Flask, capfd: pytest.CaptureFixture[str]) -> Any:
     """What the process printed, once the app's pending request lines are written (they go out in batches)."""
-    app.extensions["request_log"].flush()
+    components(app).request_log.flush()
     return capfd.readouterr()
 
 

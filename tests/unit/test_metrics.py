@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import warm_up
 from app.errors import UpstreamError
-from tests.conftest import FakeRecommender
+from tests.conftest import FakeAws, FakeRecommender
 from tests.unit.test_fallback import store_answer
 
 ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/metrics"
@@ -86,7 +86,7 @@ def test_personalize_calls_latency_and_errors_by_code(make_app: Callable[..., Fl
     client, stubber = runtime
     stubber.add_response("get_recommendations", {"itemList": [{"itemId": "1000"}], "recommendationId": "r1"})
     stubber.add_client_error("get_recommendations", "ThrottlingException", http_status_code=400)
-    app = make_app({"personalize_client_factory": lambda: client}, personalize_campaign_arn=ARN,
+    app = make_app({"aws": FakeAws(personalize=lambda role, region: client)}, personalize_campaign_arn=ARN,
                    recommendations_uri=None)
     http = app.test_client()
 

@@ -20,9 +20,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from app.components import components
 from app.recommendation import Options
 from app.settings import ConfigError
-from tests.conftest import FakeRecommender
+from tests.conftest import FakeAws, FakeRecommender
 
 CAMPAIGN_ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/braze-recs"
 FILTER_ARN = "arn:aws:personalize:us-east-1:123456789012:filter/by-category"
@@ -331,7 +332,7 @@ def test_context_and_filter_values_do_not_collide_in_the_cache(client: FlaskClie
 
 
 def personalize_app(make_app: Callable[..., Flask], client: Any, **settings: Any) -> FlaskClient:
-    app = make_app({"personalize_client_factory": lambda: client}, personalize_campaign_arn=CAMPAIGN_ARN,
+    app = make_app({"aws": FakeAws(personalize=lambda role, region: client)}, personalize_campaign_arn=CAMPAIGN_ARN,
                    filters=FILTERS, request_budget_ms=1900, **settings)
     return app.test_client()
 
@@ -654,7 +655,7 @@ def test_catalog_items_are_not_mutated_by_link_query(link_app: Flask) -> None:
     assert first["2"] == "https://shop.example.com/p/2?color=red&utm_source=braze&utm_campaign=first"
     assert second["2"] == "https://shop.example.com/p/2?color=red&utm_source=braze&utm_campaign=second"
     assert third["2"] == "https://shop.example.com/p/2?color=red&utm_source=braze"
-    catalog = link_app.extensions["recommendations"].catalog.get()
+    catalog = components(link_app).service.catalog.get()
     assert {item_id: catalog.items[item_id]["url"] for item_id in LINKS} == {i: u for i, (u, _) in LINKS.items()}
 
 

@@ -18,8 +18,12 @@ from botocore.exceptions import (
 )
 from botocore.stub import Stubber
 
+from app.aws import AwsClients, Timeouts
 from app.errors import InvalidParameterError, UpstreamError
-from app.personalize import PersonalizeRecommender, client_config, request_for, runtime_client
+from app.personalize import (
+    PersonalizeRecommender,
+    request_for,
+)
 from app.recommendation import CALL_DEADLINE, Recommendation
 
 CAMPAIGN_ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/braze-recs"
@@ -203,7 +207,7 @@ def test_transport_errors_are_mapped(exc: Exception, status: int, code: str) -> 
 
 
 def test_client_config_sets_timeouts_retries_and_pool() -> None:
-    config = client_config(connect_timeout=0.3, read_timeout=0.8, max_attempts=4, pool_size=17)
+    config = Timeouts(connect=0.3, read=0.8, attempts=4, pool=17).config()
     assert isinstance(config, Config)
     assert config.connect_timeout == 0.3
     assert config.read_timeout == 0.8
@@ -213,7 +217,7 @@ def test_client_config_sets_timeouts_retries_and_pool() -> None:
 
 def test_client_config_is_accepted_by_a_real_client() -> None:
     client = boto3.client(
-        "personalize-runtime", region_name="us-east-1", config=client_config(0.25, 1.5, 2, 9)
+        "personalize-runtime", region_name="us-east-1", config=Timeouts(0.25, 1.5, 2, 9).config()
     )
     assert client.meta.config.connect_timeout == 0.25
     assert client.meta.config.read_timeout == 1.5
@@ -271,13 +275,13 @@ def test_recommender_identifies_itself_by_arn() -> None:
 
 def failing_client(monkeypatch: pytest.MonkeyPatch, delay: float, connect: float = 0.2, read: float = 0.5,
                    max_attempts: int = 3) -> tuple[Any, list[str]]:
-    """A runtime_client (production's wiring) whose every attempt is answered 500 at once; botocore's back-off
+    """A personalize-runtime client from AwsClients (production's wiring) whose every attempt is answered 500 at once; botocore's back-off
     before a retry is `delay` seconds (and botocore really sleeps it before a retry it makes)."""
     from botocore.awsrequest import AWSResponse
     from botocore.retries import standard
 
     monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", lambda self, context: delay)
-    client = runtime_client(boto3.session.Session(), "us-east-1", connect, read, max_attempts, 2)
+    client = AwsClients("us-east-1", Timeouts(connect, read, max_attempts, 2)).personalize_runtime()
     sent: list[str] = []
 
     def answer_500(request: Any, **kwargs: Any) -> AWSResponse:
@@ -326,7 +330,7 @@ def test_no_retry_when_the_back_off_would_push_the_attempt_past_the_deadline(
 
 
 def test_ends_within_needs_the_connect_and_read_timeouts_to_fit() -> None:
-    client = runtime_client(boto3.session.Session(), "us-east-1", 0.2, 0.5, 2, 2)
+    client = AwsClients("us-east-1", Timeouts(0.2, 0.5, 2, 2)).personalize_runtime()
     recommender = PersonalizeRecommender(CAMPAIGN_ARN, lambda: client)
     assert recommender.ends_within(0.71)
     assert recommender.ends_within(0.7)
@@ -361,7 +365,7 @@ def test_ends_within_is_false_while_a_credential_refresh_is_due(credentials: Any
     }
     if isinstance(credentials, str):
         credentials = made[credentials]()
-    client = runtime_client(boto3.session.Session(), "us-east-1", 0.2, 0.5, 2, 2)
+    client = AwsClients("us-east-1", Timeouts(0.2, 0.5, 2, 2)).personalize_runtime()
     recommender = PersonalizeRecommender(CAMPAIGN_ARN, lambda: client, credentials=lambda: credentials)
     assert recommender.ends_within(0.79) is inline
 

@@ -10,8 +10,6 @@ from werkzeug.wrappers import Request
 
 from app.errors import InvalidParameterError
 from app.schemas import QueryParser
-from app.settings import Settings
-from tests.conftest import SAMPLE_CATALOG
 
 
 def request(query_string: str) -> Request:
@@ -20,8 +18,7 @@ def request(query_string: str) -> Request:
 
 @pytest.fixture
 def parser() -> QueryParser:
-    return QueryParser(Settings.from_mapping({"catalog_uri": str(SAMPLE_CATALOG), "recommendations_uri": "x.json"}),
-                       recent_size=3)
+    return QueryParser(recent_size=3)
 
 
 def test_same_query_string_is_validated_once(parser: QueryParser) -> None:
@@ -55,6 +52,6 @@ def test_memo_never_holds_more_than_its_size(parser: QueryParser) -> None:
 
 
 def test_memo_off_with_size_zero() -> None:
-    parser = QueryParser(Settings.from_mapping({"catalog_uri": str(SAMPLE_CATALOG), "recommendations_uri": "x.json"}))
+    parser = QueryParser()
     parser.parse_request(request("user_id=u1"))
     assert parser._recent == {}

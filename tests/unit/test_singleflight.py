@@ -14,6 +14,7 @@ from cachelib import SimpleCache
 
 from app import singleflight
 from app.cache import AnswerCache, CachedAnswer
+from app.components import components
 from app.errors import UpstreamError
 from app.recommendation import Recommendation
 from app.singleflight import SingleFlight
@@ -260,7 +261,7 @@ class PolledCache(AnswerCache):
 def redis_cache(make_app: Callable[..., Any], redis_url: str) -> PolledCache:
     """An AnswerCache on flask-caching's RedisCache, configured as app/cache.py configures it."""
     app = make_app({"recommender": FakeRecommender()}, cache_redis_url=redis_url)
-    service = app.extensions["recommendations"]
+    service = components(app).service
     return PolledCache(service.cache.backend, service.cache.ttl)
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import FakeAws
+
 CAMPAIGN_ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/braze-recs"
 FILTER_ARN = "arn:aws:personalize:us-east-1:123456789012:filter/by-category"
 
@@ -16,7 +18,7 @@ def test_start_up_warns_when_the_timeouts_do_not_fit_the_budget(
     make_app: Callable[..., Any], caplog: pytest.LogCaptureFixture, connect: float, read: float, warned: bool
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="app"):
-        make_app({"personalize_client_factory": lambda: None}, personalize_campaign_arn=CAMPAIGN_ARN,
+        make_app({"aws": FakeAws(personalize=lambda role, region: None)}, personalize_campaign_arn=CAMPAIGN_ARN,
                  personalize_connect_timeout=connect, personalize_read_timeout=read, request_budget_ms=800)
     lines = [r.getMessage() for r in caplog.records if "watchdog" in r.getMessage()]
     assert bool(lines) is warned
@@ -47,7 +49,7 @@ def test_start_up_warns_when_filters_have_only_a_batch_file(
     make_app: Callable[..., Any], caplog: pytest.LogCaptureFixture, settings: dict[str, str], warned: bool
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="app"):
-        make_app({"personalize_client_factory": lambda: None}, **settings)
+        make_app({"aws": FakeAws(personalize=lambda role, region: None)}, **settings)
     lines = [r.getMessage() for r in caplog.records if "X-Ignored-Parameters" in r.getMessage()]
     assert bool(lines) is warned
     if warned:

@@ -26,6 +26,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from app.cache import AnswerCache, CachedAnswer
+from app.components import components
 from app.errors import InvalidParameterError, UpstreamError
 from app.extensions import cache as cache_extension
 from app.recommendation import NO_OPTIONS, Options, Recommendation
@@ -130,7 +131,7 @@ def max_age(resp: TestResponse) -> int:
 
 def age_cached_answer(app: Flask, fake: FakeRecommender, user_id: str, num_results: int, seconds: float) -> None:
     """Make the stored answer `seconds` older, instead of sleeping."""
-    answers = app.extensions["recommendations"].cache
+    answers = components(app).service.cache
     key = AnswerCache.key(fake.key, user_id, {"num_results": num_results})
     stored = answers.get(key)
     assert stored is not None
@@ -727,7 +728,7 @@ def test_crash_in_the_request_path_is_500_json_without_traceback(
     def crash(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(SECRET)
 
-    monkeypatch.setattr(app.extensions["recommendations"], "recommend", crash)
+    monkeypatch.setattr(components(app).service, "recommend", crash)
 
     with caplog.at_level(logging.ERROR):
         resp = get(client, user_id="u1")
@@ -857,7 +858,7 @@ def test_catalog_change_shows_on_a_cache_hit(
     before = catalog_path.stat().st_mtime_ns
     write_catalog(catalog_path, "12345.50")
     os.utime(catalog_path, ns=(before + 2_000_000_000, before + 2_000_000_000))
-    assert app.extensions["recommendations"].catalog.refresh() is True
+    assert components(app).service.catalog.refresh() is True
 
     second = get(client, user_id="u1")
     assert second.headers["X-Cache"] == "HIT"

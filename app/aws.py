@@ -1,0 +1,216 @@
+"""Every boto3 session and client the service uses, made in one place with the project's timeouts and retries.
+
+Clients are made on first use, in the process that uses them (after gunicorn forks, never at import), and
+kept: one per (service, role, region). Credentials and `AWS_ENDPOINT_URL_*` come from boto3's usual chain;
+a stored configuration's role is assumed with STS and refreshed by botocore itself (`assumed_role_session`).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.credentials import (
+    CredentialProvider,
+    CredentialResolver,
+    DeferredRefreshableCredentials,
+)
+from botocore.retries import standard
+
+from app.recommendation import CALL_DEADLINE
+
+log = logging.getLogger(__name__)
+
+SESSION_NAME = "braze-recommendations"
+ROLE_DURATION_SECONDS = 3600
+# botocore registers a client's retry handler under this id (botocore/client.py, _register_retries); a test
+# (tests/unit/test_aws.py) fails loudly if an upgrade renames it, since refuse_late_retries would then add a
+# second handler instead of replacing botocore's.
+RETRY_HANDLER_ID = "retry-config-{service}"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """botocore's per-attempt timeouts (seconds), attempts (the first included) and connection pool size."""
+
+    connect: float
+    read: float
+    attempts: int
+    pool: int
+
+    def config(self) -> Config:
+        """Return a botocore Config for a request budget of seconds, not botocore's default minutes."""
+        return Config(
+            connect_timeout=self.connect,
+            read_timeout=self.read,
+            # total_max_attempts counts the first call too; botocore's max_attempts would count retries only.
+            retries={"mode": "standard", "total_max_attempts": self.attempts},
+            max_pool_connections=self.pool,
+        )
+
+
+# Files (catalog, batch output) are read in the background: generous. A configuration's first read waits
+# for DynamoDB inside a Braze request, and AssumeRole inside a Personalize call: short.
+FILES = Timeouts(connect=5, read=30, attempts=3, pool=2)
+CONFIGURATIONS = Timeouts(connect=0.3, read=0.5, attempts=2, pool=4)
+ROLES = Timeouts(connect=1, read=2, attempts=2, pool=2)
+
+
+def region_of(arn: str) -> str | None:
+    """Return the region an ARN names (arn:PARTITION:SERVICE:REGION:...), or None for a bare name."""
+    parts = arn.split(":")
+    return (parts[3] or None) if arn.startswith("arn:") and len(parts) > 3 else None
+
+
+class AwsClients:
+    """Make and keep the service's boto3 clients: Personalize Runtime (per role and region), S3, DynamoDB,
+    STS and Lambda, each with the timeouts it needs."""
+
+    def __init__(self, region: str | None, personalize: Timeouts = ROLES, lambda_timeout: float = 0.5,
+                 session_factory: Callable[[], Any] = boto3.session.Session) -> None:
+        self.region = region
+        self.personalize_timeouts = personalize
+        self.lambda_timeouts = Timeouts(connect=lambda_timeout, read=lambda_timeout, attempts=1,
+                                        pool=personalize.pool)
+        self._session_factory = session_factory
+        self._sessions: dict[tuple[str | None, str | None], Any] = {}
+        self._clients: dict[tuple[str, str | None, str | None], Any] = {}
+        self._lock = threading.RLock()
+
+    def _client(self, service: str, config: Config, role_arn: str | None = None, region: str | None = None,
+                prepare: Callable[[Any], None] | None = None) -> Any:
+        """Return the one client of a service for a role and region, made on first use."""
+        key = (service, role_arn, region or self.region)
+        client = self._clients.get(key)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(key)
+                if client is None:
+                    client = self.session(role_arn, region).client(service, region_name=key[2], config=config)
+                    if prepare is not None:
+                        prepare(client)
+                    self._clients[key] = client
+        return client
+
+    def session(self, role_arn: str | None = None, region: str | None = None) -> Any:
+        """Return the boto3 session for a role (None: the default credentials), one per role and region."""
+        with self._lock:
+            session = self._sessions.get((role_arn, region))
+            if session is None:
+                session = (assumed_role_session(role_arn, lambda: self.sts(region)) if role_arn
+                           else self._session_factory())
+                self._sessions[(role_arn, region)] = session
+            return session
+
+    def credentials(self, role_arn: str | None = None, region: str | None = None) -> Any:
+        """Return the credentials the role's clients sign with (to see when a refresh is due), or None."""
+        return self.session(role_arn, region).get_credentials()
+
+    def personalize_runtime(self, role_arn: str | None = None, region: str | None = None) -> Any:
+        """Return a personalize-runtime client for the role in region, configured for the request budget."""
+        return self._client("personalize-runtime", self.personalize_timeouts.config(), role_arn, region,
+                            prepare=refuse_late_retries)
+
+    def s3(self) -> Any:
+        """Return the S3 client that reads the catalog, batch and popular files."""
+        return self._client("s3", FILES.config())
+
+    def dynamodb(self) -> Any:
+        """Return the DynamoDB client of the configuration store (RECOMMENDER_TABLE, in AWS_REGION)."""
+        return self._client("dynamodb", CONFIGURATIONS.config())
+
+    def sts(self, region: str | None = None) -> Any:
+        """Return the STS client that assumes configurations' roles."""
+        return self._client("sts", ROLES.config(), region=region)
+
+    def lambda_(self, region: str | None = None) -> Any:
+        """Return the Lambda client that invokes transformers (one attempt, TRANSFORMER_TIMEOUT_MS)."""
+        return self._client("lambda", self.lambda_timeouts.config(), region=region)
+
+
+class _AssumedRoleProvider(CredentialProvider):
+    """Hand botocore the one refreshable credentials object of a role (the resolver's only provider)."""
+
+    METHOD = "assume-role"
+    CANONICAL_NAME = "AssumeRole"
+
+    def __init__(self, credentials: DeferredRefreshableCredentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self) -> DeferredRefreshableCredentials:
+        return self._credentials
+
+
+def assumed_role_session(role_arn: str, sts_client: Callable[[], Any]) -> boto3.session.Session:
+    """Return a boto3 session whose credentials come from AssumeRole on role_arn.
+
+    The first call assumes the role; botocore's RefreshableCredentials calls AssumeRole again when
+    the credentials come within 15 minutes of expiry (and insists within 10), so no timer of ours runs.
+    """
+
+    def refresh() -> dict[str, str]:
+        try:
+            answer = sts_client().assume_role(
+                RoleArn=role_arn, RoleSessionName=SESSION_NAME, DurationSeconds=ROLE_DURATION_SECONDS
+            )
+        except Exception as exc:
+            # Surfaces to the caller as a failed Personalize call; this line says it was the role.
+            log.error("AssumeRole on %s failed (RecommendationProviderRoleArn): %s", role_arn, exc)
+            raise
+        credentials = answer["Credentials"]
+        return {
+            "access_key": credentials["AccessKeyId"],
+            "secret_key": credentials["SecretAccessKey"],
+            "token": credentials["SessionToken"],
+            "expiry_time": credentials["Expiration"].isoformat(),
+        }
+
+    credentials = DeferredRefreshableCredentials(refresh_using=refresh, method="assume-role")
+    core = botocore.session.Session()
+    core.register_component("credential_provider", CredentialResolver([_AssumedRoleProvider(credentials)]))
+    return boto3.session.Session(botocore_session=core)
+
+
+def refuse_late_retries(client: Any) -> None:
+    """Keep botocore's standard retries, but skip a retry that could not end before CALL_DEADLINE.
+
+    botocore registered its retry handler when it built the client. This puts the same handler (botocore's
+    `standard.register_retry_handler`, with the client's attempts) in its place behind a check: a retry is made
+    only when its back-off plus one attempt's connect and read timeouts end by the deadline. A retry that
+    cannot be waited for would only spend Personalize's TPS and, in the request's thread, the request's time.
+    """
+    config = client.meta.config
+    if config.retries.get("mode") != "standard":  # Timeouts.config always asks for it; another mode is left alone
+        return
+    events = client.meta.events
+    service = client.meta.service_model.service_id.hyphenize()
+    event, unique_id = f"needs-retry.{service}", RETRY_HANDLER_ID.format(service=service)
+    events.unregister(event, unique_id=unique_id)
+    handler = standard.register_retry_handler(client, max_attempts=config.retries.get("total_max_attempts"))
+    events.unregister(event, unique_id=unique_id)
+    events.register(event, functools.partial(_retry_in_time, handler.needs_retry, attempt_seconds(config)),
+                    unique_id=unique_id)
+
+
+def attempt_seconds(config: Config) -> float:
+    """The longest one attempt can take by botocore's own timeouts: connecting, then waiting for the answer."""
+    return config.connect_timeout + config.read_timeout
+
+
+def _retry_in_time(needs_retry: Callable[..., Any], attempt: float, **kwargs: Any) -> Any:
+    """botocore's needs-retry answer (seconds to wait before retrying, or None/False), or False past the deadline."""
+    deadline = CALL_DEADLINE.get()
+    if deadline is not None and time.monotonic() + attempt > deadline:
+        return False  # not even an immediate retry would end in time (False: botocore asks no later handler)
+    delay = needs_retry(**kwargs)
+    if deadline is not None and delay and time.monotonic() + delay + attempt > deadline:
+        return False
+    return delay

@@ -1,0 +1,43 @@
+"""What create_app builds once and the routes read: one typed object, not string-keyed app.extensions entries."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Request, current_app
+
+if TYPE_CHECKING:
+    from .configured import ConfiguredRecommenders
+    from .logs import RequestLog
+    from .metrics import Metrics
+    from .presentation import Presenter
+    from .recommenders import RecommenderStore
+    from .schemas import QueryParser
+    from .service import RecommendationService
+    from .settings import Settings
+
+EXTENSION = "recommendation_service"
+Guard = Callable[[Request], None]
+
+
+@dataclass
+class Components:
+    """The parts of one app, plugged together by create_app."""
+
+    settings: Settings
+    metrics: Metrics
+    service: RecommendationService  # GET /recommendations: cache, source, catalog join, fallbacks
+    query_parser: QueryParser
+    presenter: Presenter
+    auth_guard: Guard | None  # API_KEYS and ALLOWED_CIDRS for /recommendations; None when both are off
+    metrics_guard: Guard | None  # API_KEYS for /metrics (Prometheus scrapes from inside, not from Braze)
+    configured: ConfiguredRecommenders  # ?recommender=ID and the /v1/recommenders API
+    store: RecommenderStore
+    request_log: RequestLog
+    openapi: dict[str, Any] | None = None  # /openapi.json, built on first request
+
+
+def components(app: Flask | None = None) -> Components:
+    """Return the components of app (the current app by default)."""
+    return (app or current_app).extensions[EXTENSION]
