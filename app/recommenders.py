@@ -272,7 +272,7 @@ class DynamoDBStore:
         params: dict[str, Any] = {"Limit": page_size}
         if token:
             start = decode_token(token)
-            if not isinstance(start, str) or not 0 < len(start.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES:
+            if not isinstance(start, str) or not 0 < len(start.encode()) <= MAX_KEY_BYTES:
                 raise BadTokenError("The token is not one this API returned.")
             params["ExclusiveStartKey"] = {"Id": {"S": start}}
         answer = self._call("scan", **params)

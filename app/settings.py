@@ -203,7 +203,7 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     allowed_cidrs: tuple[IPNetwork, ...] = ()
     trusted_proxies: tuple[IPNetwork, ...] = ()
-    admin_allowed_cidrs: tuple[IPNetwork, ...] = ()  # empty: ALLOWED_CIDRS
+    admin_allowed_cidrs: tuple[IPNetwork, ...] = ()  # from_mapping: ALLOWED_CIDRS when ADMIN_ALLOWED_CIDRS is empty
     filters: dict[str, str] = field(default_factory=dict)
     promotion_filter_arn: str | None = None
     promotion_name: str = "promoted"
