@@ -9,7 +9,6 @@ from typing import Any
 import redis
 from cachelib.base import BaseCache
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import telemetry
 from .admin import bp as admin_bp
@@ -28,6 +27,7 @@ from .metrics import bp as metrics_bp
 from .openapi import bp as docs_bp
 from .personalize import PersonalizeRecommender
 from .presentation import Presenter
+from .proxies import TrustedProxies
 from .recommendation import Recommender
 from .recommenders import RecommenderStore, build_store
 from .schemas import QueryParser
@@ -65,6 +65,7 @@ def create_app(
     settings = _settings(config)
     configure_logging(settings.log_level)
     _warn_about_timeouts(settings)
+    _warn_about_filters(settings)
     app = Flask(__name__)
     app.config.update(SETTINGS=settings)
     _trust_proxies(app, settings)
@@ -116,10 +117,9 @@ def _settings(config: Settings | Mapping[str, Any] | None) -> Settings:
 
 
 def _trust_proxies(app: Flask, settings: Settings) -> None:
-    """Behind a load balancer the caller's address is in X-Forwarded-For; trust only that many hops."""
+    """Behind a load balancer the caller's address is in X-Forwarded-For, believed only from the balancers."""
     if settings.trusted_proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies,  # type: ignore[method-assign]
-                                x_proto=settings.trusted_proxies)
+        app.wsgi_app = TrustedProxies(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
 
 
 def _personalize_timeouts(settings: Settings) -> Timeouts:
@@ -228,3 +228,11 @@ def _warn_about_timeouts(settings: Settings) -> None:
         log.warning("REQUEST_BUDGET_MS + TRANSFORMER_TIMEOUT_MS (%d ms) is more than Braze waits (%d ms): a "
                     "recommender configuration with a transformer Lambda may answer too late for Braze.",
                     with_transformer, BRAZE_TIMEOUT_MS)
+
+
+def _warn_about_filters(settings: Settings) -> None:
+    """Log that filters cannot apply when the only source is a batch file (requests naming one still answer)."""
+    if (settings.filters or settings.promotion_filter_arn) and not settings.personalize_campaign_arn:
+        log.warning("FILTERS or PROMOTION_FILTER_ARN is set but PERSONALIZE_CAMPAIGN_ARN is not: a batch inference "
+                    "file cannot apply a filter, so a request's filter (and context) is ignored and its answer says "
+                    "so in X-Ignored-Parameters. Set PERSONALIZE_CAMPAIGN_ARN for filters to apply.")

@@ -11,11 +11,12 @@ import logging
 import uuid
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, g, request
 from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from .auth import key_matches, presented_keys
+from .auth import address_allowed, key_matches, presented_keys
 from .components import components
 from .errors import with_http_headers
 from .json import json_response
@@ -28,6 +29,7 @@ from .recommenders import (
     new_record,
     replaced_record,
 )
+from .schemas import whole_number
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +80,13 @@ def _crash(exc: Exception) -> Response:
 
 @bp.before_request
 def _authorize() -> None:
-    keys = [key.encode("utf-8") for key in components().settings.admin_api_keys]
+    settings = components().settings
+    keys = [key.encode("utf-8") for key in settings.admin_api_keys]
     if not keys:
         raise AdminError(404, "The recommender configuration API is off: set ADMIN_API_KEYS to turn it on.")
+    if not address_allowed(request, settings.admin_allowed_cidrs):
+        raise AdminError(403, "This address may not call the recommender configuration API (see "
+                              "ADMIN_ALLOWED_CIDRS, which defaults to ALLOWED_CIDRS).")
     if request.method == "OPTIONS":
         return  # what the resource allows is no secret (and a CORS preflight carries no key)
     if not any(key_matches(candidate, keys) for candidate in presented_keys(request)):
@@ -104,9 +110,20 @@ def _forget(config_id: str) -> None:
 
 def _body() -> dict[str, Any]:
     """Return the request's configuration, validated; raise AdminError 400 (or 413) naming what is wrong."""
-    if (request.content_length or 0) > MAX_BODY_BYTES:
+    # werkzeug refuses a larger Content-Length at once and stops reading a chunked body (no Content-Length) at
+    # the limit without a word: a limit one byte over tells a body that is too large from one just at it.
+    request.max_content_length = MAX_BODY_BYTES + 1
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raw = None
+    if raw is None or len(raw) > MAX_BODY_BYTES:
         raise AdminError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-    data = request.get_json(silent=True)
+    try:
+        # orjson refuses nesting deeper than 1024 with a JSONDecodeError; the stdlib parser overflows the stack.
+        data = orjson.loads(raw) if request.is_json else None
+    except orjson.JSONDecodeError:
+        data = None
     if not isinstance(data, dict):
         raise AdminError(400, "The request body must be a JSON object (Content-Type: application/json).")
     try:
@@ -128,14 +145,18 @@ def _flatten(problem: Any) -> str:
 @bp.get("")
 def list_configurations() -> Response:
     """GetRecommenderConfigurations: one page of configurations, oldest first, and the next page's token."""
-    for name in ("page-size", "token"):
-        if len(request.args.getlist(name)) > 1:  # as GET /recommendations: which one was meant is a guess
-            raise AdminError(400, f"Give {name} once.")
-    raw = request.args.get("page-size", str(MAX_PAGE_SIZE))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
-        raise AdminError(400, f"page-size must be a whole number from 1 to {MAX_PAGE_SIZE}.")
     try:
-        items, token = _store().list(int(raw), request.args.get("token") or None)
+        args = request.args
+    except UnicodeDecodeError:  # a byte above 0x7f sent raw: werkzeug cannot decode the query string
+        raise AdminError(400, "The query string is not UTF-8: percent-encode it.") from None
+    for name in ("page-size", "token"):
+        if len(args.getlist(name)) > 1:  # as GET /recommendations: which one was meant is a guess
+            raise AdminError(400, f"Give {name} once.")
+    page_size = whole_number(args.get("page-size", str(MAX_PAGE_SIZE)))
+    if page_size is None or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise AdminError(400, f"page-size must be a whole number from 1 to {MAX_PAGE_SIZE} (ASCII digits).")
+    try:
+        items, token = _store().list(page_size, args.get("token") or None)
     except BadTokenError as exc:
         raise AdminError(400, str(exc)) from None
     return json_response({"Item": items, "NextToken": token})

@@ -48,6 +48,19 @@ def presented_keys(request: Request) -> list[str]:
     return keys
 
 
+def address_allowed(request: Request, allowed: Sequence[IPNetwork]) -> bool:
+    """Say whether the caller's address (after TRUSTED_PROXIES) is in one of the networks; any is when none."""
+    if not allowed:
+        return True
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:1.2.3.4 when listening on an IPv6 socket
+    return any(address in network for network in allowed)
+
+
 def build_guard(api_keys: Sequence[str], allowed: Sequence[IPNetwork]) -> Callable[[Request], None] | None:
     """Return a check that raises for a caller that may not ask, or None when neither setting is on."""
     if not api_keys and not allowed:
@@ -55,15 +68,8 @@ def build_guard(api_keys: Sequence[str], allowed: Sequence[IPNetwork]) -> Callab
     keys = [key.encode("utf-8") for key in api_keys]
 
     def check(request: Request) -> None:
-        if allowed:
-            try:
-                address = ipaddress.ip_address(request.remote_addr or "")
-            except ValueError:
-                address = None
-            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-                address = address.ipv4_mapped  # ::ffff:1.2.3.4 when listening on an IPv6 socket
-            if address is None or not any(address in network for network in allowed):
-                raise ForbiddenError("This address may not call the service (see ALLOWED_CIDRS).")
+        if not address_allowed(request, allowed):
+            raise ForbiddenError("This address may not call the service (see ALLOWED_CIDRS).")
         if keys and not any(key_matches(candidate, keys) for candidate in presented_keys(request)):
             raise UnauthorizedError(
                 "A valid API key is required: send it in the X-API-Key header or as the Basic auth password.",

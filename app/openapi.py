@@ -8,7 +8,7 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, Response, url_for
+from flask import Blueprint, Response, redirect, url_for
 from marshmallow import Schema
 from marshmallow import fields as ma
 
@@ -187,6 +187,10 @@ def _recommendations_operation(settings: Settings, sources: list[str], item_list
         "X-Fallback-Reason": _header("Why the fallback answered, e.g. upstream_timeout.", {"type": "string"}),
         "X-Backfilled": _header("How many popular items filled up a short list.", {"type": "string",
                                                                                   "pattern": "^[0-9]+$"}),
+        "X-Ignored-Parameters": _header(
+            "The request's filter and/or context, comma-separated, when the source that answered (a batch file or "
+            "the popular-items fallback) cannot apply them: the list is unfiltered.",
+            {"type": "string", "enum": ["filter", "context", "filter,context"]}),
         "Cache-Control": _header("private, max-age=N (seconds left of the cache TTL), or no-store for fallbacks.",
                                  {"type": "string"}, required=True),
     }
@@ -323,3 +327,9 @@ def docs() -> Response:
                             js=url_for("docs.static", filename="swagger-ui-bundle.js"),
                             spec=url_for("docs.openapi_json"))
     return Response(page, mimetype="text/html")
+
+
+@bp.get("/docs/")
+def docs_slash() -> Response:
+    """Send /docs/ (as people type it) to the page."""
+    return redirect(url_for("docs.docs"), 308)

@@ -34,6 +34,8 @@ ID_TYPES = ("PINPOINT_ENDPOINT_ID", "PINPOINT_USER_ID")
 MAX_ATTRIBUTES = 10
 DEFAULT_PER_MESSAGE = 5  # Pinpoint's default
 MAX_PAGE_SIZE = 100
+SQLITE_MAX_INTEGER = 2**63 - 1
+MAX_KEY_BYTES = 2048  # DynamoDB's limit on a partition key
 
 
 def _pattern(regex: re.Pattern[str], sentence: str) -> Callable[[str], None]:
@@ -218,7 +220,8 @@ class SQLiteStore:
 
     def list(self, page_size: int, token: str | None) -> Page:
         after = decode_token(token) if token else 0
-        if not isinstance(after, int):
+        # Only what this store hands out: a row number SQLite can bind (true is an int to Python, too).
+        if type(after) is not int or not 0 <= after <= SQLITE_MAX_INTEGER:
             raise BadTokenError("The token is not one this API returned.")
         rows = self._run("SELECT seq, body FROM recommenders WHERE seq > ? ORDER BY seq LIMIT ?",
                          (after, page_size + 1)).fetchall()
@@ -269,7 +272,7 @@ class DynamoDBStore:
         params: dict[str, Any] = {"Limit": page_size}
         if token:
             start = decode_token(token)
-            if not isinstance(start, str):
+            if not isinstance(start, str) or not 0 < len(start.encode()) <= MAX_KEY_BYTES:
                 raise BadTokenError("The token is not one this API returned.")
             params["ExclusiveStartKey"] = {"Id": {"S": start}}
         answer = self._call("scan", **params)

@@ -6,6 +6,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from marshmallow import EXCLUDE, Schema, ValidationError, validate, validates_schema
 from marshmallow import fields as ma
@@ -30,6 +31,46 @@ MAX_LINK_VALUE_LENGTH = 200
 ID_PATTERN = r"^(?=.*\S)[^\x00-\x1f\x7f]+$"
 ID_ERROR = "Give a printable id (no control characters, not only spaces); check the template's url_param_escape."
 FORMATS = ("array", "object", "attributes")
+ASCII_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
+# A percent-escape of a byte above 0x7f, or such a byte sent raw: only then can a parameter be invalid UTF-8.
+NON_ASCII = re.compile(rb"%[89a-fA-F]|[\x80-\xff]")
+UTF8_ERROR = "Not valid UTF-8 once percent-decoded; check the template's url_param_escape."
+
+
+def whole_number(raw: str) -> int | None:
+    """Return raw as an int when it is 1-9 ASCII digits, else None (int() also takes ' 2', '1_0' and '٣')."""
+    return int(raw) if ASCII_WHOLE_NUMBER.fullmatch(raw) else None
+
+
+class WholeNumber(ma.Integer):
+    """A query parameter holding a whole number in ASCII digits: no sign, space, _ or other scripts' digits."""
+
+    default_error_messages = {"invalid": "Give a whole number in ASCII digits (0-9)."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> int:
+        number = whole_number(value) if isinstance(value, str) else None
+        if number is None:
+            raise self.make_error("invalid")
+        return number
+
+
+def invalid_utf8(query_string: bytes) -> dict[str, list[str]]:
+    """Name each parameter whose value (or name) is not UTF-8 once percent-decoded.
+
+    werkzeug keeps such bytes percent-encoded (user_id=%ff and user_id=%25FF would share an answer) or,
+    sent raw, fails to decode the query string at all.
+    """
+    errors: dict[str, list[str]] = {}
+    if not NON_ASCII.search(query_string):
+        return errors
+    for pair in query_string.split(b"&"):
+        name, _, value = (unquote_to_bytes(part) for part in pair.replace(b"+", b" ").partition(b"="))
+        try:
+            name.decode("utf-8")
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            errors[name.decode("utf-8", "backslashreplace")] = [UTF8_ERROR]
+    return errors
 
 
 class RecommendationQuery(Schema):
@@ -46,8 +87,7 @@ class RecommendationQuery(Schema):
         validate=[validate.Length(min=1, max=MAX_ID_LENGTH), validate.Regexp(ID_PATTERN, error=ID_ERROR)],
         metadata={"description": "An item to find related items for (a related-items campaign or recommender)."},
     )
-    num_results = ma.Integer(
-        strict=False,
+    num_results = WholeNumber(
         validate=validate.Range(min=1, max=MAX_NUM_RESULTS),
         metadata={"description": f"How many items to return, 1-{MAX_NUM_RESULTS}."},
     )
@@ -110,26 +150,40 @@ class QueryParser:
         self.filters = dict(filters or {})
         self.item_fields = ITEM_FIELDS + extra_fields
         self.link_names = tuple(name for _, name, _, _ in string.Formatter().parse(link_query or "") if name)
+        self.names = (*(f.data_key or n for n, f in self.schema.fields.items()), *self.link_names)
 
     def parse_request(self, request: Request) -> Query:
         """Return the request's Query, from the recent ones when the same query string was seen."""
         key = request.query_string
         query = self._recent.get(key)
         if query is None:
-            query = self.parse(request.args)
+            query = self.parse(self._args(request))
             if self.recent_size:
                 if len(self._recent) >= self.recent_size:
                     self._recent.clear()  # cheaper than LRU bookkeeping, and thread-safe under the GIL
                 self._recent[key] = query
         return query
 
+    def _args(self, request: Request) -> MultiDict[str, str]:
+        """Return the request's parameters; raise InvalidParameterError if one this service reads is not UTF-8."""
+        try:
+            args = request.args
+            errors = {name: problem for name, problem in invalid_utf8(request.query_string).items()
+                      if self._reads(name)}
+        except UnicodeDecodeError:  # a byte above 0x7f sent raw, not percent-encoded: werkzeug parses nothing
+            args, errors = MultiDict(), invalid_utf8(request.query_string)
+        if errors:
+            raise InvalidParameterError(f"Invalid request parameters. {_describe(errors)}", errors=errors)
+        return args
+
+    def _reads(self, name: str) -> bool:
+        """Say whether a query parameter is one this service reads (others, e.g. tracking ones, are ignored)."""
+        return name in self.names or name.startswith(("filter.", "context."))
+
     def parse(self, args: MultiDict[str, str]) -> Query:
         """Return the Query, or raise InvalidParameterError naming every bad parameter."""
-        errors: dict[str, Any] = {
-            name: ["Give this parameter once."]
-            for name in (*(f.data_key or n for n, f in self.schema.fields.items()), *self.link_names)
-            if len(args.getlist(name)) > 1
-        }
+        errors: dict[str, Any] = {name: ["Give this parameter once."] for name in self.names
+                                  if len(args.getlist(name)) > 1}
         values: dict[str, Any] = {}
         try:
             values = self.schema.load(args)
@@ -147,8 +201,7 @@ class QueryParser:
             if len(value) > MAX_LINK_VALUE_LENGTH:
                 errors[name] = [f"At most {MAX_LINK_VALUE_LENGTH} characters."]
         if errors:
-            detail = "; ".join(f"{name}: {' '.join(map(str, problems))}" for name, problems in sorted(errors.items()))
-            raise InvalidParameterError(f"Invalid request parameters. {detail}", errors=errors)
+            raise InvalidParameterError(f"Invalid request parameters. {_describe(errors)}", errors=errors)
         return Query(
             user_id=values.get("user_id"),
             num_results=values.get("num_results", self.default_num_results),
@@ -208,3 +261,8 @@ class QueryParser:
                                 + (f"; unknown: {', '.join(unknown)}." if unknown else ".")]
             return None
         return wanted
+
+
+def _describe(errors: Mapping[str, Any]) -> str:
+    """Say what is wrong with each parameter, in name order."""
+    return "; ".join(f"{name}: {' '.join(map(str, problems))}" for name, problems in sorted(errors.items()))

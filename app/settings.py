@@ -58,15 +58,28 @@ def _api_keys(raw: Any, variable: str = "API_KEYS") -> tuple[str, ...]:
     return keys
 
 
-def _networks(raw: Any) -> tuple[IPNetwork, ...]:
+def _networks(raw: Any, variable: str = "ALLOWED_CIDRS") -> tuple[IPNetwork, ...]:
     networks = []
     for entry in _list(raw):
         try:
             networks.append(ipaddress.ip_network(entry, strict=False))
         except ValueError:
-            raise ConfigError(f"ALLOWED_CIDRS: {entry!r} is not an IP address or CIDR block (e.g. 52.4.160.214/32).") \
+            raise ConfigError(f"{variable}: {entry!r} is not an IP address or CIDR block (e.g. 52.4.160.214/32).") \
                 from None
     return tuple(networks)
+
+
+def _proxies(raw: Any) -> tuple[IPNetwork, ...]:
+    """Parse TRUSTED_PROXIES, the load balancers' own addresses; refuse the old form, a count of hops."""
+    text = str(raw or "").strip()
+    if text == "0":
+        return ()  # the old default, trusting no proxy: the same as leaving it empty
+    if text.isdigit():
+        raise ConfigError(
+            f"TRUSTED_PROXIES is now the load balancers' own addresses or CIDR blocks (e.g. 10.0.0.0/8), not a "
+            f"count of hops ({text}): with a count, a client connecting directly could forge X-Forwarded-For. "
+            "Give the network your load balancers connect from.")
+    return _networks(raw, "TRUSTED_PROXIES")
 
 
 def _filter_arn(variable: str, arn: str | None) -> str | None:
@@ -189,7 +202,8 @@ class Settings:
     log_level: str = "INFO"
     api_keys: tuple[str, ...] = ()
     allowed_cidrs: tuple[IPNetwork, ...] = ()
-    trusted_proxies: int = 0
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    admin_allowed_cidrs: tuple[IPNetwork, ...] = ()  # from_mapping: ALLOWED_CIDRS when ADMIN_ALLOWED_CIDRS is empty
     filters: dict[str, str] = field(default_factory=dict)
     promotion_filter_arn: str | None = None
     promotion_name: str = "promoted"
@@ -287,7 +301,9 @@ class Settings:
             log_level=(_text(raw.get("log_level")) or "INFO").upper(),
             api_keys=_api_keys(raw.get("api_keys")),
             allowed_cidrs=_networks(raw.get("allowed_cidrs")),
-            trusted_proxies=conv("trusted_proxies", 0, 5),
+            trusted_proxies=_proxies(raw.get("trusted_proxies")),
+            admin_allowed_cidrs=(_networks(raw.get("admin_allowed_cidrs"), "ADMIN_ALLOWED_CIDRS")
+                                 or _networks(raw.get("allowed_cidrs"))),
             filters=_filters(raw.get("filters")),
             promotion_filter_arn=_filter_arn("PROMOTION_FILTER_ARN", _text(raw.get("promotion_filter_arn"))),
             promotion_name=_text(raw.get("promotion_name")) or "promoted",

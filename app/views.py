@@ -8,8 +8,10 @@ from flask import Blueprint, Response, g, request
 from .components import components
 from .errors import ServiceError
 from .json import json_response
+from .recommendation import Options
 
 bp = Blueprint("recommendations", __name__)
+SOURCES_WITHOUT_OPTIONS = ("batch", "fallback")  # a batch file or the popular items: no filter, no context
 
 
 @bp.get("/recommendations")
@@ -39,7 +41,14 @@ def recommendations() -> Response:
         add("X-Fallback-Reason", result.fallback_reason)
     if result.backfilled:
         add("X-Backfilled", str(result.backfilled))
+    if result.source in SOURCES_WITHOUT_OPTIONS and (ignored := _personalize_only(query.options)):
+        add("X-Ignored-Parameters", ignored)  # a Braze send must not break, but the template's author should know
     return response
+
+
+def _personalize_only(options: Options) -> str:
+    """Name the request's parameters that only Personalize applies, comma-separated ("" when none)."""
+    return ",".join(name for name, given in (("filter", options.filter_arn), ("context", options.context)) if given)
 
 
 @bp.get("/healthz")

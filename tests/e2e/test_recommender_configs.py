@@ -1,10 +1,13 @@
 """Recommender configurations under gunicorn: every worker sees one SQLite file, and a restart loses nothing."""
 from __future__ import annotations
 
+import base64
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import orjson
 import requests
 
 from tests.e2e.conftest import CAMPAIGN_ARN, WORKERS, get
@@ -55,3 +58,29 @@ def test_every_worker_serves_the_configuration_and_a_restart_keeps_it(gunicorn_f
     restarted = gunicorn_factory(**settings)
     again = admin_get(f"{restarted.url}/v1/recommenders/{config_id}", "after-restart")
     assert again.status_code == 200 and again.json() == created.json()
+
+
+def test_what_crashed_the_admin_api_is_a_client_error_under_gunicorn(gunicorn_factory: Any, tmp_path: Path) -> None:
+    """Issue 12's reproductions over real HTTP: gunicorn reads a chunked body itself (wsgi.input_terminated)."""
+    server = gunicorn_factory(ADMIN_API_KEYS=ADMIN_KEY, RECOMMENDER_DB_PATH=str(tmp_path / "recs.sqlite3"))
+    url, headers = server.url + "/v1/recommenders", {"X-API-Key": ADMIN_KEY, "Connection": "close",
+                                                     "Content-Type": "application/json"}
+
+    def chunks(body: bytes) -> Iterator[bytes]:  # a generator body: requests sends it chunked, no Content-Length
+        for start in range(0, len(body), 65_536):
+            yield body[start:start + 65_536]
+
+    huge = orjson.dumps({**BODY, "Description": "x" * 10_000_000})
+    refused = requests.post(url, data=chunks(huge), headers=headers, timeout=30)
+    assert refused.status_code == 413 and set(refused.json()) == {"Message", "RequestID"}
+    assert "Content-Length" not in refused.request.headers
+    created = requests.post(url, data=chunks(orjson.dumps(BODY)), headers=headers, timeout=10)
+    assert created.status_code == 201, created.text
+
+    deep = b'{"Attributes": ' + b"[" * 990 + b"]" * 990 + b"}"
+    assert requests.post(url, data=deep, headers=headers, timeout=10).status_code == 400
+    for query in ("page-size=%C2%B2", f"token={base64.urlsafe_b64encode(b'9223372036854775808').decode()}",
+                  f"token={base64.urlsafe_b64encode(b'true').decode()}"):
+        answer = requests.get(f"{url}?{query}", headers=headers, timeout=10)
+        assert answer.status_code == 400 and set(answer.json()) == {"Message", "RequestID"}, query
+    assert "Traceback" not in server.output()

@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+import io
+import logging
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from app.admin import MAX_BODY_BYTES
+from app.recommenders import BadTokenError, DynamoDBStore, encode_token
 from app.settings import ConfigError
 
 ADMIN_KEY = "admin-key-0123456789abcdef"
@@ -204,3 +209,116 @@ def test_a_failing_store_is_a_500_in_the_same_shape(make_app: Callable[..., Flas
     response = client.get("/v1/recommenders", headers=AUTH)
     assert_message_body(response, 500, "store failed")
     assert str(blocker) not in response.get_json()["Message"]  # the path stays in the log
+
+
+# --------------------------------------------------------------------------------------------------
+# What an outside attack answered with a 500 and a traceback (issue 12, item 6): each is the client's mistake.
+
+
+@pytest.fixture
+def no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail the test if anything is logged at ERROR: a client's mistake is not the service's failure."""
+    with caplog.at_level(logging.INFO):
+        yield
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("depth", [990, 1025, 20_000])
+def test_deeply_nested_json_is_a_400(admin: FlaskClient, no_errors_logged: None, depth: int) -> None:
+    nested = '{"Attributes": ' + "[" * depth + "]" * depth + "}"
+    response = admin.post("/v1/recommenders", data=nested, content_type="application/json", headers=AUTH)
+    assert_message_body(response, 400)
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("page_size", ["%C2%B2", "%D9%A3", "1_0", "%202", "+2", "-0", "2%20", "0x10", "1" * 5000])
+def test_page_size_takes_ascii_digits_only(admin: FlaskClient, no_errors_logged: None, page_size: str) -> None:
+    response = admin.get(f"/v1/recommenders?page-size={page_size}", headers=AUTH)
+    assert_message_body(response, 400, "page-size")
+
+
+def token(position: bytes) -> str:
+    """Wrap JSON text as encode_token does (it cannot encode every number JSON can say)."""
+    return base64.urlsafe_b64encode(position).decode()
+
+
+@pytest.mark.parametrize("position", [b"9223372036854775808", b"18446744073709551616", b"1" * 5000, b"-1", b"true",
+                                      b"false", b"1.5", b"1e3", b'"1"', b"null", b"[1]", b'{"seq": 1}', b"[" * 2000])
+def test_a_token_sqlite_never_handed_out_is_a_400(admin: FlaskClient, no_errors_logged: None, position: bytes) -> None:
+    create(admin)
+    response = admin.get("/v1/recommenders", query_string={"token": token(position)}, headers=AUTH)
+    assert_message_body(response, 400, "token")
+
+
+def test_the_largest_sqlite_position_is_a_valid_token(admin: FlaskClient) -> None:
+    response = admin.get("/v1/recommenders", query_string={"token": encode_token(2**63 - 1)}, headers=AUTH)
+    assert response.status_code == 200 and response.get_json() == {"Item": [], "NextToken": None}
+
+
+@pytest.mark.parametrize("position", ["", "x" * 2049, "\u00e9" * 1025, 1, True, None, ["a"]])
+def test_a_token_dynamodb_never_handed_out_is_refused_before_asking(position: Any) -> None:
+    def no_client() -> Any:
+        raise AssertionError("DynamoDB was asked")
+
+    with pytest.raises(BadTokenError):
+        DynamoDBStore("recommenders", no_client).list(10, encode_token(position))
+
+
+def test_a_query_string_that_is_not_utf8_is_a_400(admin: FlaskClient, no_errors_logged: None) -> None:
+    response = admin.get("/v1/recommenders", headers=AUTH, environ_overrides={"QUERY_STRING": "page-size=\xff"})
+    assert_message_body(response, 400, "UTF-8")
+
+
+def chunked(admin: FlaskClient, body: bytes) -> Any:
+    """POST body as a chunked request does under gunicorn: no Content-Length, a stream the server terminates."""
+    return admin.post("/v1/recommenders", input_stream=io.BytesIO(body), content_type="application/json",
+                      headers={**AUTH, "Transfer-Encoding": "chunked"},
+                      environ_overrides={"wsgi.input_terminated": True})
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(admin: FlaskClient, no_errors_logged: None) -> None:
+    body = orjson.dumps({**BODY, "Description": "x" * 10_000_000})
+    response = chunked(admin, body)
+    assert response.request.content_length is None  # what a chunked request has: nothing to check up front
+    assert_message_body(response, 413, str(MAX_BODY_BYTES))
+    assert admin.get("/v1/recommenders", headers=AUTH).get_json()["Item"] == []
+
+
+def test_a_chunked_body_under_the_limit_is_read(admin: FlaskClient) -> None:
+    response = chunked(admin, orjson.dumps(BODY))
+    assert response.status_code == 201, response.get_json()
+
+
+@pytest.mark.parametrize("chunks", [False, True])
+def test_the_limit_is_exact(admin: FlaskClient, chunks: bool) -> None:
+    def post(size: int) -> Any:
+        padded = orjson.dumps(BODY)[:-1] + b" " * (size - len(orjson.dumps(BODY))) + b"}"
+        assert len(padded) == size
+        if chunks:
+            return chunked(admin, padded)
+        return admin.post("/v1/recommenders", data=padded, content_type="application/json", headers=AUTH)
+
+    assert post(MAX_BODY_BYTES).status_code == 201
+    assert_message_body(post(MAX_BODY_BYTES + 1), 413)
+
+
+def test_allowed_cidrs_guard_the_admin_api(make_app: Callable[..., Flask], db_path: str) -> None:
+    client = make_app(admin_api_keys=ADMIN_KEY, recommender_db_path=db_path,
+                      allowed_cidrs="52.4.160.214/32").test_client()
+    outside = client.get("/v1/recommenders", headers=AUTH, environ_base={"REMOTE_ADDR": "192.0.2.1"})
+    assert_message_body(outside, 403, "ADMIN_ALLOWED_CIDRS")
+    inside = client.get("/v1/recommenders", headers=AUTH, environ_base={"REMOTE_ADDR": "52.4.160.214"})
+    assert inside.status_code == 200
+
+
+def test_admin_allowed_cidrs_replace_allowed_cidrs_for_the_admin_api(make_app: Callable[..., Flask],
+                                                                     db_path: str) -> None:
+    client = make_app(admin_api_keys=ADMIN_KEY, recommender_db_path=db_path, allowed_cidrs="52.4.160.214/32",
+                      admin_allowed_cidrs="192.0.2.0/24").test_client()
+    office = {"REMOTE_ADDR": "192.0.2.1"}
+    assert client.get("/v1/recommenders", headers=AUTH, environ_base=office).status_code == 200
+    assert client.get("/recommendations?user_id=u1", environ_base=office).status_code == 403
+    braze = {"REMOTE_ADDR": "52.4.160.214"}
+    assert_message_body(client.get("/v1/recommenders", headers=AUTH, environ_base=braze), 403)
+    with pytest.raises(ConfigError, match="ADMIN_ALLOWED_CIDRS"):
+        make_app(admin_allowed_cidrs="office")

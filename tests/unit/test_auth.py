@@ -12,11 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, request
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from app.settings import ConfigError
+from app.settings import ConfigError, Settings
 from tests.conftest import FakeRecommender
 
 # Long random-looking keys: no 8-character slice of them can appear in a log line by chance.
@@ -27,6 +27,7 @@ KEYS = (KEY_A, KEY_B, KEY_C)
 ALLOWED_IP = "52.4.160.214"
 OTHER_IP = "52.4.160.215"
 PROXY_IP = "10.1.2.3"
+PROXY_CIDRS = "10.0.0.0/8,fd00::/8"
 
 
 def basic(username: str, password: str) -> str:
@@ -303,7 +304,7 @@ def test_ipv4_mapped_ipv6_address_matches_the_ipv4_block(
 @pytest.fixture
 def behind_proxy(make_app: Callable[..., Flask], fake_recommender: FakeRecommender) -> FlaskClient:
     return make_app({"recommender": fake_recommender}, allowed_cidrs=f"{ALLOWED_IP}/32",
-                    trusted_proxies=1).test_client()
+                    trusted_proxies=PROXY_CIDRS).test_client()
 
 
 def test_behind_one_proxy_the_forwarded_client_is_checked(
@@ -333,6 +334,61 @@ def test_behind_one_proxy_a_spoofed_leftmost_entry_does_not_help(
     # And junk to the left of an allowed last hop does not hurt.
     resp = get(behind_proxy, {"X-Forwarded-For": f"6.6.6.6, {ALLOWED_IP}"}, REMOTE_ADDR=PROXY_IP)
     assert_ok(resp, fake_recommender)
+
+
+def test_a_client_connecting_directly_cannot_forge_x_forwarded_for(
+    behind_proxy: FlaskClient, fake_recommender: FakeRecommender
+) -> None:
+    # The issue's reproduction: with TRUSTED_PROXIES=1 this passed, whoever connected.
+    assert_error(get(behind_proxy, {"X-Forwarded-For": ALLOWED_IP}, REMOTE_ADDR=OTHER_IP), 403, "forbidden")
+    assert fake_recommender.calls == []
+    # A direct caller in ALLOWED_CIDRS is itself the client, whatever it claims.
+    assert_ok(get(behind_proxy, {"X-Forwarded-For": OTHER_IP}, REMOTE_ADDR=ALLOWED_IP), fake_recommender)
+
+
+@pytest.mark.parametrize(("forwarded_for", "remote", "allowed"), [
+    (f"{ALLOWED_IP}, 10.9.9.9", PROXY_IP, True),  # client → balancer 10.9.9.9 → proxy 10.1.2.3 → service
+    (f"{OTHER_IP}, {ALLOWED_IP}, 10.9.9.9, 10.8.8.8", PROXY_IP, True),  # the left-most entry is the client's word
+    (f"{ALLOWED_IP}, {OTHER_IP}, 10.9.9.9", PROXY_IP, False),  # the right-most untrusted address is the caller
+    ("10.9.9.9, 10.8.8.8", PROXY_IP, False),  # only proxies: the farthest one, not in ALLOWED_CIDRS
+    (f"{ALLOWED_IP}, fd00::7", "fd00::1", True),  # IPv6 proxies
+    (f"{ALLOWED_IP}, 10.9.9.9", f"::ffff:{PROXY_IP}", True),  # an IPv6 socket's view of an IPv4 proxy
+    (f"{ALLOWED_IP}, not-an-ip", PROXY_IP, False),  # junk written after the client is not skipped
+])
+def test_a_chain_of_proxies_is_walked_from_the_right(
+    behind_proxy: FlaskClient, fake_recommender: FakeRecommender, forwarded_for: str, remote: str, allowed: bool
+) -> None:
+    resp = get(behind_proxy, {"X-Forwarded-For": forwarded_for}, REMOTE_ADDR=remote)
+    if allowed:
+        assert_ok(resp, fake_recommender)
+    else:
+        assert_error(resp, 403, "forbidden")
+
+
+def test_x_forwarded_proto_is_believed_only_from_a_proxy(make_app: Callable[..., Flask]) -> None:
+    app = make_app(trusted_proxies=PROXY_CIDRS)
+
+    @app.get("/scheme")
+    def scheme() -> str:
+        return request.scheme
+
+    client = app.test_client()
+    headers = {"X-Forwarded-Proto": "https"}
+    assert client.get("/scheme", headers=headers, environ_base={"REMOTE_ADDR": PROXY_IP}).text == "https"
+    assert client.get("/scheme", headers=headers, environ_base={"REMOTE_ADDR": OTHER_IP}).text == "http"
+
+
+@pytest.mark.parametrize("count", ["1", "2", "5"])
+def test_a_count_of_trusted_proxies_is_refused_with_the_new_form(count: str) -> None:
+    with pytest.raises(ConfigError, match=r"TRUSTED_PROXIES is now the load balancers' own addresses .*10\.0\.0\.0/8"):
+        Settings.from_env({"CATALOG_URI": "sample/catalog.csv", "RECOMMENDATIONS_URI": "x.json.out",
+                           "TRUSTED_PROXIES": count})
+
+
+def test_trusted_proxies_zero_still_means_none(make_app: Callable[..., Flask]) -> None:
+    assert make_app(trusted_proxies="0").config["SETTINGS"].trusted_proxies == ()
+    with pytest.raises(ConfigError, match="TRUSTED_PROXIES: 'ten' is not an IP address"):
+        make_app(trusted_proxies="10.0.0.0/8,ten")
 
 
 def test_without_trusted_proxies_x_forwarded_for_is_ignored(

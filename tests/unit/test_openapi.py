@@ -98,6 +98,17 @@ def test_docs_page_uses_only_this_service(client: FlaskClient) -> None:
     assert '"/openapi.json"' in html
 
 
+def test_docs_with_a_trailing_slash_leads_to_the_page(client: FlaskClient) -> None:
+    response = client.get("/docs/")
+    assert response.status_code == 308 and response.headers["Location"] == "/docs"
+    assert client.get("/docs/", follow_redirects=True).mimetype == "text/html"
+
+
+def test_the_ignored_parameters_header_is_described(client: FlaskClient) -> None:
+    headers = recommendations_operation(document(client))["responses"]["200"]["headers"]
+    assert headers["X-Ignored-Parameters"]["schema"]["enum"] == ["filter", "context", "filter,context"]
+
+
 def test_this_deployments_filters_and_fields_are_spelled_out(configured: Flask) -> None:
     parameters = {p["name"]: p for p in recommendations_operation(document(configured.test_client()))["parameters"]}
     assert parameters["filter"]["schema"]["enum"] == ["by-category"]

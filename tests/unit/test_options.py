@@ -180,6 +180,31 @@ def test_filter_without_filters_configured_is_400(make_app: Callable[..., Flask]
     assert "FILTERS" in " ".join(error["errors"]["filter"])
 
 
+@pytest.mark.parametrize(("query", "ignored"), [
+    ("user_id=user123&filter=category", "filter"),
+    ("user_id=user123&filter=category&filter.CATEGORY=tents", "filter"),
+    ("user_id=user123&context.DEVICE=mobile", "context"),
+    ("user_id=user123&filter=instock&context.DEVICE=mobile", "filter,context"),
+    ("user_id=nobody-in-the-file&filter=category", "filter"),  # the popular-items fallback cannot filter either
+    ("user_id=user123", None),
+])
+def test_a_batch_file_answers_a_filter_saying_it_ignored_it(
+    make_app: Callable[..., Flask], query: str, ignored: str | None
+) -> None:
+    """With only a batch file (no campaign) a filter cannot apply: the send goes on, the header says so."""
+    client = make_app(filters=FILTERS).test_client()  # the sample batch file, no PERSONALIZE_CAMPAIGN_ARN
+    for _ in range(2):  # the cached answer says so too
+        resp = get(client, query)
+        assert resp.status_code == 200 and resp.get_json()
+        assert resp.headers.get("X-Ignored-Parameters") == ignored
+
+
+def test_a_source_that_applies_filters_sets_no_ignored_header(client: FlaskClient, fake: FakeRecommender) -> None:
+    resp = get(client, "user_id=u1&filter=category&context.DEVICE=mobile")
+    assert resp.status_code == 200 and "X-Ignored-Parameters" not in resp.headers
+    assert fake.options[0].filter_arn == FILTER_ARN
+
+
 def test_filter_values_reach_the_recommender(client: FlaskClient, fake: FakeRecommender) -> None:
     ok(get(client, "user_id=u1&filter=category&filter.CATEGORY=shoes,boots&filter.MAX_PRICE=100"))
 

@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import FakeAws
 
 CAMPAIGN_ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/braze-recs"
+FILTER_ARN = "arn:aws:personalize:us-east-1:123456789012:filter/by-category"
 
 
 @pytest.mark.parametrize(("connect", "read", "warned"), [(0.2, 0.5, False), (0.3, 0.5, True), (0.3, 0.7, True)])
@@ -36,3 +37,20 @@ def test_start_up_warns_when_budget_and_transformer_exceed_braze_s_wait(
     assert bool(lines) is warned
     if warned:
         assert lines[0].startswith(f"REQUEST_BUDGET_MS + TRANSFORMER_TIMEOUT_MS ({budget + transformer} ms)")
+
+
+@pytest.mark.parametrize(("settings", "warned"), [
+    ({"filters": f"category={FILTER_ARN}"}, True),
+    ({"promotion_filter_arn": FILTER_ARN}, True),
+    ({"filters": f"category={FILTER_ARN}", "personalize_campaign_arn": CAMPAIGN_ARN}, False),
+    ({}, False),
+])
+def test_start_up_warns_when_filters_have_only_a_batch_file(
+    make_app: Callable[..., Any], caplog: pytest.LogCaptureFixture, settings: dict[str, str], warned: bool
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="app"):
+        make_app({"aws": FakeAws(personalize=lambda role, region: None)}, **settings)
+    lines = [r.getMessage() for r in caplog.records if "X-Ignored-Parameters" in r.getMessage()]
+    assert bool(lines) is warned
+    if warned:
+        assert "PERSONALIZE_CAMPAIGN_ARN is not" in lines[0]

@@ -359,6 +359,24 @@ BAD_PARAMETERS = [
     pytest.param("user_id=u1&num_results=1e2", "num_results", id="num_results-1e2"),
     pytest.param("user_id=u1&num_results=true", "num_results", id="num_results-true"),
     pytest.param("user_id=u1&num_results=5&num_results=6", "num_results", id="num_results-repeated"),
+    # int() takes these; the API takes ASCII digits only (issue 12, item 8).
+    pytest.param("user_id=u1&num_results=1_0", "num_results", id="num_results-underscore"),
+    pytest.param("user_id=u1&num_results=%D9%A3", "num_results", id="num_results-arabic-indic-3"),
+    pytest.param("user_id=u1&num_results=%EF%BC%93", "num_results", id="num_results-fullwidth-3"),
+    pytest.param("user_id=u1&num_results=%C2%B2", "num_results", id="num_results-superscript-2"),
+    pytest.param("user_id=u1&num_results=%202", "num_results", id="num_results-leading-space"),
+    pytest.param("user_id=u1&num_results=2%20", "num_results", id="num_results-trailing-space"),
+    pytest.param("user_id=u1&num_results=+2", "num_results", id="num_results-plus-as-space"),
+    pytest.param("user_id=u1&num_results=%2B2", "num_results", id="num_results-plus-sign"),
+    pytest.param("user_id=u1&num_results=2%0A", "num_results", id="num_results-newline"),
+    # Not UTF-8 once percent-decoded: werkzeug keeps the bytes percent-encoded, so %ff would share an answer
+    # with a user whose id is the text "%FF".
+    pytest.param("user_id=%ff%fe", "user_id", id="user_id-not-utf8"),
+    pytest.param("user_id=%fe%ff", "user_id", id="user_id-not-utf8-swapped"),
+    pytest.param("user_id=%C3%28", "user_id", id="user_id-broken-sequence"),
+    pytest.param("user_id=%ED%A0%80", "user_id", id="user_id-encoded-surrogate"),
+    pytest.param("user_id=u1&item_id=a%C3", "item_id", id="item_id-truncated-sequence"),
+    pytest.param("user_id=u1&filter.CATEGORY=%FF", "filter.CATEGORY", id="filter-value-not-utf8"),
 ]
 
 
@@ -394,6 +412,45 @@ def test_user_id_of_256_characters_is_accepted(
 
     assert resp.status_code == 200
     assert fake_recommender.calls == [(user_id, 10)]
+
+
+def test_num_results_with_leading_zeros_is_still_a_number(client: FlaskClient, fake_recommender: FakeRecommender) -> None:
+    assert client.get("/recommendations", query_string="user_id=u1&num_results=002").status_code == 200
+    assert fake_recommender.calls == [("u1", 2)]
+
+
+def test_a_user_id_that_is_the_text_of_a_bad_escape_is_a_user(
+    client: FlaskClient, fake_recommender: FakeRecommender
+) -> None:
+    """%25FF is the text "%FF", a valid id; %FF (one byte, not UTF-8) was answered as if it were the same id."""
+    assert client.get("/recommendations", query_string="user_id=%25FF%25FE").status_code == 200
+    assert_error(client.get("/recommendations", query_string="user_id=%FF%FE"), 400, "invalid_parameter", "user_id")
+    assert fake_recommender.calls == [("%FF%FE", 10)]
+
+
+def test_valid_utf8_and_an_escaped_replacement_character_are_accepted(
+    client: FlaskClient, fake_recommender: FakeRecommender
+) -> None:
+    assert client.get("/recommendations", query_string="user_id=%C3%A9%EF%BF%BD").status_code == 200
+    assert fake_recommender.calls == [("\u00e9\ufffd", 10)]
+
+
+def test_raw_bytes_that_are_not_utf8_are_a_400_naming_the_parameter(
+    client: FlaskClient, fake_recommender: FakeRecommender
+) -> None:
+    """Sent unescaped, such a byte made werkzeug fail to decode the whole query string (a 500)."""
+    for query in ("user_id=\xff", "user_id=u1&utm_source=\xff"):
+        resp = client.get("/recommendations", environ_overrides={"QUERY_STRING": query})
+        assert_error(resp, 400, "invalid_parameter", query.rsplit("&", 1)[-1].split("=")[0])
+    assert fake_recommender.calls == []
+
+
+def test_a_rejected_query_is_not_remembered(make_app: Callable[..., Flask], fake_recommender: FakeRecommender) -> None:
+    """The parsed-query memo keys on the raw query string: a rejected one is rejected every time."""
+    client = make_app({"recommender": fake_recommender}, cache_local_items=100).test_client()
+    for _ in range(2):
+        assert_error(client.get("/recommendations", query_string="user_id=%FF"), 400, "invalid_parameter", "user_id")
+    assert fake_recommender.calls == []
 
 
 NASTY_REQUESTS = [
