@@ -27,7 +27,7 @@ import orjson
 from gunicorn.http import errors as http_errors
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.http2 import negotiation
-from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 DEFAULT_HEAD_TIMEOUT = 5  # seconds; Braze gives up after 2
 # A head longer than this goes to gunicorn's parser as it is, which answers 414/431 (the limits are far less).
@@ -92,28 +92,42 @@ class HeadFirstWorker(ThreadWorker):
             super().enqueue_req(conn)  # TLS and HTTP/2 read their own way: gunicorn's behaviour
             return
         conn.received = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
-        if request_ready(conn.received):
-            self._dispatch(conn)
-            return
         conn.sock.setblocking(False)
-        conn.head_deadline = time.monotonic() + self.head_timeout
-        self.arriving.append(conn)
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_arriving, conn))
-
-    def _on_arriving(self, conn: TConn, sock: socket.socket) -> None:
-        try:
-            data = sock.recv(MAX_BUFFERED)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:  # the client closed the connection
-            self._forget(conn)
-            return
-        conn.received += data
-        if request_ready(conn.received):
-            self._unwatch(conn)
+        ready = self._receive(conn)  # often already there: no round through the poller
+        if ready:
             self._dispatch(conn)
+        elif ready is None:
+            self._close(conn)
+        else:
+            conn.head_deadline = time.monotonic() + self.head_timeout
+            self.arriving.append(conn)
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_arriving, conn))
+
+    def _on_arriving(self, conn: TConn, _sock: socket.socket) -> None:
+        ready = self._receive(conn)
+        if ready is False:
+            return
+        self._unwatch(conn)
+        if ready:
+            self._dispatch(conn)
+        else:
+            self._close(conn)
+
+    @staticmethod
+    def _receive(conn: TConn) -> bool | None:
+        """Read what has arrived: True once the request is whole, False while it is not, None if the client left."""
+        if request_ready(conn.received):
+            return True
+        try:
+            data = conn.sock.recv(MAX_BUFFERED)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return None
+        if not data:
+            return None
+        conn.received += data
+        return request_ready(conn.received)
 
     def _dispatch(self, conn: TConn) -> None:
         conn.data_ready = True  # gthread's handle() would otherwise wait for a first byte again
@@ -130,24 +144,24 @@ class HeadFirstWorker(ThreadWorker):
         except (KeyError, ValueError, OSError):
             pass
 
-    def _forget(self, conn: TConn) -> None:
-        self._unwatch(conn)
+    def _close(self, conn: TConn) -> None:
         self.nr_conns -= 1
         conn.close()
 
     def murder_pending(self) -> None:
-        """Close connections whose request did not arrive in time (all still silent ones when stopping)."""
+        """Close connections whose request did not arrive in time (silent ones at once when stopping)."""
         super().murder_pending()
         now = time.monotonic()
         if not self.alive:
-            for conn in [c for c in self.arriving if not c.received]:
-                conn.head_deadline = min(conn.head_deadline, now + STOP_KEEPALIVE_LINGER)
+            for conn in [c for c in self.arriving if not c.received and c.head_deadline > now]:
+                conn.head_deadline = now  # nothing sent yet: no request to finish
+                self.arriving.remove(conn)
+                self.arriving.appendleft(conn)  # keeps the deque ordered by deadline
         while self.arriving and self.arriving[0].head_deadline <= now:
+            conn = self.arriving[0]
+            self._unwatch(conn)
+            self._close(conn)
             self.head_timeouts += 1
-            self._forget(self.arriving[0])
-        for conn in [c for c in self.arriving if c.head_deadline <= now]:  # out of order after a stop began
-            self.head_timeouts += 1
-            self._forget(conn)
         if now >= self.summary_at:
             if self.head_timeouts:
                 self.log.warning("Closed %d connections that sent no whole request within %g s in the last %d s "
