@@ -57,7 +57,7 @@ def request_ready(data: bytes) -> bool:
     end = HEAD_END.search(data)
     if end is None:
         return len(data) >= MAX_BUFFERED
-    head = data[:end.start() + 1]
+    head = data[:end.end()]
     if EXPECT.search(head):
         return True  # the client waits for "100 Continue" before it sends the body
     length = CONTENT_LENGTH.search(head)
