@@ -94,11 +94,14 @@ def measure(base: str, paths: list[str], seconds: float, timeout: float, stop: t
     """GET each path in turn, on a new connection each, until `seconds` pass."""
     results = {path: Timings() for path in paths}
     deadline = time.monotonic() + seconds
+    sent = 0
     while time.monotonic() < deadline and not stop.is_set():
         for path in paths:
             started = time.perf_counter()
+            sent += 1
             try:
-                response = requests.get(base + path, headers={"Connection": "close"}, timeout=timeout)
+                response = requests.get(base + path.replace("{n}", str(sent)), headers={"Connection": "close"},
+                                        timeout=timeout)
                 elapsed = (time.perf_counter() - started) * 1000
                 if response.status_code >= 300:
                     results[path].failures.append(f"{response.status_code} after {elapsed:.0f} ms")
@@ -118,7 +121,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60, help="how long to hold them")
     parser.add_argument("--timeout", type=float, default=10, help="an ordinary request's timeout, s")
     parser.add_argument("--path", action="append", default=None,
-                        help="ordinary requests to time (default /healthz and /recommendations?user_id=u1)")
+                        help="ordinary requests to time (default /healthz and /recommendations?user_id=u1); "
+                        "{n} becomes a new number each time, e.g. user_id=u{n} for cache misses")
     args = parser.parse_args()
     paths = args.path or ["/healthz", "/recommendations?user_id=u1"]
     parts = urlsplit(args.url)
