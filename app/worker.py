@@ -92,7 +92,8 @@ class HeadFirstWorker(ThreadWorker):
             super().enqueue_req(conn)  # TLS and HTTP/2 read their own way: gunicorn's behaviour
             return
         conn.received = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
-        conn.sock.setblocking(False)
+        if conn.sock.getblocking():  # only after a pipelined request: a system call saved on every other
+            conn.sock.setblocking(False)
         ready = self._receive(conn)  # often already there: no round through the poller
         if ready:
             self._dispatch(conn)
