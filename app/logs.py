@@ -26,8 +26,8 @@ MAX_REQUEST_ID_LENGTH = 128
 # 64 bits: no two of millions of users share one; without the key nobody can recompute them from guessed ids.
 USER_HASH_HEX_CHARS = 16
 # Libraries that log request URLs (werkzeug's dev server) or signed headers (botocore, urllib3 at DEBUG).
-# The line gunicorn's arbiter logs with its listening sockets (gunicorn/arbiter.py, start()).
-LISTENING_AT = "Listening at: %s (%s)"
+# The lines gunicorn's arbiter logs with its listening sockets (gunicorn/arbiter.py: start(), and reload()).
+LISTENING_AT = ("Listening at: %s (%s)", "Listening at: %s")
 QUIET_LOGGERS = ("werkzeug", "botocore", "boto3", "urllib3", "s3transfer")
 
 
@@ -80,7 +80,7 @@ class GunicornLogger(_GunicornLogger):
 
         With reuse_port the master binds nothing (each worker does), and gunicorn prints an empty list.
         """
-        if msg == LISTENING_AT and args and not args[0]:
+        if msg in LISTENING_AT and args and not args[0]:
             addresses = ", ".join(f"http://{a[0]}:{a[1]}" if isinstance(a, tuple) else str(a) for a in self.cfg.address)
             args = (f"{addresses}, on a socket per worker (reuse_port)", *args[1:])
         super().info(msg, *args, **kwargs)
