@@ -16,19 +16,28 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from app.settings import DEFAULT_WEB_THREADS  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR, see above
 
 
-def whole_number(name: str, default: int) -> int:
-    """Read a positive whole number from the environment, or stop with a sentence (not a traceback)."""
+def whole_number(name: str, default: int, most: int | None = None) -> int:
+    """Read a positive whole number (at most `most`) from the environment, or stop with a sentence."""
     raw = os.environ.get(name, "").strip() or str(default)
-    if not raw.isdigit() or int(raw) < 1:
+    if not raw.isdigit() or int(raw) < 1 or (most is not None and int(raw) > most):
         if METRICS_FOLDER_MADE:
             shutil.rmtree(METRICS_FOLDER_MADE, ignore_errors=True)
-        sys.exit(f"Cannot start: {name} must be a whole number of at least 1, got {raw!r}.")
+        upto = f" and at most {most}" if most is not None else ""
+        sys.exit(f"Cannot start: {name} must be a whole number of at least 1{upto}, got {raw!r}.")
     return int(raw)
 
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{whole_number('PORT', 8000, most=65535)}"
 workers = whole_number("WEB_CONCURRENCY", 2)
-worker_class = "gthread"
+# gunicorn's gthread worker, except that a request gets a thread only once it has all arrived: slow or idle
+# connections cannot hold the threads (app/worker.py). One without a whole request within REQUEST_HEAD_TIMEOUT
+# seconds is closed.
+worker_class = "app.worker.HeadFirstWorker"
+whole_number("REQUEST_HEAD_TIMEOUT", 5)  # checked here, read by the worker
+# The longest request line gunicorn accepts (method, path, query string, version): its maximum, so a Braze URL
+# with a user id of several thousand characters fits. Longer ones, and headers over 8190 bytes, get a JSON 414
+# or 431 (app/worker.py).
+limit_request_line = 8190
 threads = whole_number("WEB_THREADS", DEFAULT_WEB_THREADS)
 # Braze gives up after 2 s; a request still running after this is stuck, not slow.
 timeout = whole_number("WORKER_TIMEOUT", 30)
@@ -65,9 +74,6 @@ def on_starting(server):
         server.log.error("Cannot start: %s", exc)
         on_exit(server)  # gunicorn does not call it when on_starting exits
         sys.exit(2)
-    if server.cfg.reuse_port:
-        server.log.info("Listening at: %s, on a socket per worker (reuse_port)",
-                        ", ".join(f"http://{host}:{port}" for host, port in server.cfg.address))
 
 
 def inherits_sockets() -> bool:

@@ -26,6 +26,8 @@ MAX_REQUEST_ID_LENGTH = 128
 # 64 bits: no two of millions of users share one; without the key nobody can recompute them from guessed ids.
 USER_HASH_HEX_CHARS = 16
 # Libraries that log request URLs (werkzeug's dev server) or signed headers (botocore, urllib3 at DEBUG).
+# The lines gunicorn's arbiter logs with its listening sockets (gunicorn/arbiter.py: start(), and reload()).
+LISTENING_AT = ("Listening at: %s (%s)", "Listening at: %s")
 QUIET_LOGGERS = ("werkzeug", "botocore", "boto3", "urllib3", "s3transfer")
 
 
@@ -72,6 +74,16 @@ class GunicornLogger(_GunicornLogger):
     def _set_handler(self, log: logging.Logger, output: str | None, fmt: logging.Formatter,
                      stream: Any = None) -> None:
         super()._set_handler(log, output, JsonFormatter(), stream)
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log as gunicorn does, with the addresses in the master's "Listening at" line when it has no socket.
+
+        With reuse_port the master binds nothing (each worker does), and gunicorn prints an empty list.
+        """
+        if msg in LISTENING_AT and args and not args[0]:
+            addresses = ", ".join(f"http://{a[0]}:{a[1]}" if isinstance(a, tuple) else str(a) for a in self.cfg.address)
+            args = (f"{addresses}, on a socket per worker (reuse_port)", *args[1:])
+        super().info(msg, *args, **kwargs)
 
 
 def configure_logging(level: str) -> None:
