@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ from .batch import BatchRecommender, parse_batch_output
 from .cache import AnswerCache, cache_config
 from .catalog import Catalog, parse_catalog, parse_item_list
 from .components import EXTENSION, Components, components
-from .configured import build_configured
+from .configured import build_configured, recommenders_served
 from .errors import register_error_handlers
 from .extensions import cache
 from .logs import RequestLog, configure_logging
@@ -26,6 +27,7 @@ from .metrics import Metrics
 from .metrics import bp as metrics_bp
 from .openapi import bp as docs_bp
 from .personalize import PersonalizeRecommender
+from .popularity import RecentlyRecommended, RedisCounts, SQLiteCounts
 from .presentation import Presenter
 from .proxies import TrustedProxies
 from .recommendation import Recommender
@@ -35,6 +37,7 @@ from .service import RecommendationService
 from .settings import ConfigError, Settings
 from .singleflight import SingleFlight
 from .sources import Reloadable, SourceError, open_source
+from .storage import private_file, private_folder
 from .upstream import GuardedRecommender
 from .views import bp
 
@@ -69,6 +72,7 @@ def create_app(
     app = Flask(__name__)
     app.config.update(SETTINGS=settings)
     _trust_proxies(app, settings)
+    _prepare_data_folders(settings)
     aws = aws or AwsClients(settings.aws_region, _personalize_timeouts(settings), settings.transformer_timeout_ms / 1000)
     metrics = Metrics()
     service = _recommendation_service(settings, app, metrics, aws, recommender, answer_backend, lock_client,
@@ -86,7 +90,8 @@ def create_app(
         auth_guard=build_guard(settings.api_keys, settings.allowed_cidrs),
         metrics_guard=build_guard(settings.api_keys, ()),
         configured=build_configured(store, service, presenter, aws, _guard(settings),
-                                    settings.recommender_refresh_seconds, observe=metrics.observe_personalize),
+                                    settings.recommender_refresh_seconds, observe=metrics.observe_personalize,
+                                    enabled=recommenders_served(settings)),
         store=store,
         request_log=RequestLog(settings.log_user_id_key, enabled=settings.log_level in ("DEBUG", "INFO"),
                                flush_seconds=settings.log_flush_ms / 1000),
@@ -106,6 +111,30 @@ def warm_up(app: Flask) -> None:
         service.batch.check_ready()
     if service.popular is not None:
         service.popular.load()
+    elif not service.current_catalog().popular:
+        log.warning("No popularity source: POPULAR_ITEMS_URI is not set and the catalog has no POPULARITY_RANK, "
+                    "RANK or POPULARITY column. When the source fails with no stale or batch answer, the fallback "
+                    "serves the items recommended most in the last %d hours (RECENTLY_RECOMMENDED_HOURS), then the "
+                    "catalog's own order.", service.recent.keep_hours if service.recent else 0)
+
+
+def _prepare_data_folders(settings: Settings) -> None:
+    """Create the folders and files the service will keep (0700/0600), refusing ones others could write."""
+    used: list[tuple[str, str, Callable[[str, str], str]]] = []
+    if not settings.cache_redis_url:
+        used.append((settings.cache_dir, "CACHE_DIR", private_folder))
+        used.append((recent_counts_path(settings), "DATA_DIR", private_file))
+    if settings.recommender_store == "sqlite" and recommenders_served(settings):
+        used.append((settings.recommender_db_path, "RECOMMENDER_DB_PATH", private_file))
+    for path, variable, prepare in used:
+        if os.path.commonpath([path, settings.data_dir]) == settings.data_dir:
+            private_folder(settings.data_dir, "DATA_DIR")  # a folder others could write holds ours too
+        prepare(path, variable)
+
+
+def recent_counts_path(settings: Settings) -> str:
+    """Return the SQLite file of the recently recommended counts, when Redis is not the cache."""
+    return os.path.join(settings.data_dir, "recently-recommended.sqlite3")
 
 
 def _settings(config: Settings | Mapping[str, Any] | None) -> Settings:
@@ -165,15 +194,21 @@ def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aw
         settings.cache_stale_seconds,
         local_seconds=settings.cache_local_seconds,
         local_items=settings.cache_local_items,
+        on_error=metrics.answer_cache_error,
+        on_failing=metrics.answer_cache_changed,
     )
+    redis_client = lock_client or _redis_client(settings.cache_redis_url)
     return RecommendationService(
         _guard(settings)(primary, on_state_change=metrics.breaker_changed),
         catalog,
         answers,
-        SingleFlight(answers, lock_client or _lock_client(settings.cache_redis_url)),
+        SingleFlight(answers, redis_client),
         budget_seconds=settings.request_budget_ms / 1000,
         batch=batch if primary is not batch else None,
         popular=reloadable("POPULAR_ITEMS_URI", settings.popular_items_uri, parse_item_list, "popular items"),
+        recent=RecentlyRecommended(RedisCounts(redis_client) if redis_client is not None
+                                   else SQLiteCounts(recent_counts_path(settings)),
+                                   keep_hours=settings.recently_recommended_hours),
     )
 
 
@@ -200,8 +235,8 @@ def _personalize(settings: Settings, aws: AwsClients, metrics: Metrics) -> Recom
                                   observe=metrics.observe_personalize, credentials=aws.credentials)
 
 
-def _lock_client(redis_url: str | None) -> redis.Redis | None:
-    """Return the Redis client single-flight locks use across workers, when Redis is the cache."""
+def _redis_client(redis_url: str | None) -> redis.Redis | None:
+    """Return the Redis client of single-flight locks and recently recommended counts, when Redis is the cache."""
     if not redis_url:
         return None
     return redis.Redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)

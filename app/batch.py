@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from .errors import UnavailableError
+from .errors import Unavailable
 from .recommendation import NO_OPTIONS, Options, Recommendation
 from .sources import Reloadable, SourceError
 
@@ -64,6 +64,7 @@ class BatchRecommender:
     def __init__(self, answers: Reloadable[BatchAnswers]) -> None:
         self.answers = answers
         self.key = answers.source.uri
+        self._unavailable = Unavailable()
 
     def recommend(self, user_id: str | None, num_results: int, options: Options = NO_OPTIONS) -> Recommendation:
         """Return the batch items for the related item if one is asked for, else for the user."""
@@ -78,6 +79,5 @@ class BatchRecommender:
         try:
             return self.answers.get()
         except SourceError as exc:
-            raise UnavailableError(
-                f"The batch recommendations are not loaded: {exc}", code="recommendations_unavailable"
-            ) from exc
+            raise self._unavailable("recommendations_unavailable",
+                              "The batch recommendations are not loaded yet; the error is logged.", exc) from exc

@@ -1,26 +1,32 @@
 """The answer cache: each source's answer per (source, user, parameters), kept in flask-caching's backend."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-import pickle
+import os
+import struct
+import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from cachelib.base import BaseCache
+from cachelib.serializers import BaseSerializer
 from cachetools import TTLCache
+from flask_caching.backends.filesystemcache import FileSystemCache
+from flask_caching.backends.rediscache import RedisCache
 from redis.exceptions import RedisError
 
 from .recommendation import Recommendation
 
 log = logging.getLogger(__name__)
 
-# What a cache backend raises when it is down or holds garbage: the cache is then skipped, never fatal.
-CACHE_FAILURES = (RedisError, OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError)
+# What a cache backend raises when it is down, full or unwritable: the cache is then skipped, never fatal.
+CACHE_FAILURES = (RedisError, OSError)
 
 
 @dataclass(frozen=True)
@@ -29,18 +35,119 @@ class CachedAnswer:
     stored_at: float
 
 
+def encode_answer(answer: CachedAnswer) -> bytes:
+    """Return the answer as the JSON bytes the backend keeps: data only, nothing that could run when read."""
+    rec = answer.recommendation
+    return orjson.dumps({"items": rec.item_ids, "rid": rec.recommendation_id, "at": answer.stored_at})
+
+
+def decode_answer(data: Any) -> CachedAnswer | None:
+    """Return the answer encode_answer wrote, or None for anything else (an old pickle, garbage, a counter)."""
+    if not isinstance(data, bytes) or not data.startswith(b"{"):
+        return None
+    try:
+        value = orjson.loads(data)
+        items, rid, at = value["items"], value["rid"], value["at"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if (not isinstance(items, list) or not all(isinstance(i, str) for i in items)
+            or not (rid is None or isinstance(rid, str)) or type(at) not in (int, float)):
+        return None
+    return CachedAnswer(Recommendation(items, rid), float(at))
+
+
+class DataSerializer(BaseSerializer):
+    """Keep bytes and integers as they are and refuse anything else: nothing read back is ever unpickled.
+
+    cachelib's own serializers pickle, so whoever can write the cache (a Redis without a password, a cache
+    folder others can write) could run code in the service with a crafted entry.
+    """
+
+    def dumps(self, value: Any, protocol: int | None = None) -> bytes:
+        if type(value) is int:  # FileSystemCache's entry count; Redis INCR-compatible, as cachelib's
+            return str(value).encode("ascii")
+        if isinstance(value, bytes):
+            return value
+        raise TypeError(f"the answer cache keeps bytes, not {type(value).__name__}")
+
+    def loads(self, value: bytes | None) -> Any:
+        if value is None:
+            return None
+        return int(value) if value.isdigit() else bytes(value)
+
+    def dump(self, value: Any, f: IO[bytes], protocol: int | None = None) -> None:
+        f.write(self.dumps(value))
+
+    def load(self, f: IO[bytes]) -> Any:
+        return self.loads(f.read())
+
+
+class DataRedisCache(RedisCache):
+    """flask-caching's RedisCache keeping bytes, never pickles."""
+
+    serializer = DataSerializer()
+
+
+class DataFileSystemCache(FileSystemCache):
+    """flask-caching's FileSystemCache keeping bytes, never pickles, and raising OSError when a file cannot be
+    read or written (a full disk, a read-only folder) where cachelib logs a traceback and returns False, which
+    the answer cache could not tell from success (one traceback per request, and no state change logged)."""
+
+    serializer = DataSerializer()
+
+    @property
+    def _file_count(self) -> int:
+        count = self.get(self._fs_count_file)
+        return count if isinstance(count, int) else 0  # an older release's pickled count, or garbage: recount
+
+    def get(self, key: str) -> Any:
+        try:
+            with open(self._get_filename(key), "rb") as f:
+                header = f.read(4)
+                if len(header) < 4:
+                    return None  # a torn or foreign file: a miss
+                expires = struct.unpack("I", header)[0]
+                if expires == 0 or expires >= time.time():
+                    return self.serializer.load(f)
+        except FileNotFoundError:
+            pass
+        return None
+
+    def set(self, key: str, value: Any, timeout: Any = None, mgmt_element: bool = False) -> bool:
+        if mgmt_element:
+            timeout = 0
+        else:
+            self._prune()
+        expires = self._normalize_timeout(timeout)
+        filename = self._get_filename(key)
+        overwrite = os.path.isfile(filename)
+        fd, tmp = tempfile.mkstemp(suffix=self._fs_transaction_suffix, dir=self._path)  # 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(struct.pack("I", expires))
+                self.serializer.dump(value, f)
+            os.replace(tmp, filename)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a full disk must not fill up with half-written files too
+                os.remove(tmp)
+            raise
+        if not overwrite and not mgmt_element:
+            self._update_count(delta=1)
+        return True
+
+
 def cache_config(redis_url: str | None, cache_dir: str, threshold: int, ttl: int) -> dict[str, Any]:
     """Return flask-caching settings: Redis when a URL is given, else files shared by the host's workers."""
     if redis_url:
         return {
-            "CACHE_TYPE": "RedisCache",
+            "CACHE_TYPE": f"{__name__}.DataRedisCache",
             "CACHE_REDIS_URL": redis_url,
             "CACHE_DEFAULT_TIMEOUT": ttl,
             # A Redis that hangs must cost a request milliseconds, not the whole budget.
             "CACHE_OPTIONS": {"socket_timeout": 0.25, "socket_connect_timeout": 0.25, "health_check_interval": 30},
         }
     return {
-        "CACHE_TYPE": "FileSystemCache",
+        "CACHE_TYPE": f"{__name__}.DataFileSystemCache",
         "CACHE_DIR": cache_dir,
         "CACHE_THRESHOLD": threshold,
         "CACHE_DEFAULT_TIMEOUT": ttl,
@@ -48,15 +155,18 @@ def cache_config(redis_url: str | None, cache_dir: str, threshold: int, ttl: int
 
 
 class AnswerCache:
-    """Read and write answers; a backend failure is logged once and treated as a miss.
+    """Read and write answers; a backend failure is logged once per change of state and treated as a miss.
 
     With local_seconds, answers are also kept that long in this process, so the 2-3 calls Braze makes
     for one recipient within seconds cost one backend round trip per worker, not one each. The copy
     carries its stored_at, so freshness is judged exactly as for the shared entry.
+    on_error(operation) is told of every failed read, write or malformed entry; on_failing(bool) of each
+    change between failing and working (the metrics).
     """
 
     def __init__(
-        self, backend: BaseCache, ttl: int, stale_seconds: int = 0, local_seconds: float = 0, local_items: int = 0
+        self, backend: BaseCache, ttl: int, stale_seconds: int = 0, local_seconds: float = 0, local_items: int = 0,
+        on_error: Callable[[str], None] | None = None, on_failing: Callable[[bool], None] | None = None,
     ) -> None:
         self.backend = backend
         self.ttl = ttl
@@ -64,6 +174,9 @@ class AnswerCache:
         self.keep_seconds = max(ttl, stale_seconds)
         self.failures = 0
         self._failing = {"read": False, "write": False}
+        self._malformed = False
+        self._on_error = on_error or (lambda operation: None)
+        self._on_failing = on_failing or (lambda failing: None)
         self._local: TTLCache[str, CachedAnswer] | None = None
         if local_seconds > 0 and local_items > 0:
             self._local = TTLCache(maxsize=local_items, ttl=min(local_seconds, ttl))
@@ -76,7 +189,7 @@ class AnswerCache:
         return "recs:v1:" + hashlib.sha256(material).hexdigest()
 
     def get(self, key: str) -> CachedAnswer | None:
-        """Return the stored answer, or None on a miss or a backend failure."""
+        """Return the stored answer, or None on a miss, a backend failure or an entry that is not an answer."""
         if self._local is not None:
             with self._local_lock:
                 answer = self._local.get(key)
@@ -84,21 +197,25 @@ class AnswerCache:
                 return answer
         try:
             value = self.backend.get(key)
-        except Exception as exc:  # noqa: BLE001 - down, or an entry a different release pickled: both a miss
+        except CACHE_FAILURES as exc:
             self._report("read", exc)
             return None
         self._report("read", None)
-        if not isinstance(value, CachedAnswer):
+        if value is None:
             return None
-        self._remember(key, value)
-        return value
+        answer = decode_answer(value)
+        self._report_malformed(answer is None)
+        if answer is None:
+            return None
+        self._remember(key, answer)
+        return answer
 
     def put(self, key: str, recommendation: Recommendation) -> None:
         """Store an answer (kept past its TTL for stale-if-error); a failure only costs a later miss."""
         answer = CachedAnswer(recommendation, time.time())
         self._remember(key, answer)
         try:
-            self.backend.set(key, answer, timeout=self.keep_seconds)
+            self.backend.set(key, encode_answer(answer), timeout=self.keep_seconds)
         except CACHE_FAILURES as exc:
             self._report("write", exc)
             return
@@ -119,11 +236,31 @@ class AnswerCache:
 
     def _report(self, operation: str, exc: Exception | None) -> None:
         # Log when the cache as a whole starts and stops failing, not once per request during an outage.
+        if exc is None and not self._failing[operation]:
+            return  # the common case, a working cache: one dict lookup
         if exc is not None:
             self.failures += 1
+            self._on_error(operation)
         was_failing = any(self._failing.values())
         self._failing[operation] = exc is not None
         if exc is not None and not was_failing:
-            log.error("answer cache failing (%s), serving without it: %s", operation, exc)
+            log.error("answer cache failing (%s), serving without it: %s", operation, _reason(exc))
+            self._on_failing(True)
         elif was_failing and not any(self._failing.values()):
             log.warning("answer cache works again")
+            self._on_failing(False)
+
+    def _report_malformed(self, malformed: bool) -> None:
+        if malformed:
+            self._on_error("malformed")
+        if malformed and not self._malformed:
+            log.warning("answer cache entry is not an answer this service wrote (an older release's pickle, or "
+                        "written by someone else): ignored, treated as a miss and overwritten")
+        self._malformed = malformed
+
+
+def _reason(exc: Exception) -> str:
+    """Return the error without the file path an OSError carries (the cache folder is in the settings)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"

@@ -16,7 +16,7 @@ import orjson
 from cachetools import TTLCache
 
 from .aws import AwsClients, region_of
-from .errors import InvalidParameterError, ServiceError, UnavailableError
+from .errors import InvalidParameterError, ServiceError, Unavailable
 from .personalize import PersonalizeRecommender
 from .pinpoint import recommendation_attributes
 from .presentation import Presenter
@@ -24,6 +24,7 @@ from .recommendation import Recommender
 from .recommenders import RecommenderConfig, RecommenderStore, StoreError
 from .schemas import Query
 from .service import RecommendationService, Result
+from .settings import Settings
 from .transformer import LambdaTransformer, TransformerError
 from .upstream import GuardedRecommender
 
@@ -39,6 +40,11 @@ class UnknownRecommenderError(ServiceError):
     code = "unknown_recommender"
 
 
+def recommenders_served(settings: Settings) -> bool:
+    """Say whether ?recommender=ID reads stored configurations: with the admin API on, or SERVE_RECOMMENDERS."""
+    return bool(settings.admin_api_keys) or settings.serve_recommenders
+
+
 class ConfiguredRecommenders:
     """Answer requests that name a recommender configuration, with its ARN, role, count and attributes."""
 
@@ -52,7 +58,10 @@ class ConfiguredRecommenders:
         refresh_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         in_background: Callable[[Callable[[], None]], None] | None = None,
+        enabled: bool = True,
     ) -> None:
+        self.enabled = enabled  # off: ?recommender= never reads the store nor assumes a stored role
+        self._unavailable = Unavailable()
         self.store = store
         self.base = base
         self.presenter = presenter
@@ -72,6 +81,9 @@ class ConfiguredRecommenders:
     def answer(self, query: Query, started: float) -> tuple[Result, bytes]:
         """Return the result and the response body for a request with ?recommender=ID."""
         assert query.recommender is not None
+        if not self.enabled:
+            raise UnknownRecommenderError("Recommender configurations are off on this service (the configuration "
+                                          "API is off and SERVE_RECOMMENDERS is not set).")
         config = self.config(query.recommender)
         if query.num_results_default:
             query = dataclasses.replace(query, num_results=config.per_message)
@@ -119,9 +131,10 @@ class ConfiguredRecommenders:
         if not unknown:
             try:
                 config = self._read(config_id)
-            except StoreError as exc:
-                raise UnavailableError(f"Recommender configurations cannot be read: {exc}",
-                                       code="recommender_store_unavailable") from exc
+            except StoreError as exc:  # the detail (a path, a table) goes to the log, never to the caller
+                raise self._unavailable("recommender_store_unavailable",
+                                  "Recommender configurations cannot be read right now; the error is logged.",
+                                  exc) from exc
             if config is not None:
                 return config
         raise UnknownRecommenderError(f"There is no recommender configuration {config_id!r}.")
@@ -184,11 +197,12 @@ def _thread(task: Callable[[], None]) -> None:
 
 def build_configured(store: RecommenderStore, base: RecommendationService, presenter: Presenter, aws: AwsClients,
                      guard: Callable[[Recommender], GuardedRecommender], refresh_seconds: float,
-                     observe: Callable[[float, str | None], None] | None = None) -> ConfiguredRecommenders:
+                     observe: Callable[[float, str | None], None] | None = None,
+                     enabled: bool = True) -> ConfiguredRecommenders:
     """Plug together the store, a guarded Personalize recommender per (ARN, role) and the transformer.
 
     Nothing connects until first use. observe is told each Personalize call's seconds and error code, as for
-    the default campaign (the metrics).
+    the default campaign (the metrics). enabled false: ?recommender= is answered 404 without reading the store.
     """
 
     def build_recommender(config: RecommenderConfig) -> GuardedRecommender:
@@ -199,4 +213,4 @@ def build_configured(store: RecommenderStore, base: RecommendationService, prese
         return guard(recommender)
 
     return ConfiguredRecommenders(store, base, presenter, build_recommender, LambdaTransformer(aws.lambda_),
-                                  refresh_seconds)
+                                  refresh_seconds, enabled=enabled)

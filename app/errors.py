@@ -58,6 +58,21 @@ class UnavailableError(ServiceError):
     code = "unavailable"
 
 
+class Unavailable:
+    """Build 503s that tell the caller a sentence, never the detail (a file path, a URI, a table name); the
+    detail is logged when it differs from the last one logged for the code, not once per request."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, str] = {}  # code -> the detail last logged for it
+
+    def __call__(self, code: str, sentence: str, detail: Exception) -> UnavailableError:
+        text = str(detail)
+        if self._last.get(code) != text:
+            self._last[code] = text
+            log.error("%s: %s", code, text)
+        return UnavailableError(sentence, code=code)
+
+
 def error_response(status: int, code: str, message: str, errors: dict[str, Any] | None = None) -> Response:
     """Build the JSON error body used for every error: {"error": {"code", "status", "message"[, "errors"]}}."""
     body: dict[str, Any] = {"code": code, "status": status, "message": message}

@@ -58,6 +58,13 @@ class Metrics:
         # The worst worker counts: one worker whose breaker is open is serving fallbacks.
         self.breaker = Gauge("recs_circuit_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
                              multiprocess_mode="livemax", registry=r)
+        self.answer_cache_errors = Counter("recs_answer_cache_errors",
+                                           "Failed answer cache operations: read, write, malformed (an entry that "
+                                           "is not an answer this service wrote)", ["operation"], registry=r)
+        # Any worker whose cache fails counts: its requests all go to the source.
+        self.answer_cache_failing = Gauge("recs_answer_cache_failing",
+                                          "1 while the answer cache (Redis or CACHE_DIR) fails, else 0",
+                                          multiprocess_mode="livemax", registry=r)
         # Label children looked up once, so a request costs a dict lookup per metric, not a labels() call.
         self._request_children: dict[tuple[str, int], Any] = {}
         self._cache_children = {result: self.cache.labels(result) for result in CACHE_RESULTS}
@@ -88,6 +95,14 @@ class Metrics:
     def breaker_changed(self, state: str) -> None:
         """Record the circuit breaker's state (closed, half_open or open)."""
         self.breaker.set(BREAKER_STATES.get(state, BREAKER_STATES["open"]))
+
+    def answer_cache_error(self, operation: str) -> None:
+        """Count one failed answer cache operation (read, write) or malformed entry."""
+        self.answer_cache_errors.labels(operation).inc()
+
+    def answer_cache_changed(self, failing: bool) -> None:
+        """Record whether the answer cache fails (1) or works (0)."""
+        self.answer_cache_failing.set(int(failing))
 
     def loader(self, what: str) -> Callable[[Sized], None]:
         """Return a callback that records a successful load of the named file (catalog, batch, popular items)."""

@@ -205,9 +205,10 @@ def _recommendations_operation(settings: Settings, sources: list[str], item_list
         },
         "400": _error("A parameter is wrong (invalid_parameter; `errors` names each), or Personalize rejected the "
                       "request (rejected_by_personalize)."),
-        "404": _error("`recommender` names no stored configuration (unknown_recommender)."),
-        "503": _error("The catalog is not loaded (catalog_unavailable), the source failed and no fallback "
-                      "answered (no_recommendations), or the configurations cannot be read "
+        "404": _error("`recommender` names no stored configuration, or configurations are off "
+                      "(unknown_recommender)."),
+        "503": _error("The catalog is not loaded (catalog_unavailable), the source failed and the catalog has no "
+                      "item in stock to fall back on (no_recommendations), or the configurations cannot be read "
                       "(recommender_store_unavailable)."),
     }
     if security:

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import re
 import sqlite3
-import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,7 +15,8 @@ import orjson
 from marshmallow import RAISE, Schema, ValidationError, validate, validates_schema
 from marshmallow import fields as ma
 
-from .settings import ARN_PATTERN
+from .settings import ARN_PATTERN, ConfigError
+from .storage import SQLiteFile
 
 # The seed's rules (Pinpoint's CreateRecommenderConfiguration).
 NAME = re.compile(r"[^\W_][\w -]{0,127}")  # starts with a letter or number; letters, numbers, spaces, _ and -
@@ -191,26 +190,14 @@ class SQLiteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._local = threading.local()
+        self._file = SQLiteFile(path, "RECOMMENDER_DB_PATH", "CREATE TABLE IF NOT EXISTS recommenders ("
+                                "seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)")
 
     def _connection(self) -> sqlite3.Connection:
-        local = self._local
-        # A connection must not cross a fork: gunicorn workers each open their own.
-        if getattr(local, "pid", None) != os.getpid():
-            try:
-                directory = os.path.dirname(os.path.abspath(self.path))
-                os.makedirs(directory, exist_ok=True)
-                connection = sqlite3.connect(self.path, timeout=5, isolation_level=None)
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA busy_timeout=5000")
-                connection.execute(
-                    "CREATE TABLE IF NOT EXISTS recommenders ("
-                    "seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)"
-                )
-            except (sqlite3.Error, OSError) as exc:
-                raise StoreError(f"RECOMMENDER_DB_PATH {self.path}: {exc}") from exc
-            local.connection, local.pid = connection, os.getpid()
-        return local.connection
+        try:
+            return self._file.connection()
+        except (sqlite3.Error, OSError, ConfigError) as exc:
+            raise StoreError(f"RECOMMENDER_DB_PATH {self.path}: {exc}") from exc
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         try:

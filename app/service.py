@@ -1,15 +1,20 @@
 """The request path's logic: cache, then the recommendation source (once per key), then the catalog join;
-on failure the fallback chain (stale answer, batch output, popular items)."""
+on failure the fallback chain (stale answer, batch output, popular items: configured, recently recommended,
+then the catalog's order)."""
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .cache import AnswerCache
 from .catalog import Catalog, Item
-from .errors import InvalidParameterError, ServiceError, UnavailableError, UpstreamError
+from .errors import InvalidParameterError, ServiceError, UnavailableError, UpstreamError, Unavailable
 from .recommendation import NO_OPTIONS, Options, Recommendation, Recommender
+from .popularity import RecentlyRecommended
+from .settings import MAX_NUM_RESULTS
 from .singleflight import SingleFlight
 from .sources import Reloadable, SourceError
 from .upstream import GuardedRecommender
@@ -50,6 +55,7 @@ class RecommendationService:
         budget_seconds: float,
         batch: Recommender | None = None,
         popular: Reloadable[PopularIds] | None = None,
+        recent: RecentlyRecommended | None = None,
     ) -> None:
         self.recommender = recommender
         self.catalog = catalog
@@ -58,6 +64,8 @@ class RecommendationService:
         self.budget_seconds = budget_seconds
         self.batch = batch
         self.popular = popular
+        self.recent = recent
+        self._unavailable = Unavailable()
 
     def recommend(
         self, user_id: str | None, num_results: int, started: float | None = None, options: Options = NO_OPTIONS,
@@ -91,6 +99,8 @@ class RecommendationService:
             log.exception("recommendation source crashed; serving the fallback")
             return self._fallback(catalog, cached.recommendation if cached else None, user_id, num_results,
                                   UpstreamError("The recommendation source failed.", code="internal_error"), options)
+        if self.recent is not None:
+            self.recent.count(recommendation.item_ids)  # misses only: a hit stays a read, a join, a serialisation
         return self._result(catalog, recommendation, num_results, "MISS", self.cache.ttl, recommender.name)
 
 
@@ -115,15 +125,13 @@ class RecommendationService:
             else:
                 if answer.item_ids:
                     return self._result(catalog, answer, num_results, "MISS", 0, "batch", reason)
-        result = self._result(catalog, Recommendation([]), num_results, "MISS", 0, "fallback", reason)
-        if result.items:
+        result = self._result(catalog, Recommendation([]), num_results, "MISS", 0, "fallback", reason,
+                              last_resort=True)
+        if result.item_ids:
             return result
-        raise UnavailableError(
-            f"No recommendations can be served: {exc.message} No fallback answered "
-            "(set POPULAR_ITEMS_URI or a popularity column in the catalog).",
-            code="no_recommendations",
-            retry_after=1,
-        )
+        # The popular list ends with the catalog's own order: only a catalog without an item in stock gets here.
+        raise UnavailableError("No recommendations can be served: the source failed and the catalog has no item "
+                               "in stock to fall back on.", code="no_recommendations", retry_after=1)
 
     def _result(
         self,
@@ -134,11 +142,12 @@ class RecommendationService:
         max_age: int,
         source: str,
         fallback_reason: str | None = None,
+        last_resort: bool = False,
     ) -> Result:
         item_ids = catalog.known(recommendation.item_ids)
         known = len(item_ids)
         if known < num_results:
-            item_ids = self._backfill(catalog, item_ids, num_results)
+            item_ids = self._backfill(catalog, item_ids, num_results, last_resort)
             if not known and fallback_reason is None:
                 # Nothing of the source's answer could be served (a user the batch file does not have, a
                 # user id the template broke, a campaign trained on another catalog): every item is a
@@ -147,11 +156,11 @@ class RecommendationService:
         return Result(item_ids, catalog, recommendation.recommendation_id, cache, max_age, source,
                       len(item_ids) - known, fallback_reason)
 
-    def _backfill(self, catalog: Catalog, item_ids: list[str], num_results: int) -> list[str]:
+    def _backfill(self, catalog: Catalog, item_ids: list[str], num_results: int, last_resort: bool) -> list[str]:
         """Fill a short list up to num_results from the popular items, skipping ones already in it."""
         seen = set(item_ids)
         filled = list(item_ids)
-        for item_id in self.popular_ids(catalog):
+        for item_id in self.popular_ids(catalog, last_resort):
             if len(filled) >= num_results:
                 break
             if item_id in catalog.encoded and item_id not in seen:
@@ -159,8 +168,24 @@ class RecommendationService:
                 seen.add(item_id)
         return filled
 
-    def popular_ids(self, catalog: Catalog) -> PopularIds:
-        """Return the popular list: POPULAR_ITEMS_URI's ids, else the catalog's rank/popularity column."""
+    def popular_ids(self, catalog: Catalog, last_resort: bool = False) -> Iterator[str]:
+        """Yield item ids, most popular first: the configured popular list; for the last resort (the source
+        failed, no stale or batch answer) then the items recommended most lately and the catalog's own order,
+        so an email never goes out blank while the catalog has an item in stock.
+
+        Lazily: a later list is only asked for when the earlier ones ran out of items in stock. Short answers
+        of a working source are backfilled from the configured popular list only.
+        """
+        yield from self.configured_popular(catalog)
+        if not last_resort:
+            return
+        if self.recent is not None:
+            yield from self.recent.top()
+        # Enough for any answer even when every id before was a duplicate (the caller skips those).
+        yield from itertools.islice(catalog.encoded, 2 * MAX_NUM_RESULTS)
+
+    def configured_popular(self, catalog: Catalog) -> PopularIds:
+        """Return POPULAR_ITEMS_URI's ids, else the catalog's rank/popularity column (empty when it has none)."""
         if self.popular is not None:
             try:
                 return self.popular.get()
@@ -179,4 +204,5 @@ class RecommendationService:
         try:
             return self.catalog.get()
         except SourceError as exc:
-            raise UnavailableError(f"The item catalog is not loaded: {exc}", code="catalog_unavailable") from exc
+            raise self._unavailable("catalog_unavailable",
+                                    "The item catalog is not loaded yet; the error is logged.", exc) from exc

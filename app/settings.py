@@ -6,7 +6,6 @@ import ipaddress
 import os
 import re
 import string
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -56,6 +55,18 @@ def _api_keys(raw: Any, variable: str = "API_KEYS") -> tuple[str, ...]:
         raise ConfigError(f"{variable}: {len(short)} key(s) shorter than {MIN_API_KEY_LENGTH} characters; "
                           "use long random keys, e.g. from `openssl rand -hex 24`.")
     return keys
+
+
+def _flag(variable: str, raw: Any) -> bool:
+    """Convert true/false (also 1/0, yes/no, on/off) to a bool; absent is false."""
+    if isinstance(raw, bool) or raw is None:
+        return bool(raw)
+    text = str(raw).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ConfigError(f"{variable} must be true or false, got {raw!r}.")
 
 
 def _networks(raw: Any, variable: str = "ALLOWED_CIDRS") -> tuple[IPNetwork, ...]:
@@ -184,7 +195,10 @@ class Settings:
     default_num_results: int = 10
     cache_ttl_seconds: int = 300
     cache_redis_url: str | None = None
-    cache_dir: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "recs-cache"))
+    # The folder the service keeps its files in (app/storage.py: 0700, its user's only). Relative to the working
+    # directory, like Prometheus's data/: ./data for `make run`, /srv/data in the Docker image.
+    data_dir: str = field(default_factory=lambda: os.path.abspath("data"))
+    cache_dir: str = ""  # DATA_DIR/cache unless set
     cache_threshold: int = 100_000
     cache_local_seconds: float = 5.0
     cache_local_items: int = 10_000
@@ -197,6 +211,7 @@ class Settings:
     request_budget_ms: int = 800
     cache_stale_seconds: int = 86_400
     popular_items_uri: str | None = None
+    recently_recommended_hours: int = 24  # the window of the last resort's "recommended most lately" list
     breaker_failure_threshold: int = 5
     breaker_recovery_seconds: float = 30.0
     log_level: str = "INFO"
@@ -216,12 +231,21 @@ class Settings:
     # Recommender configurations (the /v1/recommenders admin API and ?recommender=ID).
     admin_api_keys: tuple[str, ...] = ()
     recommender_store: str = "sqlite"
-    recommender_db_path: str = field(
-        default_factory=lambda: os.path.join(tempfile.gettempdir(), "recs-recommenders.sqlite3")
-    )
+    recommender_db_path: str = ""  # DATA_DIR/recommenders.sqlite3 unless set
+    # Serve ?recommender=ID on a host whose admin API is off (another host administers the shared store).
+    serve_recommenders: bool = False
     recommender_table: str | None = None
     recommender_refresh_seconds: float = 30.0
     transformer_timeout_ms: int = 500
+
+    def __post_init__(self) -> None:
+        # Files whose setting is empty go in DATA_DIR; every path is made absolute once, here.
+        resolved = {"data_dir": os.path.abspath(self.data_dir),
+                    "cache_dir": os.path.abspath(self.cache_dir or os.path.join(self.data_dir, "cache")),
+                    "recommender_db_path": os.path.abspath(self.recommender_db_path
+                                                           or os.path.join(self.data_dir, "recommenders.sqlite3"))}
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)  # frozen
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -296,6 +320,7 @@ class Settings:
             request_budget_ms=conv("request_budget_ms", 50, 1900),
             cache_stale_seconds=conv("cache_stale_seconds", 0, 30 * 86400),
             popular_items_uri=_text(raw.get("popular_items_uri")),
+            recently_recommended_hours=conv("recently_recommended_hours", 1, 24 * 7),
             breaker_failure_threshold=conv("breaker_failure_threshold", 1, 10_000),
             breaker_recovery_seconds=conv("breaker_recovery_seconds", 0.1, 3600),
             log_level=(_text(raw.get("log_level")) or "INFO").upper(),
@@ -318,8 +343,10 @@ class Settings:
             recommender_table=_text(raw.get("recommender_table")),
             recommender_refresh_seconds=conv("recommender_refresh_seconds", 0, 3600),
             transformer_timeout_ms=conv("transformer_timeout_ms", 50, 1500),
-            **({"cache_dir": str(raw["cache_dir"])} if raw.get("cache_dir") else {}),
-            **({"recommender_db_path": str(raw["recommender_db_path"])} if raw.get("recommender_db_path") else {}),
+            data_dir=os.path.abspath(_text(raw.get("data_dir")) or "data"),
+            cache_dir=_text(raw.get("cache_dir")) or "",
+            recommender_db_path=_text(raw.get("recommender_db_path")) or "",
+            serve_recommenders=_flag("SERVE_RECOMMENDERS", raw.get("serve_recommenders")),
         )
         if settings.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}.")

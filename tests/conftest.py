@@ -85,7 +85,7 @@ def cache_dir(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def make_app(cache_dir: str) -> Callable[..., Flask]:
+def make_app(cache_dir: str, tmp_path: Path) -> Callable[..., Flask]:
     """Build an app on the sample catalog with a file cache of its own; keyword settings override."""
 
     def build(services: dict[str, Any] | None = None, **settings: Any) -> Flask:
@@ -95,7 +95,7 @@ def make_app(cache_dir: str) -> Callable[..., Flask]:
         # Request lines written at once: a line an earlier test's app still held would land in this test's
         # captured output. The batched writing is tested on RequestLog itself and under gunicorn (e2e).
         config = {"catalog_uri": str(SAMPLE_CATALOG), "recommendations_uri": str(SAMPLE_BATCH), "cache_dir": cache_dir,
-                  "cache_local_seconds": 0, "log_flush_ms": 0}
+                  "data_dir": str(tmp_path / "data"), "cache_local_seconds": 0, "log_flush_ms": 0}
         config.update(settings)
         app = create_app(config, **(services or {}))  # a misspelt service name is a TypeError
         app.config["TESTING"] = True

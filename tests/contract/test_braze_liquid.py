@@ -146,6 +146,7 @@ def run_service(tmp_path_factory: pytest.TempPathFactory, name: str, **overrides
         CATALOG_URI="sample/catalog.csv",
         RECOMMENDATIONS_URI="sample/batch-output.json.out",
         CACHE_DIR=str(tmp / "cache"),
+        DATA_DIR=str(tmp / "data"),
         WEB_CONCURRENCY=str(WORKERS),
         **overrides,
     )

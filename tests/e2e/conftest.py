@@ -92,7 +92,7 @@ def service_env(standin_url: str, port: int, **overrides: str | None) -> dict[st
         PYTHONUNBUFFERED="1",
     )
     if E2E:  # the e2e session's own Redis and temporary folder (tests/contract starts servers without them)
-        env.update(CACHE_REDIS_URL=E2E["redis_url"], TMPDIR=E2E["tmpdir"])
+        env.update(CACHE_REDIS_URL=E2E["redis_url"], TMPDIR=E2E["tmpdir"], DATA_DIR=os.path.join(E2E["tmpdir"], "data"))
     for name, value in overrides.items():
         if value is None:
             env.pop(name, None)

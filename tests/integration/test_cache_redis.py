@@ -14,7 +14,7 @@ import redis
 from flask import Flask
 from werkzeug.test import TestResponse
 
-from app.cache import AnswerCache, CachedAnswer
+from app.cache import AnswerCache, CachedAnswer, encode_answer
 from app.extensions import cache as cache_extension
 from app.recommendation import Recommendation
 from tests.conftest import FakeRecommender
@@ -204,7 +204,7 @@ def test_hit_max_age_never_exceeds_ttl_when_another_hosts_clock_runs_ahead(
     app = make_app({"recommender": fake}, cache_redis_url=redis_url, cache_ttl_seconds=60)
     # Host B (clock 30 s ahead) stored the answer; this host reads it from the shared Redis.
     written_by_b = CachedAnswer(Recommendation(["1037"], recommendation_id="rid-b"), time.time() + 30)
-    redis_client.set(full_key(app, fake.key, "u1"), b"!" + pickle.dumps(written_by_b), ex=60)
+    redis_client.set(full_key(app, fake.key, "u1"), encode_answer(written_by_b), ex=60)
 
     resp = get(app, user_id="u1")
 
@@ -248,3 +248,40 @@ def test_the_tests_redis_is_their_own(redis_url: str) -> None:
     with open(f"/proc/{info['process_id']}/stat") as stat:
         parent = int(stat.read().rsplit(")", 1)[1].split()[1])
     assert parent == os.getpid()  # started by this test session
+
+
+def test_a_crafted_redis_entry_does_not_run(make_app: Callable[..., Flask], redis_url: str,
+                                            redis_client: redis.Redis, tmp_path: Any) -> None:
+    """Whoever can write the Redis must not run code in the service: a pickle that creates a file stays data."""
+    from tests.unit.test_cache_safety import crafted_pickle
+
+    fake = FakeRecommender({"u1": ["1000", "1074"]})
+    app = make_app({"recommender": fake}, cache_redis_url=redis_url)
+    first = get(app, user_id="u1")
+    key = full_key(app, fake.key, "u1")
+    marker = tmp_path / "ran"
+    redis_client.set(key, b"!" + crafted_pickle(marker), ex=60)  # cachelib's pickle marker, then the pickle
+
+    resp = get(app, user_id="u1")
+
+    assert not marker.exists()
+    assert resp.headers["X-Cache"] == "MISS" and resp.get_json() == first.get_json()
+    assert redis_client.get(key).startswith(b'{"items":["1000","1074"]')  # stored as JSON data
+
+
+def test_recently_recommended_counts_are_shared_through_redis(redis_url: str, redis_client: redis.Redis) -> None:
+    """Two workers (or hosts) count their own misses; either one reads the sum."""
+    from app.popularity import RecentlyRecommended, RedisCounts
+
+    workers = [RecentlyRecommended(RedisCounts(redis.Redis.from_url(redis_url)), start_flusher=False, top_seconds=0)
+               for _ in range(2)]
+    workers[0].count(["1000", "1037"])
+    workers[0].count(["1000"])
+    workers[1].count(["1037", "1074"])
+    workers[1].count(["1037"])
+    for worker in workers:
+        worker.flush()
+
+    assert workers[0].top() == workers[1].top() == ["1037", "1000", "1074"]
+    buckets = [k for k in redis_client.scan_iter("recs:recent:[0-9]*")]
+    assert len(buckets) == 1 and 24 * 3600 < redis_client.ttl(buckets[0]) <= 25 * 3600  # gone after the window

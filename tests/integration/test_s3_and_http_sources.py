@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,7 +81,7 @@ def put(client: Any, key: str, data: bytes) -> str:
 def s3_app(client: Any, cache_dir: str, catalog_key: str, batch_key: str = "out/batch.json.out") -> Flask:
     app = create_app(
         {"catalog_uri": f"s3://{BUCKET}/{catalog_key}", "recommendations_uri": f"s3://{BUCKET}/{batch_key}",
-         "cache_dir": cache_dir},
+         "cache_dir": cache_dir, "data_dir": os.path.join(os.path.dirname(cache_dir), "data")},
         aws=FakeAws(s3=lambda: client),
     )
     app.config["TESTING"] = True
@@ -173,13 +174,15 @@ def test_s3_object_deleted_after_load_keeps_the_catalog(s3: Any) -> None:
     assert holder.last_error is not None and "S3 answered" in holder.last_error
 
 
-def test_missing_s3_catalog_makes_requests_unavailable(s3: Any, cache_dir: str) -> None:
+def test_missing_s3_catalog_makes_requests_unavailable(s3: Any, cache_dir: str,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     put(s3, "out/batch.json.out", SAMPLE_BATCH.read_bytes())
     response = s3_app(s3, cache_dir, "catalog.csv").test_client().get("/recommendations?user_id=user123")
     assert response.status_code == 503
     error = response.get_json()["error"]
     assert error["code"] == "catalog_unavailable"
-    assert "NoSuchKey" in error["message"]
+    assert "catalog.csv" not in error["message"] and "s3://" not in error["message"]  # the URI stays in the log
+    assert "NoSuchKey" in caplog.text
 
 
 # --- https through responses ---------------------------------------------------------------------
@@ -223,7 +226,8 @@ def test_https_feed_served_through_the_app(web: responses.RequestsMock, cache_di
     items = [{"id": i, "name": row["NAME"], "url": row["URL"], "price": float(row["PRICE"])}
              for i, row in catalog.items()]
     web.get(FEED, json=items, headers={"ETag": '"feed-1"'})
-    app = create_app({"catalog_uri": FEED, "recommendations_uri": str(SAMPLE_BATCH), "cache_dir": cache_dir})
+    app = create_app({"catalog_uri": FEED, "recommendations_uri": str(SAMPLE_BATCH), "cache_dir": cache_dir,
+                      "data_dir": os.path.join(os.path.dirname(cache_dir), "data")})
     app.config["TESTING"] = True
     response = app.test_client().get("/recommendations?user_id=user456&num_results=4")
     assert response.status_code == 200

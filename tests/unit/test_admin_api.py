@@ -203,9 +203,11 @@ def test_store_settings_are_checked_at_start(make_app: Callable[..., Flask], set
 
 
 def test_a_failing_store_is_a_500_in_the_same_shape(make_app: Callable[..., Flask], tmp_path: Path) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a directory")
-    client = make_app(admin_api_keys=ADMIN_KEY, recommender_db_path=str(blocker / "r.sqlite3")).test_client()
+    db_path = tmp_path / "state" / "r.sqlite3"
+    client = make_app(admin_api_keys=ADMIN_KEY, recommender_db_path=str(db_path)).test_client()
+    db_path.unlink()
+    db_path.mkdir()  # after the start's checks: SQLite cannot open a folder
+    blocker = db_path
     response = client.get("/v1/recommenders", headers=AUTH)
     assert_message_body(response, 500, "store failed")
     assert str(blocker) not in response.get_json()["Message"]  # the path stays in the log

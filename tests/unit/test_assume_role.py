@@ -76,7 +76,8 @@ def app_with_role(make_app: Callable[..., Flask], tmp_path: Path, sts: tuple[Any
     store = SQLiteStore(str(tmp_path / "r.sqlite3"))
     record = new_record({"RecommendationProviderUri": CAMPAIGN, "RecommendationProviderRoleArn": ROLE})
     store.create(record)
-    app = make_app({"recommender": FakeRecommender(), "recommender_store": store, "aws": CapturedAws(None)})
+    app = make_app({"recommender": FakeRecommender(), "recommender_store": store, "aws": CapturedAws(None)},
+                   serve_recommenders=True)
     return app, record["Id"], sts_regions
 
 

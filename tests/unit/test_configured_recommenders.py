@@ -78,7 +78,7 @@ def serving_app(make_app: Callable[..., Flask], fake_recommender: FakeRecommende
 
     return make_app({"recommender": fake_recommender, "recommender_store": store,
                      "aws": FakeAws(personalize=role_client, lambdas=lambda region: lambda_stub[0])},
-                    catalog_extra_fields="category")
+                    catalog_extra_fields="category", serve_recommenders=True)
 
 
 @pytest.fixture
@@ -416,7 +416,8 @@ def test_a_crashing_transformer_client_still_falls_back(make_app: Callable[..., 
     fake_recommender.answers["u1"] = ["1000", "1037", "1074"]
     app = make_app({"recommender": fake_recommender, "recommender_store": store,
                     "aws": FakeAws(personalize=lambda role, region: None,  # never reached: see below
-                                   lambdas=lambda region: None)})  # .invoke on None: AttributeError
+                                   lambdas=lambda region: None)},  # .invoke on None: AttributeError
+                   serve_recommenders=True)
     config_id = configure(store, RecommendationTransformerUri="t", Attributes={"Title": "Title"})
     configured = components(app).configured
     monkeypatch.setattr(configured, "source_for", lambda config: components(app).service.recommender)  # the fake
@@ -431,3 +432,51 @@ def test_a_malformed_stored_configuration_is_a_503_not_a_crash(serving: FlaskCli
     response = serving.get("/recommendations?user_id=u1&recommender=broken")
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "recommender_store_unavailable"
+
+
+def test_with_the_admin_api_off_configurations_are_off(make_app: Callable[..., Flask],
+                                                       fake_recommender: FakeRecommender, store: CountingStore,
+                                                       clients_asked: list[Any], tmp_path: Path) -> None:
+    """Without ADMIN_API_KEYS (and SERVE_RECOMMENDERS), ?recommender= reads no store and assumes no role."""
+    config_id = configure(store)  # a configuration someone left in the store
+
+    def role_client(role_arn: str | None, region: str | None) -> Any:
+        clients_asked.append((role_arn, region))
+        raise AssertionError("no role may be assumed")
+
+    app = make_app({"recommender": fake_recommender, "recommender_store": store,
+                    "aws": FakeAws(personalize=role_client)})
+    response = app.test_client().get(f"/recommendations?user_id=u1&recommender={config_id}")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "unknown_recommender"
+    assert "off" in response.get_json()["error"]["message"]
+    assert (store.gets, clients_asked, fake_recommender.calls) == (0, [], [])
+    # The default store is not even created when configurations are off.
+    make_app({"recommender": fake_recommender}).test_client().get(f"/recommendations?user_id=u1&recommender={config_id}")
+    assert not list(tmp_path.glob("data/recommenders.sqlite3*"))
+
+
+def test_serve_recommenders_turns_the_read_path_on(make_app: Callable[..., Flask], fake_recommender: FakeRecommender,
+                                                   store: CountingStore) -> None:
+    config_id = configure(store)
+    app = make_app({"recommender": fake_recommender, "recommender_store": store,
+                    "aws": FakeAws(personalize=lambda role, region: None)}, serve_recommenders="true")
+    configured = components(app).configured
+    assert configured.config(config_id).provider_arn == CAMPAIGN and store.gets == 1
+    assert app.test_client().get("/v1/recommenders").status_code == 404  # the admin API itself stays off
+
+
+def test_an_unusable_store_is_a_503_without_its_path(make_app: Callable[..., Flask],
+                                                    fake_recommender: FakeRecommender, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    db_path = tmp_path / "state" / "recs.sqlite3"
+    client = make_app({"recommender": fake_recommender}, serve_recommenders=True,
+                      recommender_db_path=str(db_path)).test_client()
+    db_path.unlink()
+    db_path.mkdir()  # after the start's checks: SQLite cannot open a folder
+    response = client.get("/recommendations?user_id=u1&recommender=abc")
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "recommender_store_unavailable"
+    body = response.get_data(as_text=True)
+    assert str(tmp_path) not in body and "sqlite3" not in body
+    assert str(db_path) in caplog.text  # the operator finds it in the log

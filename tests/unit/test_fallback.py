@@ -1,8 +1,8 @@
 """RecommendationService's fallback chain, backfill and time budget, through the test client and directly.
 
 When the recommendation source fails the service answers, in order, from a stale cached answer, the batch
-output file, then the popular items (POPULAR_ITEMS_URI, else the catalog's rank column); only when none
-can answer is it a 503, never a 500. Short lists are backfilled from the popular items, in stock only.
+output file, then the popular items (POPULAR_ITEMS_URI, else the catalog's rank column, then the items
+recommended most lately, then the catalog's order); only a catalog without items is a 503, never a 500. Short lists are backfilled from the popular items, in stock only.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from app import warm_up
-from app.cache import CachedAnswer
+from app.cache import CachedAnswer, decode_answer, encode_answer
+from app.catalog import Catalog
 from app.components import components
 from app.errors import InvalidParameterError, UnavailableError, UpstreamError
 from app.recommendation import NO_OPTIONS, Options, Recommendation
@@ -100,7 +101,7 @@ def store_answer(app: Flask, user_id: str, num_results: int, item_ids: list[str]
     service = service_of(app)
     key = service.cache.key(service.recommender.key, user_id, {"num_results": num_results})
     stored_at = time.time() - age
-    service.cache.backend.set(key, CachedAnswer(Recommendation(item_ids, "rid-old"), stored_at),
+    service.cache.backend.set(key, encode_answer(CachedAnswer(Recommendation(item_ids, "rid-old"), stored_at)),
                               timeout=service.cache.keep_seconds)
     return key, stored_at
 
@@ -135,8 +136,8 @@ def test_a_stale_answer_is_served_first(make_app: Callable[..., Flask], error: U
     assert_fallback_headers(response, "stale", error.code, cache="STALE")
     assert ids(response) == ["1111", "1148", "1222"]
     assert fake.calls == [("user123", 3)]  # the stale answer was not served as a hit
-    kept = service_of(app).cache.backend.get(key)
-    assert kept.stored_at == stored_at  # not rewritten as fresh
+    kept = decode_answer(service_of(app).cache.backend.get(key))
+    assert kept is not None and kept.stored_at == stored_at  # not rewritten as fresh
     assert get(app, "user123", 3).headers["X-Cache"] == "STALE"
 
 
@@ -272,35 +273,65 @@ def test_an_empty_popular_file_falls_back_to_the_catalogs_ranking(make_app: Call
 # (d) nothing can answer
 
 
-def test_with_no_fallback_at_all_the_answer_is_a_503_json_error(make_app: Callable[..., Flask],
-                                                                tmp_path: Path) -> None:
+def catalog_order() -> list[str]:
+    """The sample catalog's ids in file order (every sample item is in stock)."""
+    return [r["ITEM_ID"] for r in sample_rows()]
+
+
+def test_without_any_popularity_the_catalog_order_answers(make_app: Callable[..., Flask], tmp_path: Path) -> None:
+    """No stale answer, no batch file, no popular list or rank column, nothing recommended yet: never a 503."""
     app = make_app({"recommender": failing(UpstreamError("down", code="upstream_unavailable"))},
                    catalog_uri=plain_catalog(tmp_path / "catalog.csv"), personalize_campaign_arn=ARN,
                    recommendations_uri=None)
 
     response = get(app, "user123", 3)
 
-    assert response.status_code == 503
-    assert response.mimetype == "application/json"
-    assert response.headers["Cache-Control"] == "no-store"
-    assert response.headers["Retry-After"] == "1"
-    error = response.get_json()["error"]
-    assert (error["code"], error["status"]) == ("no_recommendations", 503)
-    with app.app_context(), pytest.raises(UnavailableError) as info:
-        service_of(app).recommend("user123", 3)
-    assert info.value.code == "no_recommendations"
+    assert_fallback_headers(response, "fallback", "upstream_unavailable")
+    assert ids(response) == catalog_order()[:3]
 
 
-def test_a_user_the_batch_lacks_without_popular_items_is_a_503(make_app: Callable[..., Flask],
-                                                               tmp_path: Path) -> None:
+def test_the_items_recommended_most_lately_come_before_the_catalog_order(make_app: Callable[..., Flask],
+                                                                         tmp_path: Path) -> None:
+    fake = FakeRecommender({"a": ["1185", "1222"], "b": ["1222", "1259"], "c": ["1222"]})
+    app = make_app({"recommender": fake}, catalog_uri=plain_catalog(tmp_path / "catalog.csv"),
+                   personalize_campaign_arn=ARN, recommendations_uri=None)
+    for user in ("a", "b", "c", "a"):  # the second "a" is a cache hit: only misses count
+        assert get(app, user, 2).status_code == 200
+    recent = service_of(app).recent
+    assert recent is not None
+    recent.flush()  # what the background thread does every few seconds
+    fake.error = UpstreamError("down", code="upstream_timeout", status=504)
+
+    response = get(app, "someone-else", 5)
+
+    assert_fallback_headers(response, "fallback", "upstream_timeout")
+    # 1222 three times, then 1185 and 1259 once each (ties by id), then the catalog's order.
+    assert ids(response) == ["1222", "1185", "1259"] + [i for i in catalog_order() if i not in {"1222", "1185",
+                                                                                                 "1259"}][:2]
+
+
+def test_a_user_the_batch_lacks_without_popular_items_gets_the_catalog_order(make_app: Callable[..., Flask],
+                                                                             tmp_path: Path) -> None:
     app = make_app({"recommender": failing(UpstreamError("down"))},
                    catalog_uri=plain_catalog(tmp_path / "catalog.csv"), personalize_campaign_arn=ARN,
                    recommendations_uri=str(SAMPLE_BATCH))
 
-    assert get(app, "user123", 3).status_code == 200  # in the batch
+    assert get(app, "user123", 3).headers["X-Recommendations-Source"] == "batch"  # in the batch
     response = get(app, "nobody-in-the-batch", 3)
-    assert response.status_code == 503
-    assert response.get_json()["error"]["code"] == "no_recommendations"
+    assert_fallback_headers(response, "fallback", "upstream_error")
+    assert ids(response) == catalog_order()[:3]
+
+
+def test_only_a_catalog_without_items_is_a_503(make_app: Callable[..., Flask]) -> None:
+    app = make_app({"recommender": failing(UpstreamError("down", code="upstream_unavailable"))},
+                   personalize_campaign_arn=ARN, recommendations_uri=None)
+    service = service_of(app)
+    empty = Catalog()
+    service.catalog = type("Held", (), {"get": lambda self: empty})()  # a catalog with no item in stock
+
+    with app.app_context(), pytest.raises(UnavailableError) as info:
+        service.recommend("user123", 3)
+    assert info.value.code == "no_recommendations" and info.value.retry_after == 1
 
 
 @pytest.mark.parametrize("error", [RuntimeError("bug"), KeyError("itemList"), ValueError("bad json")],
@@ -314,16 +345,16 @@ def test_a_crashing_source_also_falls_back(make_app: Callable[..., Flask], error
     assert ids(response) == sample_popular()[:3]
 
 
-def test_a_crashing_source_with_no_fallback_is_a_503_not_a_500(make_app: Callable[..., Flask],
-                                                              tmp_path: Path) -> None:
+def test_a_crashing_source_with_no_popularity_still_answers(make_app: Callable[..., Flask],
+                                                             tmp_path: Path) -> None:
     app = make_app({"recommender": failing(RuntimeError("bug"))},
                    catalog_uri=plain_catalog(tmp_path / "catalog.csv"), personalize_campaign_arn=ARN,
                    recommendations_uri=None)
 
     response = get(app, "user123", 3)
 
-    assert response.status_code == 503
-    assert response.get_json()["error"]["code"] == "no_recommendations"
+    assert_fallback_headers(response, "fallback", "internal_error")
+    assert ids(response) == catalog_order()[:3]
 
 
 def test_a_request_the_source_rejects_is_a_400_not_a_fallback(make_app: Callable[..., Flask]) -> None:

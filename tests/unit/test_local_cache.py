@@ -7,7 +7,7 @@ from collections.abc import Callable
 import redis
 from flask import Flask
 
-from app.cache import AnswerCache, CachedAnswer
+from app.cache import AnswerCache, CachedAnswer, encode_answer
 from app.recommendation import Recommendation
 from tests.conftest import FakeRecommender
 
@@ -45,7 +45,7 @@ def test_repeated_reads_are_served_from_the_process_copy() -> None:
 
 def test_an_answer_another_worker_stored_is_read_once_then_kept() -> None:
     backend = CountingBackend()
-    backend.data["k"] = CachedAnswer(Recommendation(["1037"]), stored_at=time.time())
+    backend.data["k"] = encode_answer(CachedAnswer(Recommendation(["1037"]), stored_at=time.time()))
     cache = AnswerCache(backend, ttl=300, local_seconds=5, local_items=100)  # type: ignore[arg-type]
     assert [cache.get("k").recommendation.item_ids for _ in range(3)] == [["1037"]] * 3  # type: ignore[union-attr]
     assert backend.reads == 1
@@ -65,7 +65,7 @@ def test_an_expired_copy_is_not_served_fresh() -> None:
     old = CachedAnswer(Recommendation(["1000"]), stored_at=0.0)  # stored long before the TTL
     cache._remember("k", old)
     assert "k" not in (cache._local or {})  # never kept: it is not fresh
-    backend.data["k"] = old
+    backend.data["k"] = encode_answer(old)
     answer = cache.get("k")
     assert answer is not None and not cache.is_fresh(answer)  # the backend's stale copy, for stale-if-error
     assert backend.reads == 1

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 
 import pytest
@@ -41,7 +40,12 @@ def test_defaults() -> None:
     assert settings.default_num_results == 10
     assert settings.cache_ttl_seconds == 300
     assert settings.cache_redis_url is None
-    assert settings.cache_dir == os.path.join(tempfile.gettempdir(), "recs-cache")
+    # One folder of the service's own, relative to the working directory (./data for make run, /srv/data in
+    # Docker), never a shared temporary folder another user could have made first.
+    assert settings.data_dir == os.path.abspath("data")
+    assert settings.cache_dir == os.path.join(os.path.abspath("data"), "cache")
+    assert settings.recommender_db_path == os.path.join(os.path.abspath("data"), "recommenders.sqlite3")
+    assert not settings.serve_recommenders
     assert settings.catalog_refresh_seconds == 60.0
     # Every tunable not given takes the dataclass's default, converted to its declared type.
     assert settings == Settings(catalog_uri=CATALOG, recommendations_uri=BATCH, personalize_max_concurrency=16)

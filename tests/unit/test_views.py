@@ -25,7 +25,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from app.cache import AnswerCache, CachedAnswer
+from app.cache import AnswerCache, CachedAnswer, encode_answer
 from app.components import components
 from app.errors import InvalidParameterError, UpstreamError
 from app.extensions import cache as cache_extension
@@ -135,7 +135,8 @@ def age_cached_answer(app: Flask, fake: FakeRecommender, user_id: str, num_resul
     key = AnswerCache.key(fake.key, user_id, {"num_results": num_results})
     stored = answers.get(key)
     assert stored is not None
-    answers.backend.set(key, CachedAnswer(stored.recommendation, stored.stored_at - seconds), timeout=answers.keep_seconds)
+    answers.backend.set(key, encode_answer(CachedAnswer(stored.recommendation, stored.stored_at - seconds)),
+                        timeout=answers.keep_seconds)
 
 
 class PlainIdRecommender(FakeRecommender):
@@ -562,33 +563,34 @@ def test_other_methods_are_405_json_with_allow(
     assert fake_recommender.calls == []
 
 
-def test_upstream_error_without_fallback_is_503_json_with_retry_after(
+def test_upstream_error_without_popularity_answers_from_the_catalog_order(
     plain_client: FlaskClient, fake_recommender: FakeRecommender
 ) -> None:
-    """No stale answer, the user not in the batch file, no popularity: nothing can answer."""
+    """No stale answer, the user not in the batch file, no popularity: the catalog's order, never a 503."""
     fake_recommender.error = UpstreamError(
         "Personalize is throttling requests.", code="upstream_throttled", status=503, retry_after=1
     )
 
-    resp = get(plain_client, user_id="u1")
+    resp = get(plain_client, user_id="u1", num_results=3)
 
-    error = assert_error(resp, 503, "no_recommendations")
-    assert "Personalize is throttling requests." in error["message"]
-    assert resp.headers["Retry-After"] == "1"
-    assert "X-Cache" not in resp.headers
+    assert resp.status_code == 200
+    assert [item["id"] for item in resp.get_json()] == ["1000", "1037", "1074"]  # the catalog's first three
+    assert resp.headers["X-Recommendations-Source"] == "fallback"
+    assert resp.headers["X-Fallback-Reason"] == "upstream_throttled"
+    assert resp.headers["Cache-Control"] == "no-store"
 
 
 @pytest.mark.parametrize("status", [502, 504])
-def test_any_upstream_status_without_fallback_is_503(
+def test_any_upstream_status_without_popularity_is_a_fallback(
     plain_client: FlaskClient, fake_recommender: FakeRecommender, status: int
 ) -> None:
-    """The upstream's own status is not passed through: the service answers 503 no_recommendations."""
+    """The upstream's own status is not passed through: the service answers 200 from its last resort."""
     fake_recommender.error = UpstreamError("Personalize could not be reached.", code="upstream_x", status=status)
 
     resp = get(plain_client, user_id="u1")
 
-    assert_error(resp, 503, "no_recommendations")
-    assert resp.headers["Retry-After"] == "1"
+    assert resp.status_code == 200 and len(resp.get_json()) == 10
+    assert resp.headers["X-Fallback-Reason"] == "upstream_x"
 
 
 def test_upstream_error_serves_popular_fallback(client: FlaskClient, fake_recommender: FakeRecommender) -> None:
@@ -660,7 +662,7 @@ def test_expired_answer_is_not_a_hit(
 
 def test_errors_are_not_cached(plain_client: FlaskClient, fake_recommender: FakeRecommender) -> None:
     fake_recommender.error = UpstreamError("down", code="upstream_unavailable")
-    assert get(plain_client, user_id="u1").status_code == 503
+    assert get(plain_client, user_id="u1").headers["X-Recommendations-Source"] == "fallback"
     fake_recommender.error = None
 
     resp = get(plain_client, user_id="u1")
@@ -708,7 +710,7 @@ def test_recommender_crash_is_logged_and_served_from_fallback(
     assert any(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in caplog.records)
 
 
-def test_recommender_crash_without_fallback_is_json_without_traceback(
+def test_recommender_crash_without_popularity_is_a_fallback_without_traceback(
     plain_client: FlaskClient, fake_recommender: FakeRecommender, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake_recommender.error = RuntimeError(SECRET)
@@ -716,7 +718,7 @@ def test_recommender_crash_without_fallback_is_json_without_traceback(
     with caplog.at_level(logging.ERROR):
         resp = get(plain_client, user_id="u1")
 
-    assert_error(resp, 503, "no_recommendations")
+    assert resp.status_code == 200 and resp.headers["X-Fallback-Reason"] == "internal_error"
     text = resp.get_data(as_text=True)
     assert not any(leak in text for leak in LEAKS)
     assert any(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in caplog.records)
