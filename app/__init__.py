@@ -16,7 +16,7 @@ from .auth import build_guard
 from .aws import AwsClients, Timeouts
 from .batch import BatchRecommender, parse_batch_output
 from .cache import AnswerCache, cache_config
-from .catalog import Catalog, parse_catalog, parse_item_list
+from .catalog import Catalog, parse_catalog, parse_item_list, reload_check
 from .components import EXTENSION, Components, components
 from .configured import build_configured
 from .errors import register_error_handlers
@@ -139,20 +139,25 @@ def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aw
                             lock_client: redis.Redis | None, http_session: Any) -> RecommendationService:
     """Build GET /recommendations' service: the files it reads, the answer cache, the source and its guard."""
 
-    def reloadable(variable: str, uri: str | None, parse: Callable[[bytes, str, str], Any],
-                   what: str) -> Reloadable[Any] | None:
-        """Return the file a setting names, re-read when it changes; None when the setting is empty."""
+    def reloadable(variable: str, uri: str | None, parse: Callable[[bytes, str, str], Any], what: str,
+                   check: Callable[[Any, Any], tuple[str, str] | None] | None = None) -> Reloadable[Any] | None:
+        """Return the file a setting names, re-read when it changes; None when the setting is empty.
+
+        check, when given, may refuse a reload that looks broken beside the version served (see Reloadable).
+        """
         if not uri:
             return None
         try:
             source = open_source(uri, aws.s3, http_session)
         except SourceError as exc:
             raise ConfigError(f"{variable}: {exc}") from exc
-        return Reloadable(source, parse, settings.catalog_refresh_seconds, what, on_load=metrics.loader(what))
+        return Reloadable(source, parse, settings.catalog_refresh_seconds, what, on_load=metrics.loader(what),
+                          check=check, on_refuse=metrics.refuser(what))
 
     parse = functools.partial(parse_catalog, extra_fields=settings.catalog_extra_fields,
                               image_base_url=settings.image_base_url)
-    catalog: Reloadable[Catalog] | None = reloadable("CATALOG_URI", settings.catalog_uri, parse, "catalog")
+    catalog: Reloadable[Catalog] | None = reloadable("CATALOG_URI", settings.catalog_uri, parse, "catalog",
+                                                     check=reload_check(settings.catalog_max_shrink))
     assert catalog is not None  # Settings requires CATALOG_URI
     batch_answers = reloadable("RECOMMENDATIONS_URI", settings.recommendations_uri, parse_batch_output,
                                "batch recommendations")
