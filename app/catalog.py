@@ -156,9 +156,9 @@ def parse_catalog(
 
 def _require_columns(columns: Mapping[str, str | None], needed: Sequence[str], uri: str) -> None:
     """Refuse a CSV header without a needed column: no row of it could be served."""
-    for needed in needed:
-        if columns[needed] is None:
-            raise SourceError(f"{uri}: no item {needed} column; expected one of {', '.join(ALIASES[needed])} "
+    for column in needed:
+        if columns[column] is None:
+            raise SourceError(f"{uri}: no item {column} column; expected one of {', '.join(ALIASES[column])} "
                               "(any case).")
 
 
