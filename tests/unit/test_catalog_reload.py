@@ -15,6 +15,7 @@ import pytest
 from flask import Flask
 
 from app import warm_up
+from app.components import components
 from app.settings import ConfigError, Settings
 from app.sources import Reloadable
 from tests.conftest import SAMPLE_CATALOG, FakeRecommender
@@ -38,7 +39,7 @@ def served(make_app: Callable[..., Flask], catalog_file: Path) -> Flask:
 
 
 def holder(app: Flask) -> Reloadable:
-    return app.extensions["recommendations"].catalog
+    return components(app).service.catalog
 
 
 def rewrite(path: Path, data: bytes) -> None:
