@@ -85,6 +85,7 @@ def create_app(
         presenter=presenter,
         auth_guard=build_guard(settings.api_keys, settings.allowed_cidrs),
         metrics_guard=build_guard(settings.api_keys, ()),
+        aws=aws,
         configured=build_configured(store, service, presenter, aws, _guard(settings),
                                     settings.recommender_refresh_seconds, observe=metrics.observe_personalize),
         store=store,
@@ -98,9 +99,17 @@ def create_app(
 
 
 def warm_up(app: Flask) -> None:
-    """Load the catalog (and batch output) now, raising when they cannot be read: call before serving."""
-    service = components(app).service
+    """Load the catalog (and batch output) now, raising when they cannot be read: call before serving.
+
+    When Personalize or recommender configurations may call AWS, the credentials and region are looked up
+    now too, and their absence said at ERROR (the service still starts: its fallbacks answer).
+    """
+    parts = components(app)
+    service = parts.service
     service.catalog.load()
+    if parts.settings.personalize_campaign_arn or parts.settings.admin_api_keys:
+        if not parts.aws.check_credentials() and service.recommender.name == "personalize":
+            service.recommender.note_error("upstream_credentials")  # /readyz says why before the first call
     service.check_ready()
     if service.batch is not None:
         service.batch.check_ready()
@@ -202,7 +211,8 @@ def _personalize(settings: Settings, aws: AwsClients, metrics: Metrics) -> Recom
     # The client and the credentials it signs with (botocore keeps one per session): built on first use,
     # after gunicorn forks, never at import.
     return PersonalizeRecommender(settings.personalize_campaign_arn, aws.personalize_runtime, promotion,
-                                  observe=metrics.observe_personalize, credentials=aws.credentials)
+                                  observe=metrics.observe_personalize, credentials=aws.credentials,
+                                  on_no_credentials=aws.no_credentials)
 
 
 def _lock_client(redis_url: str | None) -> redis.Redis | None:
