@@ -130,11 +130,13 @@ def parse_catalog(
             catalog.encoded.pop(item_id, None)
             continue
         name, url = _cell(row, columns["name"]) or "", _cell(row, columns["url"]) or ""
-        if required and (missing := [f for f, v in (("name", name), ("url", url)) if not v and f in required]):
+        # Checked only when a value is empty: the common row pays two truth tests, not a list.
+        if (not name or not url) and (missing := [f for f, v in (("name", name), ("url", url))
+                                                  if not v and f in required]):
             _report(catalog, f"skipped {where} {number}: item {item_id!r} has no {' or '.join(missing)}",
                     skipped=True)
             continue
-        problem = _add(catalog.encoded, item_id, name, url, row, columns, f"{where} {number}", extra_fields,
+        problem = _add(catalog.encoded, item_id, name, url, row, columns, where, number, extra_fields,
                        image_base_url)
         if problem:
             _report(catalog, problem)
@@ -299,6 +301,7 @@ def _add(
     row: Mapping[str, Any],
     columns: Mapping[str, str | None],
     where: str,
+    number: int,
     extra_fields: Sequence[str],
     image_base_url: str | None,
 ) -> str | None:
@@ -321,9 +324,9 @@ def _add(
     # orjson hands back a buffer of at least 4 KiB; an exact-size copy keeps a million items in ~300 MB.
     encoded[item_id] = memoryview(orjson.dumps(item)).tobytes()
     if duplicate:
-        return f"{where}: item id {item_id!r} repeated; the later row is used"
+        return f"{where} {number}: item id {item_id!r} repeated; the later row is used"
     if price_problem:
-        return f"{where}: item {item_id!r} price {price_problem}; served as null"
+        return f"{where} {number}: item {item_id!r} price {price_problem}; served as null"
     return None
 
 
