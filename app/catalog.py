@@ -173,7 +173,8 @@ def reload_check(max_shrink: float) -> Callable[[Catalog, Catalog], tuple[str, s
 
     def check(old: Catalog, new: Catalog) -> tuple[str, str] | None:
         if new.cut_off is not None:
-            return "cut_off", f"the file looks cut off: {new.cut_off}"
+            return "cut_off", (f"the file looks cut off ({new.cut_off}); it has {len(new)} usable items against "
+                               f"{len(old)} served")
         if len(new) < len(old) * (1 - max_shrink):
             return "shrink", (f"it has {len(new)} usable items against {len(old)} served, a fall of more than "
                               f"CATALOG_MAX_SHRINK ({max_shrink:.0%})")

@@ -245,8 +245,9 @@ class Reloadable(Generic[T]):
         refusal = self._check(old, value) if self._check is not None and old is not None else None
         if refusal is not None:
             reason, sentence = refusal
-            self._refused_version, self.last_error = snapshot.version, f"{self.source.uri}: reload refused, {sentence}"
-            log.error("%s reload refused, still serving the previous version: %s", self.what, self.last_error)
+            self._refused_version, self.last_error = snapshot.version, f"{self.source.uri}: reload refused, {sentence}."
+            log.error("%s reload refused, still serving the previous version: %s: %s.", self.what, self.source.uri,
+                      sentence)
             if self._on_refuse is not None:
                 self._on_refuse(reason)
             return False

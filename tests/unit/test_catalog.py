@@ -494,3 +494,4 @@ def test_reload_check_refuses_a_cut_off_file_whatever_its_size() -> None:
     assert len(cut) == 4 and cut.cut_off is not None
     verdict = reload_check(1.0)(served, cut)
     assert verdict is not None and verdict[0] == "cut_off" and "line, 6," in verdict[1]
+    assert "4 usable items against 3 served" in verdict[1]

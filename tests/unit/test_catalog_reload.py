@@ -82,7 +82,7 @@ def test_the_issues_broken_files_never_replace_the_good_catalog(
     assert holder(served).value is good
     assert ids(served) == LATE_ITEMS
     [line] = refused_lines(caplog)
-    assert says in line and str(catalog_file) in line
+    assert says in line and str(catalog_file) in line and "usable items against 40 served" in line
     assert holder(served).last_error is not None and says in holder(served).last_error
     assert value(scrape(served.test_client()), "recs_source_reload_refused_total", source="catalog",
                  reason=reason) == 1
