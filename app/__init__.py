@@ -17,7 +17,7 @@ from .auth import build_guard
 from .aws import AwsClients, Timeouts
 from .batch import BatchRecommender, parse_batch_output
 from .cache import AnswerCache, cache_config
-from .catalog import Catalog, parse_catalog, parse_item_list
+from .catalog import Catalog, parse_catalog, parse_item_list, reload_check
 from .components import EXTENSION, Components, components
 from .configured import build_configured, recommenders_served
 from .errors import register_error_handlers
@@ -89,6 +89,7 @@ def create_app(
         presenter=presenter,
         auth_guard=build_guard(settings.api_keys, settings.allowed_cidrs),
         metrics_guard=build_guard(settings.api_keys, ()),
+        aws=aws,
         configured=build_configured(store, service, presenter, aws, _guard(settings),
                                     settings.recommender_refresh_seconds, observe=metrics.observe_personalize,
                                     enabled=recommenders_served(settings)),
@@ -103,9 +104,17 @@ def create_app(
 
 
 def warm_up(app: Flask) -> None:
-    """Load the catalog (and batch output) now, raising when they cannot be read: call before serving."""
-    service = components(app).service
+    """Load the catalog (and batch output) now, raising when they cannot be read: call before serving.
+
+    When Personalize or recommender configurations may call AWS, the credentials and region are looked up
+    now too, and their absence said at ERROR (the service still starts: its fallbacks answer).
+    """
+    parts = components(app)
+    service = parts.service
     service.catalog.load()
+    if parts.settings.personalize_campaign_arn or parts.settings.admin_api_keys:
+        if not parts.aws.check_credentials() and service.recommender.name == "personalize":
+            service.recommender.note_error("upstream_credentials")  # /readyz says why before the first call
     service.check_ready()
     if service.batch is not None:
         service.batch.check_ready()
@@ -168,20 +177,25 @@ def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aw
                             lock_client: redis.Redis | None, http_session: Any) -> RecommendationService:
     """Build GET /recommendations' service: the files it reads, the answer cache, the source and its guard."""
 
-    def reloadable(variable: str, uri: str | None, parse: Callable[[bytes, str, str], Any],
-                   what: str) -> Reloadable[Any] | None:
-        """Return the file a setting names, re-read when it changes; None when the setting is empty."""
+    def reloadable(variable: str, uri: str | None, parse: Callable[[bytes, str, str], Any], what: str,
+                   check: Callable[[Any, Any], tuple[str, str] | None] | None = None) -> Reloadable[Any] | None:
+        """Return the file a setting names, re-read when it changes; None when the setting is empty.
+
+        check, when given, may refuse a reload that looks broken beside the version served (see Reloadable).
+        """
         if not uri:
             return None
         try:
             source = open_source(uri, aws.s3, http_session)
         except SourceError as exc:
             raise ConfigError(f"{variable}: {exc}") from exc
-        return Reloadable(source, parse, settings.catalog_refresh_seconds, what, on_load=metrics.loader(what))
+        return Reloadable(source, parse, settings.catalog_refresh_seconds, what, on_load=metrics.loader(what),
+                          check=check, on_refuse=metrics.refuser(what))
 
     parse = functools.partial(parse_catalog, extra_fields=settings.catalog_extra_fields,
                               image_base_url=settings.image_base_url)
-    catalog: Reloadable[Catalog] | None = reloadable("CATALOG_URI", settings.catalog_uri, parse, "catalog")
+    catalog: Reloadable[Catalog] | None = reloadable("CATALOG_URI", settings.catalog_uri, parse, "catalog",
+                                                     check=reload_check(settings.catalog_max_shrink))
     assert catalog is not None  # Settings requires CATALOG_URI
     batch_answers = reloadable("RECOMMENDATIONS_URI", settings.recommendations_uri, parse_batch_output,
                                "batch recommendations")
@@ -232,7 +246,8 @@ def _personalize(settings: Settings, aws: AwsClients, metrics: Metrics) -> Recom
     # The client and the credentials it signs with (botocore keeps one per session): built on first use,
     # after gunicorn forks, never at import.
     return PersonalizeRecommender(settings.personalize_campaign_arn, aws.personalize_runtime, promotion,
-                                  observe=metrics.observe_personalize, credentials=aws.credentials)
+                                  observe=metrics.observe_personalize, credentials=aws.credentials,
+                                  on_no_credentials=aws.no_credentials)
 
 
 def _redis_client(redis_url: str | None) -> redis.Redis | None:

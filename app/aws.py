@@ -22,6 +22,7 @@ from botocore.credentials import (
     CredentialResolver,
     DeferredRefreshableCredentials,
 )
+from botocore.exceptions import NoCredentialsError, NoRegionError
 from botocore.retries import standard
 
 from app.recommendation import CALL_DEADLINE
@@ -34,6 +35,10 @@ ROLE_DURATION_SECONDS = 3600
 # (tests/unit/test_aws.py) fails loudly if an upgrade renames it, since refuse_late_retries would then add a
 # second handler instead of replacing botocore's.
 RETRY_HANDLER_ID = "retry-config-{service}"
+NO_CREDENTIALS = ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or "
+                  "give the instance or task a role; until then Personalize and transformer Lambdas are not asked "
+                  "and every answer is a fallback")
+_UNSET: Any = object()
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,9 @@ class AwsClients:
         self._sessions: dict[tuple[str | None, str | None], Any] = {}
         self._clients: dict[tuple[str, str | None, str | None], Any] = {}
         self._lock = threading.RLock()
+        self._found_region: str | None = _UNSET  # the default session's region, once looked up
+        self.credentials_missing = False  # check_credentials() found none: calls that need them fail at once
+        self._said_missing = False
 
     def _client(self, service: str, config: Config, role_arn: str | None = None, region: str | None = None,
                 prepare: Callable[[Any], None] | None = None) -> Any:
@@ -113,6 +121,34 @@ class AwsClients:
         """Return the credentials the role's clients sign with (to see when a refresh is due), or None."""
         return self.session(role_arn, region).get_credentials()
 
+    def default_region(self) -> str | None:
+        """Return AWS_REGION, else the default session's region (profile, instance metadata), looked up once."""
+        if self.region:
+            return self.region
+        if self._found_region is _UNSET:
+            self._found_region = self.session().region_name
+        return self._found_region
+
+    def check_credentials(self) -> bool:
+        """Look the default credentials and region up now, before serving; log at ERROR when there are none.
+
+        botocore looks them up lazily, through instance metadata with 1 s timeouts when nothing else has them,
+        and does not remember finding none: done here, those seconds stay out of the first requests.
+        """
+        self.default_region()
+        self.credentials_missing = self.credentials() is None
+        if self.credentials_missing:
+            log.error("%s (checked at start).", NO_CREDENTIALS)
+        return not self.credentials_missing
+
+    def no_credentials(self) -> None:
+        """Say, once per process, that a call found no credentials (not per request, not with a traceback)."""
+        with self._lock:
+            if self._said_missing:
+                return
+            self._said_missing = True
+        log.error("%s.", NO_CREDENTIALS)
+
     def personalize_runtime(self, role_arn: str | None = None, region: str | None = None) -> Any:
         """Return a personalize-runtime client for the role in region, configured for the request budget."""
         return self._client("personalize-runtime", self.personalize_timeouts.config(), role_arn, region,
@@ -131,7 +167,16 @@ class AwsClients:
         return self._client("sts", ROLES.config(), region=region)
 
     def lambda_(self, region: str | None = None) -> Any:
-        """Return the Lambda client that invokes transformers (one attempt, TRANSFORMER_TIMEOUT_MS)."""
+        """Return the Lambda client that invokes transformers (one attempt, TRANSFORMER_TIMEOUT_MS).
+
+        Without a region (a bare function name and no AWS_REGION) or, as found at start, without credentials,
+        raise botocore's error at once rather than let every request repeat botocore's look-ups.
+        """
+        region = region or self.default_region()
+        if region is None:
+            raise NoRegionError()
+        if self.credentials_missing:
+            raise NoCredentialsError()
         return self._client("lambda", self.lambda_timeouts.config(), region=region)
 
 

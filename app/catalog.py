@@ -8,7 +8,7 @@ import io
 import logging
 import math
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,7 @@ class Catalog:
     problems: list[str] = field(default_factory=list)
     skipped_rows: int = 0
     out_of_stock: int = 0
+    cut_off: str | None = None  # why the file looks truncated (its last row cut short), else None
     popular: list[str] = field(default_factory=list)  # in-stock ids, most popular first
 
     def __len__(self) -> int:
@@ -96,12 +97,14 @@ class Catalog:
 
 
 def parse_catalog(
-    data: bytes, fmt: str, uri: str, extra_fields: Sequence[str] = (), image_base_url: str | None = None
+    data: bytes, fmt: str, uri: str, extra_fields: Sequence[str] = (), image_base_url: str | None = None,
+    required: Sequence[str] = ("name", "url"),
 ) -> Catalog:
     """Parse a catalog file, reporting rows that cannot be used instead of silently serving them.
 
     extra_fields names more columns to return with every item; image_base_url makes relative image
-    paths absolute.
+    paths absolute; an item without one of the required fields is left out (and a CSV without the column
+    refused): in an email it would be a blank tile or a dead link.
     """
     catalog = Catalog()
     columns: dict[str, str | None] | None = None
@@ -109,25 +112,32 @@ def parse_catalog(
     # interleaved with the items would keep their memory fragmented after the sort.
     rank_orders: array[float] = array("d")
     rank_ids: list[str] = []
-    for number, row in _rows(data, fmt, uri):
+    where = "row" if fmt == "json" else "line"  # CSV and JSON lines are reported by their line in the file
+    for number, row in _rows(data, fmt, uri, catalog):
         if not isinstance(row, Mapping):
-            _report(catalog, f"skipped row {number}: not an object", skipped=True)
+            _report(catalog, f"skipped {where} {number}: not an object", skipped=True)
             continue
         if columns is None or fmt != "csv":
             columns = _match_columns(row.keys(), extra_fields)
-            if columns["id"] is None and fmt == "csv":
-                raise SourceError(
-                    f"{uri}: no item id column; expected one of {', '.join(ALIASES['id'])} (any case)."
-                )
+            if fmt == "csv":
+                _require_columns(columns, ("id", *required), uri)
         item_id = _cell(row, columns["id"])
         if not item_id:
-            _report(catalog, f"skipped row {number}: no item id", skipped=True)
+            _report(catalog, f"skipped {where} {number}: no item id", skipped=True)
             continue
         if _out_of_stock(row.get(columns["stock"]) if columns["stock"] is not None else None):
             catalog.out_of_stock += 1
             catalog.encoded.pop(item_id, None)
             continue
-        problem = _add(catalog.encoded, item_id, row, columns, number, extra_fields, image_base_url)
+        name, url = _cell(row, columns["name"]) or "", _cell(row, columns["url"]) or ""
+        # Checked only when a value is empty: the common row pays two truth tests, not a list.
+        if (not name or not url) and (missing := [f for f, v in (("name", name), ("url", url))
+                                                  if not v and f in required]):
+            _report(catalog, f"skipped {where} {number}: item {item_id!r} has no {' or '.join(missing)}",
+                    skipped=True)
+            continue
+        problem = _add(catalog.encoded, item_id, name, url, row, columns, where, number, extra_fields,
+                       image_base_url)
         if problem:
             _report(catalog, problem)
         if (order := _popularity_order(row, columns)) is not None:
@@ -144,6 +154,33 @@ def parse_catalog(
             "catalog %s: %d rows skipped; first problems: %s", uri, catalog.skipped_rows, "; ".join(catalog.problems)
         )
     return catalog
+
+
+def _require_columns(columns: Mapping[str, str | None], needed: Sequence[str], uri: str) -> None:
+    """Refuse a CSV header without a needed column: no row of it could be served."""
+    for column in needed:
+        if columns[column] is None:
+            raise SourceError(f"{uri}: no item {column} column; expected one of {', '.join(ALIASES[column])} "
+                              "(any case).")
+
+
+def reload_check(max_shrink: float) -> Callable[[Catalog, Catalog], tuple[str, str] | None]:
+    """Return the test a reloaded catalog must pass to replace the one being served.
+
+    It returns (reason, sentence) to refuse: the file looks cut off, or it has more than max_shrink (a
+    fraction, CATALOG_MAX_SHRINK) fewer usable items than the catalog it would replace.
+    """
+
+    def check(old: Catalog, new: Catalog) -> tuple[str, str] | None:
+        if new.cut_off is not None:
+            return "cut_off", (f"the file looks cut off ({new.cut_off}); it has {len(new)} usable items against "
+                               f"{len(old)} served")
+        if len(new) < len(old) * (1 - max_shrink):
+            return "shrink", (f"it has {len(new)} usable items against {len(old)} served, a fall of more than "
+                              f"CATALOG_MAX_SHRINK ({max_shrink:.0%})")
+        return None
+
+    return check
 
 
 def _report(catalog: Catalog, problem: str, skipped: bool = False) -> None:
@@ -173,14 +210,18 @@ def _popularity_order(row: Mapping[str, Any], columns: Mapping[str, str | None])
     return None
 
 
-def _rows(data: bytes, fmt: str, uri: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
-    """Yield (row number, row) pairs; row numbers are 1-based data rows (CSV: the header is row 0)."""
+def _rows(data: bytes, fmt: str, uri: str, catalog: Catalog) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """Yield (number, row) pairs: the line in the file for CSV (its first line) and JSON lines, else the 1-based index.
+
+    CSV rows that cannot be read whole are reported to catalog (with their line in the file) and not yielded.
+    """
     try:
         if fmt == "csv":
             data.decode("utf-8-sig")  # says where the file is not UTF-8; the text itself is not kept
             # Read through a decoding stream rather than io.StringIO(text): StringIO holds 4 bytes a character,
             # 600 MB for a 150 MB catalog, on top of the items being built.
-            return _csv_rows(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline=""))
+            return _csv_rows(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline=""), catalog,
+                             ends_with_newline=data.endswith((b"\n", b"\r")))
         data = data.removeprefix(codecs.BOM_UTF8)  # exported from Excel and friends
         if fmt == "jsonl":
             return _jsonl(data, uri)
@@ -197,21 +238,44 @@ def _rows(data: bytes, fmt: str, uri: str) -> Iterator[tuple[int, Mapping[str, A
     return ((n, row) for n, row in enumerate(document, start=1))
 
 
-def _csv_rows(lines: Iterable[str]) -> Iterator[tuple[int, Mapping[str, Any]]]:
-    """Yield each data row as {header: cell}, as csv.DictReader would (a missing cell is None, cells
-    beyond the header are dropped), without DictReader's per-row Python bookkeeping."""
-    reader = csv.reader(lines)
+def _csv_rows(lines: Iterable[str], catalog: Catalog, ends_with_newline: bool = True
+              ) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """Yield each data row as {header: cell}, as csv.DictReader would (cells beyond the header are dropped),
+    without DictReader's per-row Python bookkeeping.
+
+    A row with fewer cells than the header, or whose quoting is broken, is reported and left out: its cells
+    cannot be trusted to sit under the right columns. A quote never closed swallows the rest of the file, and
+    a short last row without a final newline is a file cut off mid-row: both set catalog.cut_off.
+    """
+    reader = csv.reader(lines, strict=True)  # strict: an unclosed quote raises at the end, not a giant last cell
     header = next(reader, None)
     if header is None:
         return
-    width, number = len(header), 0
-    for cells in reader:
-        if not cells:  # DictReader skips blank lines, and does not count them
-            continue
-        number += 1
-        if len(cells) < width:
-            cells += [None] * (width - len(cells))
-        yield number, dict(zip(header, cells, strict=False))  # longer rows: extra cells dropped
+    width, line, short_line = len(header), reader.line_num, 0
+    while True:
+        # The for loop is restarted after an error: csv.reader resumes at the next line.
+        try:
+            for cells in reader:
+                if not cells:  # DictReader skips blank lines, and does not count them
+                    line = reader.line_num
+                    continue
+                start, line = line + 1, reader.line_num
+                if len(cells) < width:
+                    short_line = line
+                    _report(catalog, f"skipped line {start}: {len(cells)} cells where the header has {width}",
+                            skipped=True)
+                    continue
+                yield start, dict(zip(header, cells, strict=False))  # longer rows: extra cells dropped
+            break
+        except csv.Error as exc:
+            start, line = line + 1, reader.line_num  # the row began after the last one read
+            if str(exc) == "unexpected end of data":  # csv's words for end of file inside a quoted cell
+                catalog.cut_off = f"a quote opened on line {start} is never closed (lines {start}-{line} unread)"
+                _report(catalog, f"skipped line {start}: {catalog.cut_off}", skipped=True)
+                break
+            _report(catalog, f"skipped line {start}: {exc}", skipped=True)
+    if short_line and short_line == line and not ends_with_newline:
+        catalog.cut_off = f"its last line, {short_line}, is a row cut short and the file has no final newline"
 
 
 def _jsonl(data: bytes, uri: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
@@ -233,8 +297,11 @@ def _match_columns(names: Iterable[Any], extra_fields: Sequence[str] = ()) -> di
 def _add(
     encoded: dict[str, bytes],
     item_id: str,
+    name: str,
+    url: str,
     row: Mapping[str, Any],
     columns: Mapping[str, str | None],
+    where: str,
     number: int,
     extra_fields: Sequence[str],
     image_base_url: str | None,
@@ -247,8 +314,8 @@ def _add(
         image = image_base_url.rstrip("/") + "/" + image.lstrip("/")
     item: Item = {
         "id": item_id,
-        "name": _cell(row, columns["name"]) or "",
-        "url": _cell(row, columns["url"]) or "",
+        "name": name,
+        "url": url,
         "price": price,
         "image": image,
     }
@@ -258,9 +325,9 @@ def _add(
     # orjson hands back a buffer of at least 4 KiB; an exact-size copy keeps a million items in ~300 MB.
     encoded[item_id] = memoryview(orjson.dumps(item)).tobytes()
     if duplicate:
-        return f"row {number}: item id {item_id!r} repeated; the later row is used"
+        return f"{where} {number}: item id {item_id!r} repeated; the later row is used"
     if price_problem:
-        return f"row {number}: item {item_id!r} price {price_problem}; served as null"
+        return f"{where} {number}: item {item_id!r} price {price_problem}; served as null"
     return None
 
 
@@ -307,7 +374,7 @@ def _price(value: Any) -> tuple[float | int | None, str | None]:
 def parse_item_list(data: bytes, fmt: str, uri: str) -> list[str]:
     """Parse a popular-items list, most popular first: a JSON array of ids, or rows with an item id column."""
     ids: list[str] = []
-    for _, row in _rows(data, fmt, uri):
+    for _, row in _rows(data, fmt, uri, Catalog()):
         if isinstance(row, Mapping):
             ids.append(_cell(row, _match_columns(row.keys())["id"]) or "")
         elif isinstance(row, (str, int)) and not isinstance(row, bool):

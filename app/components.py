@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Request, current_app
 
 if TYPE_CHECKING:
+    from .aws import AwsClients
     from .configured import ConfiguredRecommenders
     from .logs import RequestLog
     from .metrics import Metrics
@@ -27,6 +28,7 @@ class Components:
 
     settings: Settings
     metrics: Metrics
+    aws: AwsClients  # every boto3 client; warm_up looks its credentials up before serving
     service: RecommendationService  # GET /recommendations: cache, source, catalog join, fallbacks
     query_parser: QueryParser
     presenter: Presenter

@@ -77,6 +77,7 @@ class ConfiguredRecommenders:
         self._unknown_lock = threading.Lock()  # TTLCache is not thread-safe
         self._refreshing: set[str] = set()
         self._in_background = in_background or _thread
+        self._transformer_failing: dict[str, str] = {}  # function -> error code, to log once per change
 
     def answer(self, query: Query, started: float) -> tuple[Result, bytes]:
         """Return the result and the response body for a request with ?recommender=ID."""
@@ -105,10 +106,16 @@ class ConfiguredRecommenders:
             try:
                 attributes = self.transformer.transform(config.transformer, endpoint_id, result.item_ids,
                                                         config.attributes)
+                if self._transformer_failing.pop(config.transformer, None) is not None:
+                    log.warning("transformer %s answers again", config.transformer)
                 return result, orjson.dumps(attributes)
             except TransformerError as exc:
                 # Same shape from the catalog, marked as a fallback so nobody keeps it as the real answer.
-                log.warning("%s: %s Answering the attributes from the catalog.", exc.code, exc.message)
+                # Logged when the failure starts or changes, not per request: a send would repeat it millions of times.
+                if self._transformer_failing.get(config.transformer) != exc.code:
+                    self._transformer_failing[config.transformer] = exc.code
+                    log.warning("%s: %s Answering the attributes from the catalog until it answers again.",
+                                exc.code, exc.message)
                 result = dataclasses.replace(result, max_age=0, fallback_reason=exc.code)
             except Exception:  # a bug must not blank an email either; it is logged with its traceback
                 log.exception("transformer call crashed; answering the attributes from the catalog")
@@ -209,8 +216,9 @@ def build_configured(store: RecommenderStore, base: RecommendationService, prese
         region = region_of(config.provider_arn)
         recommender = PersonalizeRecommender(
             config.provider_arn, lambda: aws.personalize_runtime(config.role_arn, region), observe=observe,
-            credentials=lambda: aws.credentials(config.role_arn, region))
+            credentials=lambda: aws.credentials(config.role_arn, region), on_no_credentials=aws.no_credentials)
         return guard(recommender)
 
-    return ConfiguredRecommenders(store, base, presenter, build_recommender, LambdaTransformer(aws.lambda_),
+    return ConfiguredRecommenders(store, base, presenter, build_recommender,
+                                  LambdaTransformer(aws.lambda_, on_no_credentials=aws.no_credentials),
                                   refresh_seconds, enabled=enabled)

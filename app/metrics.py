@@ -55,6 +55,9 @@ class Metrics:
                                   ["source"], multiprocess_mode="livemostrecent", registry=r)
         self.source_loaded = Gauge("recs_source_loaded_timestamp_seconds", "Unix time of the last successful load",
                                    ["source"], multiprocess_mode="livemax", registry=r)
+        self.source_refused = Counter("recs_source_reload_refused",
+                                      "Reloads refused, the last good version kept, by file and reason",
+                                      ["source", "reason"], registry=r)
         # The worst worker counts: one worker whose breaker is open is serving fallbacks.
         self.breaker = Gauge("recs_circuit_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
                              multiprocess_mode="livemax", registry=r)
@@ -113,6 +116,15 @@ class Metrics:
             self.source_loaded.labels(source).set(time.time())
 
         return loaded
+
+    def refuser(self, what: str) -> Callable[[str], None]:
+        """Return a callback that counts a refused reload of the named file, by reason (cut_off, shrink)."""
+        source = what.replace(" ", "_")
+
+        def refused(reason: str) -> None:
+            self.source_refused.labels(source, reason).inc()
+
+        return refused
 
     def render(self) -> bytes:
         """Return the text exposition: every worker's values added up under gunicorn, else this process's."""

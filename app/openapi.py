@@ -132,8 +132,15 @@ def build_spec(settings: Settings, source: str) -> dict[str, Any]:
     spec.path("/readyz", operations={"get": {
         **_health_operation("Say whether the catalog and the recommendation source are loaded", ["ready"]),
         "responses": {
-            "200": _json("Ready.", _status_object(["ready"], {"source": {"type": "string"},
-                                                               "catalog_items": {"type": "integer"}})),
+            "200": _json("Ready (also while the source fails: the fallbacks answer).", _status_object(["ready"], {
+                "source": {"type": "string"},
+                "catalog_items": {"type": "integer"},
+                "breaker": {"type": "string", "enum": ["closed", "half_open", "open"],
+                            "description": "The source's circuit breaker."},
+                "last_error": {"type": ["string", "null"],
+                               "description": "The error code of the source's last call, e.g. upstream_credentials; "
+                                              "null once a call succeeds."},
+            })),
             "503": _json("Not ready: the reason says why.",
                          _status_object(["unavailable"], {"reason": {"type": "string"}})),
         },

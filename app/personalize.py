@@ -62,8 +62,10 @@ class PersonalizeRecommender:
         self, arn: str, client_factory: Callable[[], Any], promotion: Mapping[str, Any] | None = None,
         observe: Callable[[float, str | None], None] | None = None,
         credentials: Callable[[], Any] | None = None,
+        on_no_credentials: Callable[[], None] | None = None,
     ) -> None:
         self.arn = arn
+        self._on_no_credentials = on_no_credentials  # says once per process that there are none (AwsClients.no_credentials)
         self._credentials = credentials  # the botocore credentials the client signs with, to see a refresh coming
         self._observe = observe  # told each call's seconds and error code (None on success), for the metrics
         self.promotion = promotion
@@ -129,6 +131,8 @@ class PersonalizeRecommender:
         except (ReadTimeoutError, ConnectTimeoutError) as exc:
             raise UpstreamError("Personalize did not answer in time.", code="upstream_timeout", status=504) from exc
         except NoCredentialsError as exc:
+            if self._on_no_credentials is not None:
+                self._on_no_credentials()
             raise UpstreamError(
                 "No AWS credentials were found for Personalize (see the README's settings).",
                 code="upstream_credentials",

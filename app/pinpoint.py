@@ -89,7 +89,9 @@ def handler_from_env(environ: Mapping[str, str]) -> Callable[[Mapping[str, Any],
         raise ConfigError("CATALOG_URI is not set: point it at the item catalog (a path, s3:// or https:// URL).")
     standard = {name for aliases in ALIASES.values() for name in aliases} | set(ALIASES)
     extra = tuple(dict.fromkeys(a.lower() for a in attributes if a.lower() not in standard))
-    parse = functools.partial(parse_catalog, extra_fields=extra, image_base_url=environ.get("IMAGE_BASE_URL"))
+    # Pinpoint asks for attributes, not links: an item without a url or a name still has the others.
+    parse = functools.partial(parse_catalog, extra_fields=extra, image_base_url=environ.get("IMAGE_BASE_URL"),
+                              required=())
     source = open_source(uri, _s3_client)
     catalog = Reloadable(source, parse, float(environ.get("CATALOG_REFRESH_SECONDS") or 300), "catalog")
 

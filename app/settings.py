@@ -171,6 +171,22 @@ def _bounded(name: str, raw: str, kind: type[int | float], low: float, high: flo
     return value
 
 
+def _fraction(name: str, raw: Any, default: float) -> float:
+    """Read a share as a fraction (0.5) or a percentage (50%), returning the fraction."""
+    if raw is None:
+        return default
+    text = str(raw).strip()
+    percent = text.endswith("%")
+    try:
+        value = float(text.removesuffix("%")) / (100 if percent else 1)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{name} must be a fraction from 0 to 1 (0.5) or a percentage from 0% to 100% (50%), "
+                          f"got {text!r}.")
+    return value
+
+
 RECOMMENDER_STORES = ("sqlite", "dynamodb")
 
 
@@ -203,6 +219,7 @@ class Settings:
     cache_local_seconds: float = 5.0
     cache_local_items: int = 10_000
     catalog_refresh_seconds: float = 60.0
+    catalog_max_shrink: float = 0.5  # a reload with this share fewer usable items is refused
     personalize_connect_timeout: float = 0.2
     personalize_read_timeout: float = 0.5
     personalize_max_attempts: int = 2
@@ -312,6 +329,7 @@ class Settings:
             cache_local_seconds=conv("cache_local_seconds", 0, 3600),
             cache_local_items=conv("cache_local_items", 0, 10**7),
             catalog_refresh_seconds=conv("catalog_refresh_seconds", 0.1, 86400),
+            catalog_max_shrink=_fraction("CATALOG_MAX_SHRINK", raw.get("catalog_max_shrink"), 0.5),
             personalize_connect_timeout=conv("personalize_connect_timeout", 0.01, 10),
             personalize_read_timeout=conv("personalize_read_timeout", 0.01, 10),
             personalize_max_attempts=conv("personalize_max_attempts", 1, 5),

@@ -171,21 +171,28 @@ class Reloadable(Generic[T]):
     """Hold the parsed content of a source, re-read in the background when it changes.
 
     Requests never wait on I/O: `refresh_if_due()` only starts a background check once the interval
-    has passed. A failed reload keeps the last good value and logs why.
+    has passed. A failed reload keeps the last good value and logs why. `check(old, new)` may refuse a new
+    version that parses but looks broken beside the one served, returning (reason, sentence): the old one
+    stays, one ERROR line says why and `on_refuse(reason)` is told, once per version of the source.
     """
 
     def __init__(self, source: Source, parse: Callable[[bytes, str, str], T], interval: float, what: str,
-                 on_load: Callable[[T], None] | None = None) -> None:
+                 on_load: Callable[[T], None] | None = None,
+                 check: Callable[[T, T], tuple[str, str] | None] | None = None,
+                 on_refuse: Callable[[str], None] | None = None) -> None:
         self.source = source
         self.what = what
         self._parse = parse
         self._interval = interval
         self._value: T | None = None
         self._version: str | None = None
+        self._refused_version: str | None = None  # a version check() turned down: not re-read until it changes
         self._next_check = 0.0
         self._lock = threading.Lock()  # held while a background refresh runs
         self._first_load = threading.Lock()
         self._on_load = on_load  # told of each new version, e.g. to record its size in the metrics
+        self._check = check
+        self._on_refuse = on_refuse
         self.loaded_at: float | None = None
         self.last_error: str | None = None
 
@@ -221,9 +228,11 @@ class Reloadable(Generic[T]):
         """Re-read the source if it changed; return True when a new version was loaded."""
         self._next_check = time.monotonic() + self._interval
         try:
-            snapshot = self.source.fetch(self._version if self._value is not None else None)
+            known = (self._refused_version or self._version) if self._value is not None else None
+            snapshot = self.source.fetch(known)
             if snapshot is None:
-                self.last_error = None  # the source answers again, with the version we hold
+                if self._refused_version is None:
+                    self.last_error = None  # the source answers again, with the version we hold
                 return False
             value = self._parse(snapshot.data, self.source.format, self.source.uri)
         except SourceError as exc:
@@ -232,6 +241,17 @@ class Reloadable(Generic[T]):
                 raise
             log.error("%s reload failed, still serving the previous version: %s", self.what, exc)
             return False
+        old = self._value
+        refusal = self._check(old, value) if self._check is not None and old is not None else None
+        if refusal is not None:
+            reason, sentence = refusal
+            self._refused_version, self.last_error = snapshot.version, f"{self.source.uri}: reload refused, {sentence}."
+            log.error("%s reload refused, still serving the previous version: %s: %s.", self.what, self.source.uri,
+                      sentence)
+            if self._on_refuse is not None:
+                self._on_refuse(reason)
+            return False
+        self._refused_version = None
         self._value, self._version = value, snapshot.version
         self.loaded_at, self.last_error = time.time(), None
         log.info("%s loaded from %s (version %s)", self.what, self.source.uri, snapshot.version)

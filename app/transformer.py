@@ -10,6 +10,8 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectTimeoutError,
+    NoCredentialsError,
+    NoRegionError,
     ReadTimeoutError,
 )
 
@@ -34,8 +36,10 @@ def pinpoint_event(endpoint_id: str, item_ids: Sequence[str]) -> dict[str, Any]:
 class LambdaTransformer:
     """Call a transformer Lambda synchronously, within the client's timeouts, with no retry."""
 
-    def __init__(self, client_factory: Callable[[str | None], Any]) -> None:
+    def __init__(self, client_factory: Callable[[str | None], Any],
+                 on_no_credentials: Callable[[], None] | None = None) -> None:
         self._client_factory = client_factory  # region (None: the default) -> a boto3 lambda client
+        self._on_no_credentials = on_no_credentials  # says once per process that there are none (AwsClients.no_credentials)
 
     def transform(self, function: str, endpoint_id: str, item_ids: Sequence[str],
                   attributes: Sequence[str]) -> Attributes:
@@ -50,6 +54,14 @@ class LambdaTransformer:
         except (ReadTimeoutError, ConnectTimeoutError) as exc:
             raise TransformerError(f"The transformer {function} did not answer in time.",
                                    code="transformer_timeout", status=504) from exc
+        except NoCredentialsError as exc:
+            if self._on_no_credentials is not None:
+                self._on_no_credentials()
+            raise TransformerError(f"The transformer {function} could not be invoked: no AWS credentials found.") \
+                from exc
+        except NoRegionError as exc:
+            raise TransformerError(f"The transformer {function} is a bare function name and no region is set: set "
+                                   "AWS_REGION, or give the function's ARN as RecommendationTransformerUri.") from exc
         except (ClientError, BotoCoreError) as exc:
             raise TransformerError(f"The transformer {function} could not be invoked: {exc}") from exc
         if answer.get("FunctionError"):

@@ -55,6 +55,7 @@ class GuardedRecommender:
             name=f"{inner.name}-breaker",
         )
         self._call = self.breaker.decorate(inner.recommend)
+        self.last_error: str | None = None  # the code of the last call's failure; None once a call succeeds
         self._breaker_state = self.breaker.state
         self._on_state_change = on_state_change  # e.g. the breaker gauge in the metrics
         if on_state_change is not None:
@@ -66,6 +67,14 @@ class GuardedRecommender:
     def check_ready(self) -> None:
         """Ready whenever the inner source is."""
         self.inner.check_ready()
+
+    def state(self) -> dict[str, str | None]:
+        """Return the breaker's state and the last call's error code, for /readyz."""
+        return {"breaker": self.breaker.state, "last_error": self.last_error}
+
+    def note_error(self, code: str) -> None:
+        """Record a failure found without a call (e.g. no credentials at start), for /readyz."""
+        self.last_error = code
 
     def recommend(
         self, user_id: str | None, num_results: int, timeout: float | None = None, options: Options = NO_OPTIONS
@@ -87,6 +96,7 @@ class GuardedRecommender:
         try:
             return future.result(timeout=timeout)
         except FutureTimeout:
+            self.last_error = "upstream_timeout"
             raise UpstreamError(
                 "Personalize did not answer within the request budget.", code="upstream_timeout", status=504
             ) from None
@@ -96,13 +106,18 @@ class GuardedRecommender:
         """Call the inner source (holding a slot, which this releases) with CALL_DEADLINE set to deadline."""
         token = CALL_DEADLINE.set(deadline)
         try:
-            return self._call(user_id, num_results, options)
+            recommendation = self._call(user_id, num_results, options)
         except CircuitBreakerError:
             raise _circuit_open() from None
+        except UpstreamError as exc:
+            self.last_error = exc.code
+            raise
         finally:
             CALL_DEADLINE.reset(token)
             self._slots.release()
             self._log_breaker_change()
+        self.last_error = None
+        return recommendation
 
     def _log_breaker_change(self) -> None:
         """Log when the breaker opens or closes: on call's logs, the one line that explains a wave of fallbacks."""

@@ -65,4 +65,9 @@ def readyz() -> Response:
         catalog = svc.check_ready()
     except ServiceError as exc:
         return json_response({"status": "unavailable", "reason": exc.message}, 503)
-    return json_response({"status": "ready", "source": svc.recommender.name, "catalog_items": len(catalog)})
+    body = {"status": "ready", "source": svc.recommender.name, "catalog_items": len(catalog)}
+    # Ready even while the source fails (no credentials, breaker open): the fallbacks answer, and taking every
+    # worker out of the load balancer would turn those answers into connection errors in the emails.
+    if (state := getattr(svc.recommender, "state", None)) is not None:
+        body.update(state())
+    return json_response(body)

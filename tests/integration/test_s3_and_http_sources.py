@@ -302,7 +302,7 @@ def test_feed_without_validators_is_compared_by_content(web: responses.RequestsM
 
 def test_gzipped_feed_file_is_decompressed(web: responses.RequestsMock) -> None:
     url = "https://feeds.example.com/export/items.csv.gz?sig=abc"
-    body = gzip.compress(b"ITEM_ID,NAME\nz1,Zed\n")
+    body = gzip.compress(b"ITEM_ID,NAME,URL\nz1,Zed,/z1\n")
     web.get(url, body=body, content_type="application/gzip")
     catalog = Reloadable(open_source(url, lambda: None), parse_catalog, 60, "catalog").load()
     assert catalog.items["z1"]["name"] == "Zed"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.catalog import MAX_REPORTED_PROBLEMS, Catalog, parse_catalog
+from app.catalog import MAX_REPORTED_PROBLEMS, Catalog, parse_catalog, reload_check
 from app.sources import LocalSource, Reloadable, SourceError, open_source
 from tests.conftest import SAMPLE_CATALOG
 
@@ -39,7 +39,8 @@ FORMATS = {
 
 
 def parse(data: bytes, fmt: str = "csv") -> Catalog:
-    return parse_catalog(data, fmt, f"mem.{fmt}")
+    """Parse without the name/url rule: these tests are about other rules; the rule has tests of its own."""
+    return parse_catalog(data, fmt, f"mem.{fmt}", required=())
 
 
 def load_file(path: Path) -> Catalog:
@@ -227,7 +228,8 @@ def test_unusable_price_is_null_and_reported(fmt: str, data: bytes, bad: str) ->
     assert catalog.items["bad"]["price"] is None
     assert catalog.items["ok"]["price"] == 1
     assert len(catalog.problems) == 1
-    assert "row 2" in catalog.problems[0] and "'bad'" in catalog.problems[0] and bad in catalog.problems[0]
+    where = "row 2" if fmt == "json" else "line 3"  # a CSV row is named by its line in the file
+    assert where in catalog.problems[0] and "'bad'" in catalog.problems[0] and bad in catalog.problems[0]
     assert catalog.skipped_rows == 0  # the item is still served
 
 
@@ -238,14 +240,14 @@ def test_row_without_id_is_skipped_and_reported() -> None:
     catalog = parse(b"ITEM_ID,NAME\n1,One\n,No id\n3,Three\n")
     assert list(catalog.items) == ["1", "3"]
     assert catalog.skipped_rows == 1
-    assert catalog.problems == ["skipped row 2: no item id"]
+    assert catalog.problems == ["skipped line 3: no item id"]
 
 
 def test_json_row_without_id_is_skipped_and_reported() -> None:
     catalog = parse(b'{"id": "1"}\n{"name": "nameless"}\n\n{"id": "  "}\n{"id": "4"}\n', "jsonl")
     assert list(catalog.items) == ["1", "4"]
     assert catalog.skipped_rows == 2
-    assert catalog.problems == ["skipped row 2: no item id", "skipped row 4: no item id"]
+    assert catalog.problems == ["skipped line 2: no item id", "skipped line 4: no item id"]
 
 
 def test_duplicate_id_is_reported_and_the_later_row_wins() -> None:
@@ -253,7 +255,7 @@ def test_duplicate_id_is_reported_and_the_later_row_wins() -> None:
     assert catalog.items["7"]["name"] == "Second"
     assert list(catalog.items) == ["7", "8"]
     assert len(catalog.problems) == 1
-    assert "row 3" in catalog.problems[0] and "'7'" in catalog.problems[0] and "repeated" in catalog.problems[0]
+    assert "line 4" in catalog.problems[0] and "'7'" in catalog.problems[0] and "repeated" in catalog.problems[0]
 
 
 def test_problems_are_capped_but_every_skip_is_counted() -> None:
@@ -275,7 +277,7 @@ def test_row_that_is_not_an_object_is_skipped(fmt: str, data: bytes) -> None:
     catalog = parse(data, fmt)
     assert list(catalog.items) == ["a"]
     assert catalog.skipped_rows == len(catalog.problems) >= 1
-    assert catalog.problems[0] == "skipped row 2: not an object"
+    assert catalog.problems[0] == f"skipped {'row' if fmt == 'json' else 'line'} 2: not an object"
 
 
 # --- files that cannot be used at all --------------------------------------------------------------
@@ -356,9 +358,10 @@ def test_join_accepts_any_iterable_and_empty_input(catalog: Catalog) -> None:
     assert [item["id"] for item in catalog.join(i for i in ("d", "c"))] == ["d", "c"]
 
 
-def test_csv_rows_are_what_dictreader_gives() -> None:
+def test_csv_rows_are_what_dictreader_gives_less_the_short_ones() -> None:
     """The catalog reads CSV rows without csv.DictReader's per-row overhead, and must see the same rows:
-    short rows padded with None, long rows cut to the header, blank lines skipped and not counted."""
+    long rows cut to the header, blank lines skipped; rows short of cells are reported, not padded.
+    Each row is numbered by the line of the file it starts on."""
     import csv
     import io
 
@@ -366,10 +369,12 @@ def test_csv_rows_are_what_dictreader_gives() -> None:
 
     text = ('ITEM_ID,NAME,PRICE\n1,"Tent, 2 person",199.0\n\n2,Short\n3,Long,5,extra,cells\n'
             '4,"Multi\nline",7\n,,\n5,Last,')
-    expected = [(n, {k: v for k, v in row.items() if k is not None})
-                for n, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=1)]
-    assert list(_csv_rows(io.StringIO(text, newline=""))) == expected
-    assert list(_csv_rows(io.StringIO(""))) == []
+    rows = [{k: v for k, v in row.items() if k is not None} for row in csv.DictReader(io.StringIO(text, newline=""))]
+    catalog = Catalog()
+    assert list(_csv_rows(io.StringIO(text, newline=""), catalog)) == [
+        (2, rows[0]), (5, rows[2]), (6, rows[3]), (8, rows[4]), (9, rows[5])]
+    assert catalog.problems == ["skipped line 4: 2 cells where the header has 3"] and catalog.cut_off is None
+    assert list(_csv_rows(io.StringIO(""), catalog)) == []
 
 
 @pytest.mark.parametrize(("value", "number"), [
@@ -390,3 +395,103 @@ def test_prices_that_are_not_finite_numbers_are_reported(value: str) -> None:
 
     number, problem = _price(value)
     assert number is None and problem and repr(value) in problem
+
+
+# --- rows that cannot be trusted (issue 12, item 3) -----------------------------------------------
+
+SERVED_CSV = b"id,name,url,image\n1,One,/1,a.jpg\n2,Two,/2,b.jpg\n3,Three,/3,c.jpg\n"
+
+
+def test_row_short_of_cells_is_skipped_and_named_by_its_line() -> None:
+    catalog = parse_catalog(b"id,name,url,image\n1,One,/1,a.jpg\n\n2,Two,/2\n3,Three,/3,c.jpg\n", "csv", "c.csv")
+    assert list(catalog.items) == ["1", "3"]
+    assert catalog.problems == ["skipped line 4: 3 cells where the header has 4"]
+    assert catalog.skipped_rows == 1 and catalog.cut_off is None  # a newline follows it: not a cut file
+
+
+def test_sample_catalog_cut_mid_row_is_marked_cut_off_and_the_cut_row_is_not_served() -> None:
+    data = SAMPLE_CATALOG.read_bytes()[:2500]  # the issue's `head -c 2500 catalog.csv`
+    catalog = parse_catalog(data, "csv", "catalog.csv")
+    assert all(item["image"] != "ht" for item in catalog.items.values())
+    assert "1703" not in catalog.encoded
+    assert catalog.problems == ["skipped line 21: 6 cells where the header has 7"]
+    assert catalog.cut_off is not None and "line, 21," in catalog.cut_off
+
+
+def test_unclosed_quote_is_reported_from_the_line_it_opens_and_marks_the_file_cut_off() -> None:
+    data = SERVED_CSV.replace(b"2,Two", b'2,"Two') + b"4,Four,/4,d.jpg\n"
+    catalog = parse_catalog(data, "csv", "c.csv")
+    assert list(catalog.items) == ["1"]  # the rows before the quote; nothing after it can be read
+    assert catalog.cut_off == "a quote opened on line 3 is never closed (lines 3-5 unread)"
+    assert catalog.problems == [f"skipped line 3: {catalog.cut_off}"]
+
+
+def test_broken_quoting_mid_file_skips_that_row_only() -> None:
+    catalog = parse_catalog(SERVED_CSV.replace(b"2,Two", b'2,"Tw"o'), "csv", "c.csv")
+    assert list(catalog.items) == ["1", "3"]
+    assert len(catalog.problems) == 1 and catalog.problems[0].startswith("skipped line 3: ")
+    assert catalog.cut_off is None
+
+
+def test_a_quoted_cell_over_several_lines_is_still_one_row() -> None:
+    catalog = parse_catalog(b'id,name,url\n1,"Two\nlines",/1\n2,Two,/2', "csv", "c.csv")
+    assert catalog.items["1"]["name"] == "Two\nlines" and list(catalog.items) == ["1", "2"]
+    assert catalog.problems == [] and catalog.cut_off is None
+
+
+@pytest.mark.parametrize(("fmt", "data", "where"), [
+    ("csv", b"id,name,url\n1,One,/1\n2,,/2\n3,Three,\n4, ,/4\n", ("line 3", "line 4", "line 5")),
+    ("jsonl", b'{"id":"1","name":"One","url":"/1"}\n{"id":"2","url":"/2"}\n{"id":"3","name":"Three"}\n'
+              b'{"id":"4","name":" ","url":"/4"}\n', ("line 2", "line 3", "line 4")),
+    ("json", b'[{"id":"1","name":"One","url":"/1"},{"id":"2","url":"/2"},{"id":"3","name":"Three","url":null},'
+             b'{"id":"4","name":" ","url":"/4"}]', ("row 2", "row 3", "row 4")),
+])
+def test_items_without_a_name_or_url_are_not_served(fmt: str, data: bytes, where: tuple[str, ...]) -> None:
+    catalog = parse_catalog(data, fmt, f"c.{fmt}")
+    assert list(catalog.items) == ["1"]
+    assert catalog.problems == [f"skipped {where[0]}: item '2' has no name", f"skipped {where[1]}: item '3' has no url",
+                                f"skipped {where[2]}: item '4' has no name"]
+
+
+@pytest.mark.parametrize("header", [b"id,name,price", b"id,url,price"])
+def test_csv_without_a_name_or_url_column_is_refused(header: bytes) -> None:
+    missing = "url" if b"url" not in header else "name"
+    with pytest.raises(SourceError, match=f"no item {missing} column"):
+        parse_catalog(header + b"\n1,x,2\n", "csv", "c.csv")
+
+
+def test_first_load_with_skipped_rows_logs_a_warning_with_line_numbers(caplog: pytest.LogCaptureFixture) -> None:
+    parse_catalog(b"id,name,url\n1,One,/1\n2,Two\n3,,/3\n", "csv", "c.csv")
+    [record] = [r for r in caplog.records if r.name == "app.catalog"]
+    assert record.levelname == "WARNING"
+    assert "skipped line 3: 2 cells" in record.getMessage() and "skipped line 4: item '3' has no name" in \
+        record.getMessage()
+
+
+@pytest.mark.parametrize(("max_shrink", "served", "fresh", "refused"), [
+    (0.5, 40, 20, False),  # exactly half: allowed
+    (0.5, 40, 19, True),
+    (0.0, 40, 39, True),   # 0: no item may go
+    (0.0, 40, 40, False),
+    (1.0, 40, 1, False),   # 100%: never refused for size
+    (0.25, 4, 3, False),
+])
+def test_reload_check_refuses_a_shrink_beyond_the_setting(max_shrink: float, served: int, fresh: int,
+                                                          refused: bool) -> None:
+    def catalog_of(n: int) -> Catalog:
+        return parse_catalog(b"id,name,url\n" + b"".join(b"%d,n,/u\n" % i for i in range(n)), "csv", "c.csv")
+
+    verdict = reload_check(max_shrink)(catalog_of(served), catalog_of(fresh))
+    assert (verdict is not None) is refused
+    if refused:
+        assert verdict[0] == "shrink" and f"{fresh} usable items against {served}" in verdict[1]
+        assert "CATALOG_MAX_SHRINK" in verdict[1]
+
+
+def test_reload_check_refuses_a_cut_off_file_whatever_its_size() -> None:
+    served = parse_catalog(SERVED_CSV, "csv", "c.csv")
+    cut = parse_catalog(SERVED_CSV + b"4,Four,/4,d.jpg\n5,Fi", "csv", "c.csv")
+    assert len(cut) == 4 and cut.cut_off is not None
+    verdict = reload_check(1.0)(served, cut)
+    assert verdict is not None and verdict[0] == "cut_off" and "line, 6," in verdict[1]
+    assert "4 usable items against 3 served" in verdict[1]

@@ -552,7 +552,7 @@ LINKS = {
     "2": ("https://shop.example.com/p/2?color=red", "/img/2.jpg"),
     "3": ("https://shop.example.com/p/3#reviews", "https://cdn.other.com/3.jpg"),
     "4": ("https://shop.example.com/p/4?size=m#top", "//cdn.other.com/4.jpg"),
-    "5": ("", ""),
+    "5": ("https://shop.example.com/p/5", ""),  # an item without a url is never served (test_catalog.py)
     "6": ("https://shop.example.com/p/6?", "http://cdn.other.com/6.jpg"),
 }
 LINK_QUERY = "utm_source=braze&utm_campaign={campaign}"
@@ -592,7 +592,7 @@ def test_link_query_is_appended_with_the_right_separator(link_app: Flask) -> Non
         "2": f"https://shop.example.com/p/2?color=red&{suffix}",
         "3": f"https://shop.example.com/p/3?{suffix}#reviews",
         "4": f"https://shop.example.com/p/4?size=m&{suffix}#top",
-        "5": "",
+        "5": f"https://shop.example.com/p/5?{suffix}",
         "6": f"https://shop.example.com/p/6?{suffix}",
     }
 
@@ -623,7 +623,7 @@ def test_empty_placeholder_drops_its_pair(link_app: Flask, query: str) -> None:
 
     assert got["1"] == "https://shop.example.com/p/1?utm_source=braze"
     assert got["3"] == "https://shop.example.com/p/3?utm_source=braze#reviews"
-    assert got["5"] == ""
+    assert got["5"] == "https://shop.example.com/p/5?utm_source=braze"
 
 
 def test_link_query_with_only_empty_placeholders_leaves_urls_alone(

@@ -89,8 +89,8 @@ def test_s3_uri_needs_bucket_and_key() -> None:
 # --- LocalSource ---------------------------------------------------------------------------------
 
 
-CSV = b"ITEM_ID,NAME,PRICE\n1,One,1.5\n2,Two,2\n"
-CSV_CHANGED = b"ITEM_ID,NAME,PRICE\n1,One,1.5\n2,Two,2\n3,Three,3\n"
+CSV = b"ITEM_ID,NAME,URL,PRICE\n1,One,/1,1.5\n2,Two,/2,2\n"
+CSV_CHANGED = b"ITEM_ID,NAME,URL,PRICE\n1,One,/1,1.5\n2,Two,/2,2\n3,Three,/3,3\n"
 
 
 @pytest.fixture

@@ -895,7 +895,8 @@ def test_readyz_with_the_fake(client: FlaskClient) -> None:
     resp = client.get("/readyz")
 
     assert resp.status_code == 200
-    assert resp.get_json() == {"status": "ready", "source": "fake", "catalog_items": 40}
+    assert resp.get_json() == {"status": "ready", "source": "fake", "catalog_items": 40, "breaker": "closed",
+                               "last_error": None}
 
 
 @pytest.fixture
