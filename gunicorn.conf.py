@@ -30,13 +30,13 @@ def whole_number(name: str, default: int, most: int | None = None) -> int:
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{whole_number('PORT', 8000, most=65535)}"
 workers = whole_number("WEB_CONCURRENCY", 2)
 # gunicorn's gthread worker, except that a request gets a thread only once it has all arrived: slow or idle
-# connections cannot hold the threads (app/worker.py). One without a whole request within REQUEST_HEAD_TIMEOUT
+# connections cannot hold the threads (app/server/worker.py). One without a whole request within REQUEST_HEAD_TIMEOUT
 # seconds is closed.
-worker_class = "app.worker.HeadFirstWorker"
+worker_class = "app.server.worker.HeadFirstWorker"
 whole_number("REQUEST_HEAD_TIMEOUT", 5)  # checked here, read by the worker
 # The longest request line gunicorn accepts (method, path, query string, version): its maximum, so a Braze URL
 # with a user id of several thousand characters fits. Longer ones, and headers over 8190 bytes, get a JSON 414
-# or 431 (app/worker.py).
+# or 431 (app/server/worker.py).
 limit_request_line = 8190
 threads = whole_number("WEB_THREADS", DEFAULT_WEB_THREADS)
 # Braze gives up after 2 s; a request still running after this is stuck, not slow.
@@ -47,12 +47,12 @@ keepalive = 5
 # shared socket, whichever worker woke first took them: a burst of 64 connections split 60/4 at times, and
 # the worker with 4 left half its threads idle while the other queued (misses at 354 instead of 597 req/s).
 reuse_port = True
-# The app writes one JSON line per request (app/logs.py); gunicorn's access log is off unless ACCESS_LOG asks,
+# The app writes one JSON line per request (app/telemetry/logs.py); gunicorn's access log is off unless ACCESS_LOG asks,
 # and then it shows the path without the query string, which holds user ids.
 accesslog = os.environ.get("ACCESS_LOG") or None
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
-logger_class = "app.logs.GunicornLogger"  # gunicorn's own lines as JSON too
+logger_class = "app.telemetry.logs.GunicornLogger"  # gunicorn's own lines as JSON too
 # gunicorn's runtime control socket is one fixed path per user; several instances on a host would collide.
 control_socket_disable = True
 
@@ -108,7 +108,7 @@ def clear_metrics_folder() -> None:
 
 
 def worker_exit(server, worker):
-    """Write the request log lines still pending in the worker (app/logs.py writes a few at a time)."""
+    """Write the request log lines still pending in the worker (app/telemetry/logs.py writes a few at a time)."""
     from app.components import EXTENSION
 
     parts = getattr(getattr(worker, "wsgi", None), "extensions", {}).get(EXTENSION)

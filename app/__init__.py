@@ -11,35 +11,35 @@ import redis
 from cachelib.base import BaseCache
 from flask import Flask
 
-from . import telemetry
-from .admin import bp as admin_bp
-from .auth import build_guard
-from .aws import AwsClients, Timeouts
-from .batch import BatchRecommender, parse_batch_output
-from .cache import AnswerCache, cache_config
-from .catalog import Catalog, parse_catalog, parse_item_list, reload_check
-from .components import EXTENSION, Components, components
-from .configured import build_configured, recommenders_served
-from .errors import register_error_handlers
-from .extensions import cache
-from .logs import RequestLog, configure_logging
-from .metrics import Metrics
-from .metrics import bp as metrics_bp
-from .openapi import bp as docs_bp
-from .personalize import PersonalizeRecommender
-from .popularity import RecentlyRecommended, RedisCounts, SQLiteCounts
-from .presentation import Presenter
-from .proxies import TrustedProxies
-from .recommendation import Recommender
-from .recommenders import RecommenderStore, build_store
-from .schemas import QueryParser
-from .service import RecommendationService
-from .settings import ConfigError, Settings
-from .singleflight import SingleFlight
-from .sources import Reloadable, SourceError, open_source
-from .storage import private_file, private_folder
-from .upstream import GuardedRecommender
-from .views import bp
+from app.aws import AwsClients, Timeouts
+from app.caching.answers import AnswerCache, cache_config
+from app.caching.singleflight import SingleFlight
+from app.catalog.files import Reloadable, SourceError, open_source
+from app.catalog.items import Catalog, parse_catalog, parse_item_list, reload_check
+from app.components import EXTENSION, Components, components
+from app.docs.openapi import bp as docs_bp
+from app.errors import register_error_handlers
+from app.extensions import cache
+from app.pinpoint.admin import bp as admin_bp
+from app.pinpoint.configs import RecommenderStore, build_store
+from app.pinpoint.serving import build_configured, recommenders_served
+from app.recommendations.auth import build_guard
+from app.recommendations.presentation import Presenter
+from app.recommendations.query import QueryParser
+from app.recommendations.service import RecommendationService
+from app.recommendations.views import bp
+from app.server.proxies import TrustedProxies
+from app.settings import ConfigError, Settings
+from app.sources.batch import BatchRecommender, parse_batch_output
+from app.sources.guard import GuardedRecommender
+from app.sources.personalize import PersonalizeRecommender
+from app.sources.popularity import RecentlyRecommended, RedisCounts, SQLiteCounts
+from app.sources.recommender import Recommender
+from app.storage import private_file, private_folder
+from app.telemetry import hooks as telemetry
+from app.telemetry.logs import RequestLog, configure_logging
+from app.telemetry.metrics import Metrics
+from app.telemetry.metrics import bp as metrics_bp
 
 log = logging.getLogger(__name__)
 BRAZE_TIMEOUT_MS = 2000  # Connected Content gives up after 2 s (README, "Never the reason an email goes out broken")

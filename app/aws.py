@@ -25,7 +25,7 @@ from botocore.credentials import (
 from botocore.exceptions import NoCredentialsError, NoRegionError
 from botocore.retries import standard
 
-from app.recommendation import CALL_DEADLINE
+from app.sources.recommender import CALL_DEADLINE
 
 log = logging.getLogger(__name__)
 

@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Request, current_app
 
 if TYPE_CHECKING:
-    from .aws import AwsClients
-    from .configured import ConfiguredRecommenders
-    from .logs import RequestLog
-    from .metrics import Metrics
-    from .presentation import Presenter
-    from .recommenders import RecommenderStore
-    from .schemas import QueryParser
-    from .service import RecommendationService
-    from .settings import Settings
+    from app.aws import AwsClients
+    from app.pinpoint.configs import RecommenderStore
+    from app.pinpoint.serving import ConfiguredRecommenders
+    from app.recommendations.presentation import Presenter
+    from app.recommendations.query import QueryParser
+    from app.recommendations.service import RecommendationService
+    from app.settings import Settings
+    from app.telemetry.logs import RequestLog
+    from app.telemetry.metrics import Metrics
 
 EXTENSION = "recommendation_service"
 Guard = Callable[[Request], None]

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from .json import json_response
+from app.json import json_response
 
 log = logging.getLogger(__name__)
 

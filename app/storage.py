@@ -12,7 +12,7 @@ import sqlite3
 import stat
 import threading
 
-from .settings import ConfigError
+from app.settings import ConfigError
 
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600

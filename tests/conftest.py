@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.aws import AwsClients
-from app.recommendation import NO_OPTIONS, Options, Recommendation
+from app.sources.recommender import NO_OPTIONS, Options, Recommendation
 from tests.redis_server import RedisServer, RedisUnavailable, given_redis_url, must_fail
 
 ROOT = Path(__file__).resolve().parent.parent

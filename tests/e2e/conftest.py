@@ -198,7 +198,7 @@ def run_gunicorn_to_exit(env: Mapping[str, str], log_path: Path, timeout: float 
 
 
 def read_catalog() -> dict[str, dict[str, str]]:
-    """The sample catalog's rows by item id, read with the csv module (independently of app.catalog)."""
+    """The sample catalog's rows by item id, read with the csv module (independently of app.catalog.items)."""
     with SAMPLE_CATALOG.open(newline="", encoding="utf-8-sig") as fh:
         return {row["ITEM_ID"].strip(): row for row in csv.DictReader(fh)}
 

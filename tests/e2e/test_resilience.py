@@ -46,7 +46,7 @@ class Outcome:
 
 
 def popular_ids() -> list[str]:
-    """The sample catalog's items by POPULARITY_RANK, lowest first (read independently of app.catalog)."""
+    """The sample catalog's items by POPULARITY_RANK, lowest first (read independently of app.catalog.items)."""
     rows = read_catalog()
     ranked = [(int(row["POPULARITY_RANK"]), item_id) for item_id, row in rows.items() if row.get("POPULARITY_RANK")]
     return [item_id for _, item_id in sorted(ranked)]

@@ -8,7 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-from app.popularity import FLUSH_SECONDS
+from app.sources.popularity import FLUSH_SECONDS
 from tests.conftest import SAMPLE_CATALOG
 from tests.e2e.conftest import (
     WORKERS,

@@ -14,9 +14,9 @@ import redis
 from flask import Flask
 from werkzeug.test import TestResponse
 
-from app.cache import AnswerCache, CachedAnswer, encode_answer
+from app.caching.answers import AnswerCache, CachedAnswer, encode_answer
 from app.extensions import cache as cache_extension
-from app.recommendation import Recommendation
+from app.sources.recommender import Recommendation
 from tests.conftest import FakeRecommender
 from tests.redis_server import given_redis_url
 
@@ -135,7 +135,7 @@ def test_redis_down_serves_without_cache_and_logs_once(
         assert resp.headers["X-Recommendations-Source"] == "fake"
         assert [item["id"] for item in resp.get_json()][:2] == ["1000", "1037"]
     assert fake.calls == [("u1", 10)] * 5
-    cache_errors = [r for r in caplog.records if r.name == "app.cache" and r.levelno >= logging.ERROR]
+    cache_errors = [r for r in caplog.records if r.name == "app.caching.answers" and r.levelno >= logging.ERROR]
     assert len(cache_errors) == 1, [r.getMessage() for r in cache_errors]
     assert "answer cache failing" in cache_errors[0].getMessage()
     assert elapsed < 5  # a refused connection costs milliseconds, not socket timeouts
@@ -235,7 +235,7 @@ def test_redis_refusing_writes_is_logged_once(
 
     assert statuses == [200] * 5
     assert len(fake.calls) == 5
-    cache_logs = [r.getMessage() for r in caplog.records if r.name == "app.cache"]
+    cache_logs = [r.getMessage() for r in caplog.records if r.name == "app.caching.answers"]
     assert len(cache_logs) == 1, cache_logs
 
 
@@ -271,7 +271,7 @@ def test_a_crafted_redis_entry_does_not_run(make_app: Callable[..., Flask], redi
 
 def test_recently_recommended_counts_are_shared_through_redis(redis_url: str, redis_client: redis.Redis) -> None:
     """Two workers (or hosts) count their own misses; either one reads the sum."""
-    from app.popularity import RecentlyRecommended, RedisCounts
+    from app.sources.popularity import RecentlyRecommended, RedisCounts
 
     workers = [RecentlyRecommended(RedisCounts(redis.Redis.from_url(redis_url)), start_flusher=False, top_seconds=0)
                for _ in range(2)]

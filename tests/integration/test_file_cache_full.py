@@ -52,7 +52,7 @@ def test_a_full_cache_disk_logs_once_per_change_of_state(tmp_path: Path) -> None
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
 
     assert report["statuses"] == [200] * 40  # the cache failing never costs an answer
-    cache_lines = [(line["level"], line["message"]) for line in lines if line["logger"] == "app.cache"]
+    cache_lines = [(line["level"], line["message"]) for line in lines if line["logger"] == "app.caching.answers"]
     assert [m.split(" (")[0] for _, m in cache_lines] == ["answer cache failing", "answer cache works again"]
     assert "File too large" in cache_lines[0][1] and str(cache_dir) not in cache_lines[0][1]
     # No per-request warning, and no traceback anywhere (3,157 lines for 3,400 requests before).

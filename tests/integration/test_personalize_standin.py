@@ -1,4 +1,4 @@
-"""Real boto3, through app.personalize.PersonalizeRecommender, against the Personalize Runtime stand-in.
+"""Real boto3, through app.sources.personalize.PersonalizeRecommender, against the Personalize Runtime stand-in.
 
 The stand-in speaks the rest-json wire protocol, so these tests cover botocore's serialisation of the request,
 its parsing of answers and AWS-shaped errors, its timeouts and retries, and the project's mapping of each.
@@ -19,8 +19,8 @@ import pytest
 
 from app.aws import AwsClients, Timeouts
 from app.errors import InvalidParameterError, UpstreamError
-from app.personalize import PersonalizeRecommender
-from app.upstream import GuardedRecommender
+from app.sources.guard import GuardedRecommender
+from app.sources.personalize import PersonalizeRecommender
 from tests.conftest import ROOT, SAMPLE_CATALOG
 from tests.standin.personalize import Control, StandinHandle, items_from, start_standin
 

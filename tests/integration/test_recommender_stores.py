@@ -10,7 +10,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from app.recommenders import (
+from app.pinpoint.configs import (
     BadTokenError,
     DynamoDBStore,
     RecommenderStore,

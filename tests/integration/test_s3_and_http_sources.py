@@ -16,9 +16,9 @@ from moto import mock_aws
 from responses import matchers
 
 from app import create_app
-from app.catalog import parse_catalog
+from app.catalog.files import HttpSource, Reloadable, S3Source, SourceError, open_source
+from app.catalog.items import parse_catalog
 from app.components import components
-from app.sources import HttpSource, Reloadable, S3Source, SourceError, open_source
 from tests.conftest import SAMPLE_BATCH, SAMPLE_CATALOG, FakeAws
 
 BUCKET = "recs-data"

@@ -14,8 +14,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.admin import MAX_BODY_BYTES
-from app.recommenders import BadTokenError, DynamoDBStore, encode_token
+from app.pinpoint.admin import MAX_BODY_BYTES
+from app.pinpoint.configs import BadTokenError, DynamoDBStore, encode_token
 from app.settings import ConfigError
 
 ADMIN_KEY = "admin-key-0123456789abcdef"

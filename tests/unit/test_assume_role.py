@@ -13,7 +13,7 @@ from botocore.stub import Stubber
 from flask import Flask
 
 from app.aws import SESSION_NAME, AwsClients
-from app.recommenders import SQLiteStore, new_record
+from app.pinpoint.configs import SQLiteStore, new_record
 from tests.conftest import FakeRecommender, stubbed
 
 CAMPAIGN = "arn:aws:personalize:eu-west-1:123456789012:campaign/movies"

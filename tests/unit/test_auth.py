@@ -184,7 +184,7 @@ def test_non_ascii_garbage_in_headers_is_401_never_500(
 
 @pytest.fixture
 def compare_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
-    """Replace hmac.compare_digest (as app.auth sees it) with a spy that records and still compares."""
+    """Replace hmac.compare_digest (as app.recommendations.auth sees it) with a spy that records and still compares."""
     real = hmac.compare_digest
     seen: list[tuple[Any, Any]] = []
 
@@ -192,7 +192,7 @@ def compare_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
         seen.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("app.auth.hmac.compare_digest", spy)
+    monkeypatch.setattr("app.recommendations.auth.hmac.compare_digest", spy)
     return seen
 
 

@@ -18,7 +18,7 @@ from flask import Flask
 
 from app import warm_up
 from app.aws import AwsClients
-from app.recommenders import SQLiteStore, new_record
+from app.pinpoint.configs import SQLiteStore, new_record
 
 ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/movies"
 ADMIN_KEY = "admin-key-0123456789abcdef"
@@ -124,7 +124,7 @@ def test_attributes_without_region_or_credentials_fall_back_at_once_and_say_so_o
         assert response.headers["X-Fallback-Reason"] == "transformer_failed"
         assert len(response.get_json()["Title"]) == 2  # the catalog's names, in the same shape
     assert not [r for r in caplog.records if r.exc_info]
-    transformer_lines = [r.getMessage() for r in caplog.records if r.name == "app.configured"]
+    transformer_lines = [r.getMessage() for r in caplog.records if r.name == "app.pinpoint.serving"]
     assert len(transformer_lines) == 1  # once, not per request
     if region is None:
         assert "AWS_REGION" in transformer_lines[0]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from app.cache import AnswerCache
+from app.caching.answers import AnswerCache
 from app.extensions import cache as cache_extension
 from app.settings import ConfigError
 from app.storage import private_file, private_folder

@@ -1,4 +1,4 @@
-"""app/catalog.py: parse_catalog for every format and the join used on the request path."""
+"""app/catalog/items.py: parse_catalog for every format and the join used on the request path."""
 from __future__ import annotations
 
 import csv
@@ -9,8 +9,13 @@ from typing import Any
 
 import pytest
 
-from app.catalog import MAX_REPORTED_PROBLEMS, Catalog, parse_catalog, reload_check
-from app.sources import LocalSource, Reloadable, SourceError, open_source
+from app.catalog.files import LocalSource, Reloadable, SourceError, open_source
+from app.catalog.items import (
+    MAX_REPORTED_PROBLEMS,
+    Catalog,
+    parse_catalog,
+    reload_check,
+)
 from tests.conftest import SAMPLE_CATALOG
 
 ITEM_KEYS = ["id", "name", "url", "price", "image"]
@@ -365,7 +370,7 @@ def test_csv_rows_are_what_dictreader_gives_less_the_short_ones() -> None:
     import csv
     import io
 
-    from app.catalog import _csv_rows
+    from app.catalog.items import _csv_rows
 
     text = ('ITEM_ID,NAME,PRICE\n1,"Tent, 2 person",199.0\n\n2,Short\n3,Long,5,extra,cells\n'
             '4,"Multi\nline",7\n,,\n5,Last,')
@@ -383,7 +388,7 @@ def test_csv_rows_are_what_dictreader_gives_less_the_short_ones() -> None:
 ])
 def test_prices_plain_and_otherwise(value: str, number: float | None) -> None:
     """Plain digits and decimals take a short path; signs, currency and spacing the full one: same answers."""
-    from app.catalog import _price
+    from app.catalog.items import _price
 
     assert _price(value) == (number, None)
     assert type(_price(value)[0]) is type(number)  # 12 stays an integer in the JSON, 12.0 a float
@@ -391,7 +396,7 @@ def test_prices_plain_and_otherwise(value: str, number: float | None) -> None:
 
 @pytest.mark.parametrize("value", ["inf", "nan", "1.5e999", "abc", "-", "1.2.3"])
 def test_prices_that_are_not_finite_numbers_are_reported(value: str) -> None:
-    from app.catalog import _price
+    from app.catalog.items import _price
 
     number, problem = _price(value)
     assert number is None and problem and repr(value) in problem
@@ -462,7 +467,7 @@ def test_csv_without_a_name_or_url_column_is_refused(header: bytes) -> None:
 
 def test_first_load_with_skipped_rows_logs_a_warning_with_line_numbers(caplog: pytest.LogCaptureFixture) -> None:
     parse_catalog(b"id,name,url\n1,One,/1\n2,Two\n3,,/3\n", "csv", "c.csv")
-    [record] = [r for r in caplog.records if r.name == "app.catalog"]
+    [record] = [r for r in caplog.records if r.name == "app.catalog.items"]
     assert record.levelname == "WARNING"
     assert "skipped line 3: 2 cells" in record.getMessage() and "skipped line 4: item '3' has no name" in \
         record.getMessage()

@@ -15,9 +15,9 @@ import pytest
 from flask import Flask
 
 from app import warm_up
+from app.catalog.files import Reloadable
 from app.components import components
 from app.settings import ConfigError, Settings
-from app.sources import Reloadable
 from tests.conftest import SAMPLE_CATALOG, FakeRecommender
 from tests.unit.test_metrics import scrape, value
 

@@ -16,10 +16,10 @@ from flask.testing import FlaskClient
 
 from app.aws import AwsClients
 from app.components import components
-from app.configured import ConfiguredRecommenders, UnknownRecommenderError
 from app.errors import UnavailableError
-from app.recommenders import SQLiteStore, StoreError, new_record
-from app.transformer import LambdaTransformer, TransformerError, pinpoint_event
+from app.pinpoint.configs import SQLiteStore, StoreError, new_record
+from app.pinpoint.serving import ConfiguredRecommenders, UnknownRecommenderError
+from app.pinpoint.transformer import LambdaTransformer, TransformerError, pinpoint_event
 from tests.conftest import FakeAws, FakeRecommender, stubbed
 
 CAMPAIGN = "arn:aws:personalize:us-east-1:123456789012:campaign/movies"

@@ -19,12 +19,12 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from app import warm_up
-from app.cache import CachedAnswer, decode_answer, encode_answer
-from app.catalog import Catalog
+from app.caching.answers import CachedAnswer, decode_answer, encode_answer
+from app.catalog.items import Catalog
 from app.components import components
 from app.errors import InvalidParameterError, UnavailableError, UpstreamError
-from app.recommendation import NO_OPTIONS, Options, Recommendation
-from app.service import RecommendationService
+from app.recommendations.service import RecommendationService
+from app.sources.recommender import NO_OPTIONS, Options, Recommendation
 from tests.conftest import SAMPLE_BATCH, SAMPLE_CATALOG, FakeRecommender
 
 ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/x"

@@ -6,7 +6,7 @@ import logging
 import pytest
 from gunicorn.config import Config
 
-from app.logs import GunicornLogger
+from app.telemetry.logs import GunicornLogger
 
 
 @pytest.mark.parametrize("message, args, expected", [

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import redis
 from flask import Flask
 
-from app.cache import AnswerCache, CachedAnswer, encode_answer
-from app.recommendation import Recommendation
+from app.caching.answers import AnswerCache, CachedAnswer, encode_answer
+from app.sources.recommender import Recommendation
 from tests.conftest import FakeRecommender
 
 

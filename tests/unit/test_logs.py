@@ -17,8 +17,8 @@ from flask import Flask
 
 from app.components import components
 from app.errors import UpstreamError
-from app.logs import JsonFormatter, RequestLog, request_id
 from app.settings import ConfigError, Settings
+from app.telemetry.logs import JsonFormatter, RequestLog, request_id
 from tests.conftest import SAMPLE_BATCH, SAMPLE_CATALOG, FakeRecommender
 
 USER_KEY = "log-user-id-key-0123456789abcdef"
@@ -134,15 +134,15 @@ def test_other_log_records_are_json_lines_too() -> None:
     try:
         raise ValueError("boom")
     except ValueError:
-        record = logging.LogRecord("app.service", logging.ERROR, __file__, 1, "source %s crashed", ("x",),
+        record = logging.LogRecord("app.recommendations.service", logging.ERROR, __file__, 1, "source %s crashed", ("x",),
                                    sys.exc_info())
     line = json.loads(JsonFormatter().format(record))
-    assert (line["level"], line["logger"], line["message"]) == ("ERROR", "app.service", "source x crashed")
+    assert (line["level"], line["logger"], line["message"]) == ("ERROR", "app.recommendations.service", "source x crashed")
     assert "ValueError: boom" in line["exception"]
 
 
 def test_app_logs_during_a_request_carry_its_request_id(app: Flask) -> None:
-    record = logging.LogRecord("app.service", logging.WARNING, __file__, 1, "batch fallback unavailable", (), None)
+    record = logging.LogRecord("app.recommendations.service", logging.WARNING, __file__, 1, "batch fallback unavailable", (), None)
     with app.test_request_context("/recommendations", headers={"X-Request-Id": "send-42"}):
         app.preprocess_request()  # runs the before_request hooks
         line = json.loads(JsonFormatter().format(record))

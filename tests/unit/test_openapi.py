@@ -11,8 +11,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
-from app.recommenders import RecommenderConfigurationSchema
-from app.schemas import RecommendationQuery
+from app.pinpoint.configs import RecommenderConfigurationSchema
+from app.recommendations.query import RecommendationQuery
 from tests.conftest import FakeRecommender
 
 KEY = "openapi-test-key-0123456789"

@@ -21,8 +21,8 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from app.components import components
-from app.recommendation import Options
 from app.settings import ConfigError
+from app.sources.recommender import Options
 from tests.conftest import FakeAws, FakeRecommender
 
 CAMPAIGN_ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/braze-recs"

@@ -1,4 +1,4 @@
-"""app/personalize.py against a real boto3 personalize-runtime client stubbed with botocore's Stubber."""
+"""app/sources/personalize.py against a real boto3 personalize-runtime client stubbed with botocore's Stubber."""
 from __future__ import annotations
 
 import datetime
@@ -20,11 +20,11 @@ from botocore.stub import Stubber
 
 from app.aws import AwsClients, Timeouts
 from app.errors import InvalidParameterError, UpstreamError
-from app.personalize import (
+from app.sources.personalize import (
     PersonalizeRecommender,
     request_for,
 )
-from app.recommendation import CALL_DEADLINE, Recommendation
+from app.sources.recommender import CALL_DEADLINE, Recommendation
 
 CAMPAIGN_ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/braze-recs"
 RECOMMENDER_ARN = "arn:aws:personalize:us-east-1:123456789012:recommender/top-picks"

@@ -1,4 +1,4 @@
-"""app.pinpoint.lambda_handler: the seed's example event in, the seed's expected endpoints out."""
+"""app.pinpoint.lambda_handler (app/pinpoint/handler.py): the seed's example event in, the seed's expected endpoints out."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app import pinpoint
+from app.pinpoint import handler as pinpoint
 from app.settings import ConfigError
 
 # The seed's input event (pinpoint-lambda-transformer.txt), as Pinpoint sends it; note "LastName " with a space.
@@ -134,3 +134,10 @@ def test_recommendation_attributes_setting_is_checked(handler_for: Callable[...,
 def test_catalog_uri_is_required() -> None:
     with pytest.raises(ConfigError, match="CATALOG_URI"):
         pinpoint.handler_from_env({"RECOMMENDATION_ATTRIBUTES": "Title"})
+
+
+def test_the_lambda_handler_keeps_its_documented_name() -> None:
+    """Deployed functions name `app.pinpoint.lambda_handler` (README): the package layout must keep it."""
+    import importlib
+
+    assert importlib.import_module("app.pinpoint").lambda_handler is pinpoint.lambda_handler

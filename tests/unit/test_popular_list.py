@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from app.catalog import parse_item_list
-from app.sources import SourceError
+from app.catalog.files import SourceError
+from app.catalog.items import parse_item_list
 
 
 def parse(data: bytes, fmt: str) -> list[str]:

@@ -9,7 +9,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from app.errors import InvalidParameterError
-from app.schemas import QueryParser
+from app.recommendations.query import QueryParser
 
 
 def request(query_string: str) -> Request:

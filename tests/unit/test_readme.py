@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from app.schemas import RecommendationQuery
+from app.recommendations.query import RecommendationQuery
 from app.settings import Settings
 from tests.conftest import ROOT
 

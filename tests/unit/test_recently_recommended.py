@@ -1,4 +1,4 @@
-"""The items recommended most lately (app/popularity.py): counted in process, flushed to a shared store."""
+"""The items recommended most lately (app/sources/popularity.py): counted in process, flushed to a shared store."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 
 from app.components import components
-from app.popularity import RecentlyRecommended, SQLiteCounts
+from app.sources.popularity import RecentlyRecommended, SQLiteCounts
 from tests.conftest import FakeRecommender
 
 
@@ -85,14 +85,14 @@ def test_a_failing_store_is_logged_once_and_never_raises(caplog: pytest.LogCaptu
     recent = counter(store, clock, top_seconds=0)
     assert recent.top() == ["x"]
     store.fail = True
-    with caplog.at_level(logging.INFO, logger="app.popularity"):
+    with caplog.at_level(logging.INFO, logger="app.sources.popularity"):
         for _ in range(5):
             recent.count(["a"])
             recent.flush()
             assert recent.top() == ["x"]  # the last list read
         store.fail = False
         recent.top()
-    messages = [r.getMessage() for r in caplog.records if r.name == "app.popularity"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "app.sources.popularity"]
     assert len(messages) == 2, messages
     assert "unavailable" in messages[0] and "again" in messages[1]
 

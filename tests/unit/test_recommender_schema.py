@@ -6,7 +6,11 @@ from typing import Any
 import pytest
 from marshmallow import ValidationError
 
-from app.recommenders import RecommenderConfigurationSchema, new_record, replaced_record
+from app.pinpoint.configs import (
+    RecommenderConfigurationSchema,
+    new_record,
+    replaced_record,
+)
 
 CAMPAIGN = "arn:aws:personalize:us-east-1:123456789012:campaign/movies"
 ROLE = "arn:aws:iam::123456789012:role/PinpointRecommendations"

@@ -9,10 +9,10 @@ from typing import Any
 import redis
 from flask import Flask
 
-from app.catalog import parse_catalog
+from app.caching.singleflight import SingleFlight
+from app.catalog.items import parse_catalog
 from app.components import components
-from app.recommendation import NO_OPTIONS, Options, Recommendation
-from app.singleflight import SingleFlight
+from app.sources.recommender import NO_OPTIONS, Options, Recommendation
 from tests.conftest import FakeRecommender
 
 BUDGET_MS = 800
@@ -84,7 +84,7 @@ def test_the_cross_worker_lock_lasts_as_long_as_the_budget(redis_url: str) -> No
 def make_answer_cache() -> Any:
     from cachelib import SimpleCache
 
-    from app.cache import AnswerCache
+    from app.caching.answers import AnswerCache
 
     return AnswerCache(SimpleCache(), ttl=60)
 

@@ -1,4 +1,4 @@
-"""app/singleflight.py: one fetch per key, within a process (events) and across workers (a Redis lock)."""
+"""app/caching/singleflight.py: one fetch per key, within a process (events) and across workers (a Redis lock)."""
 from __future__ import annotations
 
 import threading
@@ -12,12 +12,12 @@ import pytest
 import redis
 from cachelib import SimpleCache
 
-from app import singleflight
-from app.cache import AnswerCache, CachedAnswer
+from app.caching import singleflight
+from app.caching.answers import AnswerCache, CachedAnswer
+from app.caching.singleflight import SingleFlight
 from app.components import components
 from app.errors import UpstreamError
-from app.recommendation import Recommendation
-from app.singleflight import SingleFlight
+from app.sources.recommender import Recommendation
 from tests.conftest import FakeRecommender
 
 KEY = "recs:v1:test-key"
@@ -259,7 +259,7 @@ class PolledCache(AnswerCache):
 
 @pytest.fixture
 def redis_cache(make_app: Callable[..., Any], redis_url: str) -> PolledCache:
-    """An AnswerCache on flask-caching's RedisCache, configured as app/cache.py configures it."""
+    """An AnswerCache on flask-caching's RedisCache, configured as app/caching/answers.py configures it."""
     app = make_app({"recommender": FakeRecommender()}, cache_redis_url=redis_url)
     service = components(app).service
     return PolledCache(service.cache.backend, service.cache.ttl)

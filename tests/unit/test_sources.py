@@ -1,4 +1,4 @@
-"""app/sources.py: format detection, local files and Reloadable's refresh rules (with a fake clock, no sleeps)."""
+"""app/catalog/files.py: format detection, local files and Reloadable's refresh rules (with a fake clock, no sleeps)."""
 from __future__ import annotations
 
 import gzip
@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from app import sources
-from app.catalog import Catalog, parse_catalog
-from app.sources import (
+from app.catalog import files as sources
+from app.catalog.files import (
     HttpSource,
     LocalSource,
     Reloadable,
@@ -21,6 +20,7 @@ from app.sources import (
     format_of,
     open_source,
 )
+from app.catalog.items import Catalog, parse_catalog
 
 WAIT = 10  # seconds an Event wait may take before the test fails; never reached when things work
 
@@ -219,7 +219,7 @@ def test_load_raises_when_the_first_read_fails(tmp_path: Path) -> None:
 
 
 class FakeClock:
-    """Stands in for the time module inside app.sources."""
+    """Stands in for the time module inside app.catalog.files."""
 
     def __init__(self) -> None:
         self.now = 1000.0

@@ -1,4 +1,4 @@
-"""app/upstream.py: GuardedRecommender's deadline, concurrency cap and circuit breaker around small fakes."""
+"""app/sources/guard.py: GuardedRecommender's deadline, concurrency cap and circuit breaker around small fakes."""
 from __future__ import annotations
 
 import logging
@@ -10,8 +10,8 @@ import circuitbreaker
 import pytest
 
 from app.errors import InvalidParameterError, UpstreamError
-from app.recommendation import CALL_DEADLINE, NO_OPTIONS, Options, Recommendation
-from app.upstream import GuardedRecommender
+from app.sources.guard import GuardedRecommender
+from app.sources.recommender import CALL_DEADLINE, NO_OPTIONS, Options, Recommendation
 from tests.conftest import FakeRecommender
 
 # Generous: a fail-fast path must not wait on anything, but CI machines stall now and then.
@@ -339,7 +339,7 @@ def test_opening_and_closing_the_breaker_are_logged_once_each(
     inner = FakeRecommender({"u1": ["1000"]})
     inner.error = UpstreamError("down", code="upstream_unavailable")
     g = guard(inner, failure_threshold=2, recovery_seconds=30)
-    with caplog.at_level(logging.WARNING, logger="app.upstream"):
+    with caplog.at_level(logging.WARNING, logger="app.sources.guard"):
         for _ in range(5):  # 2 failures open it; 3 more are refused without a call
             raises_upstream(lambda: g.recommend("u1", 1, timeout=2))
         clock[0] += 31

@@ -25,11 +25,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from app.cache import AnswerCache, CachedAnswer, encode_answer
+from app.caching.answers import AnswerCache, CachedAnswer, encode_answer
 from app.components import components
 from app.errors import InvalidParameterError, UpstreamError
 from app.extensions import cache as cache_extension
-from app.recommendation import NO_OPTIONS, Options, Recommendation
+from app.sources.recommender import NO_OPTIONS, Options, Recommendation
 from tests.conftest import SAMPLE_BATCH, SAMPLE_CATALOG, FakeRecommender
 
 ITEM_KEYS = {"id", "name", "url", "price", "image"}
@@ -40,7 +40,7 @@ ITEM_KEYS = {"id", "name", "url", "price", "image"}
 
 
 def sample_catalog() -> dict[str, dict[str, Any]]:
-    """The sample catalog as the service should serve it, read independently of app/catalog.py."""
+    """The sample catalog as the service should serve it, read independently of app/catalog/items.py."""
     with SAMPLE_CATALOG.open(newline="", encoding="utf-8") as fh:
         return {
             row["ITEM_ID"]: {

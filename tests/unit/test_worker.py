@@ -1,11 +1,11 @@
-"""When the worker's event loop holds a request as whole (app/worker.py), and the error answers it writes."""
+"""When the worker's event loop holds a request as whole (app/server/worker.py), and the error answers it writes."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from app.worker import MAX_BUFFERED, error_answer, request_ready
+from app.server.worker import MAX_BUFFERED, error_answer, request_ready
 
 HEAD = b"GET /recommendations?user_id=u1 HTTP/1.1\r\nHost: x\r\n"
 

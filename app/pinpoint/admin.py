@@ -16,11 +16,10 @@ from flask import Blueprint, Response, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from .auth import address_allowed, key_matches, presented_keys
-from .components import components
-from .errors import with_http_headers
-from .json import json_response
-from .recommenders import (
+from app.components import components
+from app.errors import with_http_headers
+from app.json import json_response
+from app.pinpoint.configs import (
     MAX_PAGE_SIZE,
     BadTokenError,
     RecommenderConfigurationSchema,
@@ -29,7 +28,8 @@ from .recommenders import (
     new_record,
     replaced_record,
 )
-from .schemas import whole_number
+from app.recommendations.auth import address_allowed, key_matches, presented_keys
+from app.recommendations.query import whole_number
 
 log = logging.getLogger(__name__)
 

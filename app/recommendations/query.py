@@ -13,10 +13,10 @@ from marshmallow import fields as ma
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request
 
-from .catalog import ITEM_FIELDS
-from .errors import InvalidParameterError
-from .recommendation import Options
-from .settings import MAX_NUM_RESULTS
+from app.catalog.items import ITEM_FIELDS
+from app.errors import InvalidParameterError
+from app.settings import MAX_NUM_RESULTS
+from app.sources.recommender import Options
 
 # Personalize's own limits.
 MAX_ID_LENGTH = 256

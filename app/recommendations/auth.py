@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 
 from flask import Request
 
-from .errors import ServiceError
-from .settings import IPNetwork
+from app.errors import ServiceError
+from app.settings import IPNetwork
 
 
 class UnauthorizedError(ServiceError):

@@ -15,18 +15,18 @@ from collections.abc import Callable
 import orjson
 from cachetools import TTLCache
 
-from .aws import AwsClients, region_of
-from .errors import InvalidParameterError, ServiceError, Unavailable
-from .personalize import PersonalizeRecommender
-from .pinpoint import recommendation_attributes
-from .presentation import Presenter
-from .recommendation import Recommender
-from .recommenders import RecommenderConfig, RecommenderStore, StoreError
-from .schemas import Query
-from .service import RecommendationService, Result
-from .settings import Settings
-from .transformer import LambdaTransformer, TransformerError
-from .upstream import GuardedRecommender
+from app.aws import AwsClients, region_of
+from app.errors import InvalidParameterError, ServiceError, Unavailable
+from app.pinpoint.configs import RecommenderConfig, RecommenderStore, StoreError
+from app.pinpoint.handler import recommendation_attributes
+from app.pinpoint.transformer import LambdaTransformer, TransformerError
+from app.recommendations.presentation import Presenter
+from app.recommendations.query import Query
+from app.recommendations.service import RecommendationService, Result
+from app.settings import Settings
+from app.sources.guard import GuardedRecommender
+from app.sources.personalize import PersonalizeRecommender
+from app.sources.recommender import Recommender
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ import time
 
 from flask import Blueprint, Response, g, request
 
-from .components import components
-from .errors import ServiceError
-from .json import json_response
-from .recommendation import Options
+from app.components import components
+from app.errors import ServiceError
+from app.json import json_response
+from app.sources.recommender import Options
 
 bp = Blueprint("recommendations", __name__)
 SOURCES_WITHOUT_OPTIONS = ("batch", "fallback")  # a batch file or the popular items: no filter, no context

@@ -15,8 +15,8 @@ import orjson
 from marshmallow import RAISE, Schema, ValidationError, validate, validates_schema
 from marshmallow import fields as ma
 
-from .settings import ARN_PATTERN, ConfigError
-from .storage import SQLiteFile
+from app.settings import ARN_PATTERN, ConfigError
+from app.storage import SQLiteFile
 
 # The seed's rules (Pinpoint's CreateRecommenderConfiguration).
 NAME = re.compile(r"[^\W_][\w -]{0,127}")  # starts with a letter or number; letters, numbers, spaces, _ and -

@@ -10,8 +10,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from circuitbreaker import CircuitBreaker, CircuitBreakerError
 
-from .errors import UpstreamError
-from .recommendation import (
+from app.errors import UpstreamError
+from app.sources.recommender import (
     CALL_DEADLINE,
     NO_OPTIONS,
     Options,

@@ -9,15 +9,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .cache import AnswerCache
-from .catalog import Catalog, Item
-from .errors import InvalidParameterError, ServiceError, UnavailableError, UpstreamError, Unavailable
-from .recommendation import NO_OPTIONS, Options, Recommendation, Recommender
-from .popularity import RecentlyRecommended
-from .settings import MAX_NUM_RESULTS
-from .singleflight import SingleFlight
-from .sources import Reloadable, SourceError
-from .upstream import GuardedRecommender
+from app.caching.answers import AnswerCache
+from app.caching.singleflight import SingleFlight
+from app.catalog.files import Reloadable, SourceError
+from app.catalog.items import Catalog, Item
+from app.errors import (
+    InvalidParameterError,
+    ServiceError,
+    Unavailable,
+    UnavailableError,
+    UpstreamError,
+)
+from app.settings import MAX_NUM_RESULTS
+from app.sources.guard import GuardedRecommender
+from app.sources.popularity import RecentlyRecommended
+from app.sources.recommender import NO_OPTIONS, Options, Recommendation, Recommender
 
 log = logging.getLogger(__name__)
 

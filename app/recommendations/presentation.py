@@ -5,9 +5,9 @@ from urllib.parse import quote
 
 import orjson
 
-from .catalog import Item
-from .schemas import Query
-from .service import Result
+from app.catalog.items import Item
+from app.recommendations.query import Query
+from app.recommendations.service import Result
 
 
 class Presenter:

@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .settings import IPNetwork
+from app.settings import IPNetwork
 
 WSGIApp = Any  # (environ, start_response) -> iterable of bytes
 

@@ -16,11 +16,11 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .aws import AwsClients
-from .catalog import ALIASES, Catalog, parse_catalog
-from .recommenders import ATTRIBUTE_NAME, MAX_ATTRIBUTES
-from .settings import ConfigError
-from .sources import Reloadable, open_source
+from app.aws import AwsClients
+from app.catalog.files import Reloadable, open_source
+from app.catalog.items import ALIASES, Catalog, parse_catalog
+from app.pinpoint.configs import ATTRIBUTE_NAME, MAX_ATTRIBUTES
+from app.settings import ConfigError
 
 log = logging.getLogger(__name__)
 

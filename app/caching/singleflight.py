@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import redis
 from redis.exceptions import RedisError
 
-from .cache import AnswerCache
-from .errors import UpstreamError
-from .recommendation import Recommendation
+from app.caching.answers import AnswerCache
+from app.errors import UpstreamError
+from app.sources.recommender import Recommendation
 
 log = logging.getLogger(__name__)
 

@@ -12,18 +12,18 @@ from flask import Blueprint, Response, redirect, url_for
 from marshmallow import Schema
 from marshmallow import fields as ma
 
-from .catalog import ITEM_FIELDS
-from .components import components
-from .json import json_response
-from .recommenders import MAX_PAGE_SIZE, RecommenderConfigurationSchema
-from .schemas import (
+from app.catalog.items import ITEM_FIELDS
+from app.components import components
+from app.json import json_response
+from app.pinpoint.configs import MAX_PAGE_SIZE, RecommenderConfigurationSchema
+from app.recommendations.query import (
     CONTEXT_KEY,
     FILTER_KEY,
     MAX_LINK_VALUE_LENGTH,
     MAX_VALUE_LENGTH,
     RecommendationQuery,
 )
-from .settings import Settings
+from app.settings import Settings
 
 API_VERSION = "1"
 FALLBACK_SOURCES = ("batch", "stale", "fallback")

@@ -21,7 +21,7 @@ from flask_caching.backends.filesystemcache import FileSystemCache
 from flask_caching.backends.rediscache import RedisCache
 from redis.exceptions import RedisError
 
-from .recommendation import Recommendation
+from app.sources.recommender import Recommendation
 
 log = logging.getLogger(__name__)
 

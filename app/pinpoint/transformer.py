@@ -15,9 +15,9 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from .aws import region_of
-from .errors import UpstreamError
-from .pinpoint import Attributes
+from app.aws import region_of
+from app.errors import UpstreamError
+from app.pinpoint.handler import Attributes
 
 log = logging.getLogger(__name__)
 

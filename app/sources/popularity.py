@@ -21,8 +21,8 @@ from typing import Protocol
 import redis
 from redis.exceptions import RedisError
 
-from .settings import ConfigError
-from .storage import SQLiteFile
+from app.settings import ConfigError
+from app.storage import SQLiteFile
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 
-from .errors import Unavailable
-from .recommendation import NO_OPTIONS, Options, Recommendation
-from .sources import Reloadable, SourceError
+from app.catalog.files import Reloadable, SourceError
+from app.errors import Unavailable
+from app.sources.recommender import NO_OPTIONS, Options, Recommendation
 
 log = logging.getLogger(__name__)
 

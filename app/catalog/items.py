@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .sources import SourceError
+from app.catalog.files import SourceError
 
 log = logging.getLogger(__name__)
 

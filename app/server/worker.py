@@ -12,9 +12,9 @@ without the request line, which carries user ids.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import selectors
-import os
 import socket
 import ssl
 import time

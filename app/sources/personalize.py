@@ -18,9 +18,9 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from .aws import attempt_seconds
-from .errors import InvalidParameterError, ServiceError, UpstreamError
-from .recommendation import NO_OPTIONS, Options, Recommendation
+from app.aws import attempt_seconds
+from app.errors import InvalidParameterError, ServiceError, UpstreamError
+from app.sources.recommender import NO_OPTIONS, Options, Recommendation
 
 log = logging.getLogger(__name__)
 

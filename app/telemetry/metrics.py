@@ -22,7 +22,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from .components import components
+from app.components import components
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # Braze waits 2 s and REQUEST_BUDGET_MS is 800 ms by default: buckets resolve what matters below both.

@@ -5,8 +5,8 @@ import time
 
 from flask import Flask, Response, g, request
 
-from .logs import RequestLog, request_id
-from .metrics import Metrics
+from app.telemetry.logs import RequestLog, request_id
+from app.telemetry.metrics import Metrics
 
 
 def init_app(app: Flask, metrics: Metrics, request_log: RequestLog) -> None:

@@ -1,0 +1,1 @@
+"""Answers kept between requests, and one source call per key at a time."""

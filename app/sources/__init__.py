@@ -1,0 +1,1 @@
+"""Where recommendations come from: Personalize, a batch output, and the guard around them."""

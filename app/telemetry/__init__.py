@@ -1,0 +1,1 @@
+"""What a send leaves behind: JSON logs, Prometheus metrics, and the per-request hooks."""
