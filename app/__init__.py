@@ -14,7 +14,7 @@ from flask import Flask
 from app.aws import AwsClients, Timeouts
 from app.caching.answers import AnswerCache, cache_config
 from app.caching.singleflight import SingleFlight
-from app.catalog.files import Reloadable, SourceError, open_source
+from app.catalog.files import FileError, Reloadable, open_file
 from app.catalog.items import Catalog, parse_catalog, parse_item_list, reload_check
 from app.components import EXTENSION, Components, components
 from app.docs.openapi import bp as docs_bp
@@ -186,8 +186,8 @@ def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aw
         if not uri:
             return None
         try:
-            source = open_source(uri, aws.s3, http_session)
-        except SourceError as exc:
+            source = open_file(uri, aws.s3, http_session)
+        except FileError as exc:
             raise ConfigError(f"{variable}: {exc}") from exc
         return Reloadable(source, parse, settings.catalog_refresh_seconds, what, on_load=metrics.loader(what),
                           check=check, on_refuse=metrics.refuser(what))

@@ -172,7 +172,6 @@ class AnswerCache:
         self.ttl = ttl
         # Answers are kept past their TTL for stale-if-error, but only served fresh within it.
         self.keep_seconds = max(ttl, stale_seconds)
-        self.failures = 0
         self._failing = {"read": False, "write": False}
         self._malformed = False
         self._on_error = on_error or (lambda operation: None)
@@ -239,7 +238,6 @@ class AnswerCache:
         if exc is None and not self._failing[operation]:
             return  # the common case, a working cache: one dict lookup
         if exc is not None:
-            self.failures += 1
             self._on_error(operation)
         was_failing = any(self._failing.values())
         self._failing[operation] = exc is not None

@@ -18,19 +18,19 @@ FORMATS = ("csv", "jsonl", "json")
 HTTP_TIMEOUT_SECONDS = 30
 
 
-class SourceError(Exception):
-    """A source could not be read or parsed; the message says which and why."""
+class FileError(Exception):
+    """A file could not be read or parsed; the message says which and why."""
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The bytes of a source (already decompressed) and the version they were read at."""
+    """The bytes of a file (already decompressed) and the version they were read at."""
 
     data: bytes
     version: str
 
 
-class Source(Protocol):
+class FileReader(Protocol):
     uri: str
     format: str
 
@@ -50,7 +50,7 @@ def format_of(uri: str) -> tuple[str, bool]:
     # Personalize writes batch inference output as NAME.json.out: JSON lines.
     if name.endswith(".json.out") or name.endswith(".out"):
         return "jsonl", gzipped
-    raise SourceError(f"{uri}: cannot tell the format; the name must end in .csv, .jsonl or .json (optionally .gz).")
+    raise FileError(f"{uri}: cannot tell the format; the name must end in .csv, .jsonl or .json (optionally .gz).")
 
 
 def _decompress(uri: str, data: bytes, gzipped: bool) -> bytes:
@@ -59,10 +59,10 @@ def _decompress(uri: str, data: bytes, gzipped: bool) -> bytes:
     try:
         return gzip.decompress(data)
     except (OSError, EOFError) as exc:
-        raise SourceError(f"{uri}: not a valid gzip file ({exc}).") from exc
+        raise FileError(f"{uri}: not a valid gzip file ({exc}).") from exc
 
 
-class LocalSource:
+class LocalFile:
     """A file on this machine; its version is its modification time and size."""
 
     def __init__(self, uri: str) -> None:
@@ -79,17 +79,17 @@ class LocalSource:
             with open(self.path, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
-            raise SourceError(f"{self.uri}: {exc.strerror or exc}.") from exc
+            raise FileError(f"{self.uri}: {exc.strerror or exc}.") from exc
         return Snapshot(_decompress(self.uri, data, self._gzipped), version)
 
 
-class S3Source:
+class S3File:
     """An S3 object; its version is its ETag."""
 
     def __init__(self, uri: str, client_factory: Callable[[], Any]) -> None:
         parsed = urlparse(uri)
         if not parsed.netloc or not parsed.path.strip("/"):
-            raise SourceError(f"{uri}: an S3 URI must name a bucket and a key, s3://bucket/key.")
+            raise FileError(f"{uri}: an S3 URI must name a bucket and a key, s3://bucket/key.")
         self.uri = uri
         self.bucket = parsed.netloc
         self.key = parsed.path.lstrip("/")
@@ -109,13 +109,13 @@ class S3Source:
             data = obj["Body"].read()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "error")
-            raise SourceError(f"{self.uri}: S3 answered {code}.") from exc
+            raise FileError(f"{self.uri}: S3 answered {code}.") from exc
         except BotoCoreError as exc:
-            raise SourceError(f"{self.uri}: {exc}.") from exc
+            raise FileError(f"{self.uri}: {exc}.") from exc
         return Snapshot(_decompress(self.uri, data, self._gzipped), obj["ETag"])
 
 
-class HttpSource:
+class HttpFile:
     """A feed on a web server; its version is the ETag or Last-Modified header, else a content hash."""
 
     def __init__(self, uri: str, session: Any = None) -> None:
@@ -136,11 +136,11 @@ class HttpSource:
         try:
             response = self._session.get(self.uri, headers=headers, timeout=HTTP_TIMEOUT_SECONDS)
         except requests.RequestException as exc:
-            raise SourceError(f"{self.uri}: {exc}.") from exc
+            raise FileError(f"{self.uri}: {exc}.") from exc
         if response.status_code == 304:
             return None
         if response.status_code != 200:
-            raise SourceError(f"{self.uri}: the server answered HTTP {response.status_code}.")
+            raise FileError(f"{self.uri}: the server answered HTTP {response.status_code}.")
         if etag := response.headers.get("ETag"):
             version = "etag:" + etag
         elif modified := response.headers.get("Last-Modified"):
@@ -152,16 +152,16 @@ class HttpSource:
         return Snapshot(_decompress(self.uri, response.content, self._gzipped), version)
 
 
-def open_source(uri: str, s3_client_factory: Callable[[], Any], http_session: Any = None) -> Source:
+def open_file(uri: str, s3_client_factory: Callable[[], Any], http_session: Any = None) -> FileReader:
     """Pick the reader for a URI by its scheme (http_session: a requests.Session for https:// feeds)."""
     scheme = urlparse(uri).scheme.lower() if "://" in uri else ""
     if scheme in ("", "file"):
-        return LocalSource(uri)
+        return LocalFile(uri)
     if scheme == "s3":
-        return S3Source(uri, s3_client_factory)
+        return S3File(uri, s3_client_factory)
     if scheme in ("https", "http"):
-        return HttpSource(uri, http_session)
-    raise SourceError(f"{uri}: unsupported scheme {scheme!r}; use a path, file://, s3:// or https://.")
+        return HttpFile(uri, http_session)
+    raise FileError(f"{uri}: unsupported scheme {scheme!r}; use a path, file://, s3:// or https://.")
 
 
 T = TypeVar("T")
@@ -176,7 +176,7 @@ class Reloadable(Generic[T]):
     stays, one ERROR line says why and `on_refuse(reason)` is told, once per version of the source.
     """
 
-    def __init__(self, source: Source, parse: Callable[[bytes, str, str], T], interval: float, what: str,
+    def __init__(self, source: FileReader, parse: Callable[[bytes, str, str], T], interval: float, what: str,
                  on_load: Callable[[T], None] | None = None,
                  check: Callable[[T, T], tuple[str, str] | None] | None = None,
                  on_refuse: Callable[[str], None] | None = None) -> None:
@@ -193,16 +193,10 @@ class Reloadable(Generic[T]):
         self._on_load = on_load  # told of each new version, e.g. to record its size in the metrics
         self._check = check
         self._on_refuse = on_refuse
-        self.loaded_at: float | None = None
         self.last_error: str | None = None
 
-    @property
-    def value(self) -> T | None:
-        """Return the last good content, or None before the first successful load."""
-        return self._value
-
     def load(self) -> T:
-        """Load now (at start-up), raising SourceError when the source cannot be read or parsed."""
+        """Load now (at start-up), raising FileError when the source cannot be read or parsed."""
         self.refresh(raise_errors=True)
         assert self._value is not None
         return self._value
@@ -220,7 +214,7 @@ class Reloadable(Generic[T]):
         with self._first_load:
             if self._value is None:
                 if self.last_error is not None and time.monotonic() < self._next_check:
-                    raise SourceError(self.last_error)
+                    raise FileError(self.last_error)
                 return self.load()
             return self._value
 
@@ -235,7 +229,7 @@ class Reloadable(Generic[T]):
                     self.last_error = None  # the source answers again, with the version we hold
                 return False
             value = self._parse(snapshot.data, self.source.format, self.source.uri)
-        except SourceError as exc:
+        except FileError as exc:
             self.last_error = str(exc)
             if raise_errors:
                 raise
@@ -253,7 +247,7 @@ class Reloadable(Generic[T]):
             return False
         self._refused_version = None
         self._value, self._version = value, snapshot.version
-        self.loaded_at, self.last_error = time.time(), None
+        self.last_error = None
         log.info("%s loaded from %s (version %s)", self.what, self.source.uri, snapshot.version)
         if self._on_load is not None:
             self._on_load(value)

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from app.catalog.files import SourceError
+from app.catalog.files import FileError
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def parse_catalog(
             rank_orders.append(order)
             rank_ids.append(item_id)
     if not catalog.encoded:
-        raise SourceError(f"{uri}: no usable items ({catalog.skipped_rows} rows skipped, "
+        raise FileError(f"{uri}: no usable items ({catalog.skipped_rows} rows skipped, "
                           f"{catalog.out_of_stock} out of stock).")
     best = heapq.nsmallest(POPULAR_LIST_SIZE * 2, range(len(rank_ids)), key=rank_orders.__getitem__)
     popular = dict.fromkeys(rank_ids[n] for n in best if rank_ids[n] in catalog.encoded)
@@ -160,7 +160,7 @@ def _require_columns(columns: Mapping[str, str | None], needed: Sequence[str], u
     """Refuse a CSV header without a needed column: no row of it could be served."""
     for column in needed:
         if columns[column] is None:
-            raise SourceError(f"{uri}: no item {column} column; expected one of {', '.join(ALIASES[column])} "
+            raise FileError(f"{uri}: no item {column} column; expected one of {', '.join(ALIASES[column])} "
                               "(any case).")
 
 
@@ -227,14 +227,14 @@ def _rows(data: bytes, fmt: str, uri: str, catalog: Catalog) -> Iterator[tuple[i
             return _jsonl(data, uri)
         document = orjson.loads(data)
     except UnicodeDecodeError as exc:
-        raise SourceError(f"{uri}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
+        raise FileError(f"{uri}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
     except orjson.JSONDecodeError as exc:
-        raise SourceError(f"{uri}: not valid JSON ({exc}).") from exc
+        raise FileError(f"{uri}: not valid JSON ({exc}).") from exc
     if isinstance(document, Mapping):
         # A product feed often wraps its list: {"items": [...]} or {"products": [...]}.
         document = next((document[k] for k in ("items", "products", "data") if isinstance(document.get(k), list)), None)
     if not isinstance(document, list):
-        raise SourceError(f"{uri}: a .json catalog must be an array of objects (or an object with an \"items\" array).")
+        raise FileError(f"{uri}: a .json catalog must be an array of objects (or an object with an \"items\" array).")
     return ((n, row) for n, row in enumerate(document, start=1))
 
 
@@ -285,7 +285,7 @@ def _jsonl(data: bytes, uri: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
         try:
             yield number, orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise SourceError(f"{uri}: line {number} is not valid JSON ({exc}).") from exc
+            raise FileError(f"{uri}: line {number} is not valid JSON ({exc}).") from exc
 
 
 def _match_columns(names: Iterable[Any], extra_fields: Sequence[str] = ()) -> dict[str, str | None]:
@@ -380,7 +380,7 @@ def parse_item_list(data: bytes, fmt: str, uri: str) -> list[str]:
         elif isinstance(row, (str, int)) and not isinstance(row, bool):
             ids.append(str(row).strip())
     if not any(ids):
-        raise SourceError(f"{uri}: no item ids found (expected an {'/'.join(ALIASES['id'])} column or a JSON array).")
+        raise FileError(f"{uri}: no item ids found (expected an {'/'.join(ALIASES['id'])} column or a JSON array).")
     return _unique_ids(ids)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from app.aws import AwsClients
-from app.catalog.files import Reloadable, open_source
+from app.catalog.files import Reloadable, open_file
 from app.catalog.items import ALIASES, Catalog, parse_catalog
 from app.pinpoint.configs import ATTRIBUTE_NAME, MAX_ATTRIBUTES
 from app.settings import ConfigError
@@ -92,7 +92,7 @@ def handler_from_env(environ: Mapping[str, str]) -> Callable[[Mapping[str, Any],
     # Pinpoint asks for attributes, not links: an item without a url or a name still has the others.
     parse = functools.partial(parse_catalog, extra_fields=extra, image_base_url=environ.get("IMAGE_BASE_URL"),
                               required=())
-    source = open_source(uri, _s3_client)
+    source = open_file(uri, _s3_client)
     catalog = Reloadable(source, parse, float(environ.get("CATALOG_REFRESH_SECONDS") or 300), "catalog")
 
     def handle(event: Mapping[str, Any], context: Any) -> dict[str, Any]:

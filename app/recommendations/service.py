@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from app.caching.answers import AnswerCache
 from app.caching.singleflight import SingleFlight
-from app.catalog.files import Reloadable, SourceError
+from app.catalog.files import FileError, Reloadable
 from app.catalog.items import Catalog, Item
 from app.errors import (
     InvalidParameterError,
@@ -195,7 +195,7 @@ class RecommendationService:
         if self.popular is not None:
             try:
                 return self.popular.get()
-            except SourceError as exc:
+            except FileError as exc:
                 log.warning("popular items unavailable, using the catalog's ranking: %s", exc)
         return catalog.popular
 
@@ -209,6 +209,6 @@ class RecommendationService:
         """Return the catalog in memory, or raise UnavailableError when none could be loaded yet."""
         try:
             return self.catalog.get()
-        except SourceError as exc:
+        except FileError as exc:
             raise self._unavailable("catalog_unavailable",
                                     "The item catalog is not loaded yet; the error is logged.", exc) from exc

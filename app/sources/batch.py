@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from app.catalog.files import Reloadable, SourceError
+from app.catalog.files import FileError, Reloadable
 from app.errors import Unavailable
 from app.sources.recommender import NO_OPTIONS, Options, Recommendation
 
@@ -19,7 +19,7 @@ BatchAnswers = dict[tuple[str, str], list[str]]
 def parse_batch_output(data: bytes, fmt: str, uri: str) -> BatchAnswers:
     """Parse JSON lines of {"input": {"userId" or "itemId"}, "output": {"recommendedItems"}, "error"}."""
     if fmt != "jsonl":
-        raise SourceError(f"{uri}: batch inference output is JSON lines; name it .jsonl or .json.out (optionally .gz).")
+        raise FileError(f"{uri}: batch inference output is JSON lines; name it .jsonl or .json.out (optionally .gz).")
     answers: BatchAnswers = {}
     skipped: list[str] = []
     for number, line in enumerate(data.splitlines(), start=1):
@@ -28,7 +28,7 @@ def parse_batch_output(data: bytes, fmt: str, uri: str) -> BatchAnswers:
         try:
             record: Any = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise SourceError(f"{uri}: line {number} is not valid JSON ({exc}).") from exc
+            raise FileError(f"{uri}: line {number} is not valid JSON ({exc}).") from exc
         user_id, item_id = _get(record, "input", "userId"), _get(record, "input", "itemId")
         key = ("user", user_id) if isinstance(user_id, str) and user_id else (
             ("item", item_id) if isinstance(item_id, str) and item_id else None)
@@ -44,7 +44,7 @@ def parse_batch_output(data: bytes, fmt: str, uri: str) -> BatchAnswers:
     if skipped:
         log.warning("batch output %s: %d lines skipped; first: %s", uri, len(skipped), "; ".join(skipped[:10]))
     if not answers:
-        raise SourceError(f"{uri}: no usable lines ({len(skipped)} skipped).")
+        raise FileError(f"{uri}: no usable lines ({len(skipped)} skipped).")
     return answers
 
 
@@ -78,6 +78,6 @@ class BatchRecommender:
     def _current(self) -> BatchAnswers:
         try:
             return self.answers.get()
-        except SourceError as exc:
+        except FileError as exc:
             raise self._unavailable("recommendations_unavailable",
                               "The batch recommendations are not loaded yet; the error is logged.", exc) from exc

@@ -16,7 +16,7 @@ from moto import mock_aws
 from responses import matchers
 
 from app import create_app
-from app.catalog.files import HttpSource, Reloadable, S3Source, SourceError, open_source
+from app.catalog.files import FileError, HttpFile, Reloadable, S3File, open_file
 from app.catalog.items import parse_catalog
 from app.components import components
 from tests.conftest import SAMPLE_BATCH, SAMPLE_CATALOG, FakeAws
@@ -129,7 +129,7 @@ def test_changed_s3_object_is_picked_up_and_unchanged_one_is_not_downloaded(s3: 
     put(s3, "catalog.csv", renamed)
     assert catalog.refresh() is True
     assert counter["GetObject"] == 3
-    assert catalog.value is not None and catalog.value.items[first_id]["name"] == "Renamed Product"
+    assert catalog.get() is not None and catalog.get().items[first_id]["name"] == "Renamed Product"
     assert client.get("/recommendations?user_id=user123").get_json()[0]["name"] == "Renamed Product"
 
     assert catalog.refresh() is False
@@ -142,8 +142,8 @@ def catalog_name(item_id: str) -> str:
 
 def test_s3_source_version_is_the_etag(s3: Any) -> None:
     etag = put(s3, "items.jsonl", b'{"id": "a"}\n')
-    source = open_source(f"s3://{BUCKET}/items.jsonl", lambda: s3)
-    assert isinstance(source, S3Source)
+    source = open_file(f"s3://{BUCKET}/items.jsonl", lambda: s3)
+    assert isinstance(source, S3File)
     snapshot = source.fetch(None)
     assert snapshot is not None
     assert (snapshot.data, snapshot.version) == (b'{"id": "a"}\n', etag)
@@ -158,19 +158,19 @@ def test_s3_source_version_is_the_etag(s3: Any) -> None:
     ("s3://no-such-bucket/catalog.csv", "NoSuchBucket"),
 ])
 def test_missing_s3_object_is_a_source_error_naming_s3s_code(s3: Any, uri: str, code: str) -> None:
-    holder = Reloadable(open_source(uri, lambda: s3), parse_catalog, 60, "catalog")
-    with pytest.raises(SourceError) as info:
+    holder = Reloadable(open_file(uri, lambda: s3), parse_catalog, 60, "catalog")
+    with pytest.raises(FileError) as info:
         holder.load()
     assert str(info.value) == f"{uri}: S3 answered {code}."
 
 
 def test_s3_object_deleted_after_load_keeps_the_catalog(s3: Any) -> None:
     put(s3, "catalog.csv", SAMPLE_CATALOG.read_bytes())
-    holder = Reloadable(open_source(f"s3://{BUCKET}/catalog.csv", lambda: s3), parse_catalog, 60, "catalog")
+    holder = Reloadable(open_file(f"s3://{BUCKET}/catalog.csv", lambda: s3), parse_catalog, 60, "catalog")
     first = holder.load()
     s3.delete_object(Bucket=BUCKET, Key="catalog.csv")
     assert holder.refresh() is False
-    assert holder.value is first
+    assert holder.get() is first
     assert holder.last_error is not None and "S3 answered" in holder.last_error
 
 
@@ -203,8 +203,8 @@ def web() -> Iterator[responses.RequestsMock]:
 
 
 def feed_holder() -> Reloadable[Any]:
-    source = open_source(FEED, lambda: None)
-    assert isinstance(source, HttpSource)
+    source = open_file(FEED, lambda: None)
+    assert isinstance(source, HttpFile)
     return Reloadable(source, parse_catalog, 60, "catalog")
 
 
@@ -244,13 +244,13 @@ def test_etag_is_sent_back_and_304_keeps_the_value(web: responses.RequestsMock) 
 
     web.replace(responses.GET, FEED, status=304, match=[matchers.header_matcher({"If-None-Match": 'W/"v1"'})])
     assert holder.refresh() is False
-    assert holder.value is first
+    assert holder.get() is first
     assert holder.last_error is None
     assert web.calls[1].request.headers["If-None-Match"] == 'W/"v1"'
 
     web.replace(responses.GET, FEED, json=FEED_ITEMS[:1], headers={"ETag": '"v2"'})
     assert holder.refresh() is True
-    assert list(holder.value.items) == ["1000"]
+    assert list(holder.get().items) == ["1000"]
 
     web.replace(responses.GET, FEED, status=304)
     assert holder.refresh() is False
@@ -265,7 +265,7 @@ def test_last_modified_is_sent_back_as_if_modified_since(web: responses.Requests
 
     web.replace(responses.GET, FEED, status=304, match=[matchers.header_matcher({"If-Modified-Since": stamp})])
     assert holder.refresh() is False
-    assert holder.value is first and holder.last_error is None
+    assert holder.get() is first and holder.last_error is None
     assert web.calls[1].request.headers["If-Modified-Since"] == stamp
     assert "If-None-Match" not in web.calls[1].request.headers
 
@@ -277,7 +277,7 @@ def test_server_error_keeps_the_previous_value(web: responses.RequestsMock) -> N
 
     web.replace(responses.GET, FEED, status=500, body="upstream exploded")
     assert holder.refresh() is False
-    assert holder.value is first
+    assert holder.get() is first
     assert holder.last_error == f"{FEED}: the server answered HTTP 500."
 
     web.replace(responses.GET, FEED, json=FEED_ITEMS, headers={"ETag": '"v2"'})
@@ -291,20 +291,20 @@ def test_feed_without_validators_is_compared_by_content(web: responses.RequestsM
     first = holder.load()
 
     assert holder.refresh() is False  # same bytes, same hash
-    assert holder.value is first
+    assert holder.get() is first
     assert "If-None-Match" not in web.calls[1].request.headers
     assert "If-Modified-Since" not in web.calls[1].request.headers
 
     web.replace(responses.GET, FEED, json=FEED_ITEMS[1:])
     assert holder.refresh() is True
-    assert list(holder.value.items) == ["1037"]
+    assert list(holder.get().items) == ["1037"]
 
 
 def test_gzipped_feed_file_is_decompressed(web: responses.RequestsMock) -> None:
     url = "https://feeds.example.com/export/items.csv.gz?sig=abc"
     body = gzip.compress(b"ITEM_ID,NAME,URL\nz1,Zed,/z1\n")
     web.get(url, body=body, content_type="application/gzip")
-    catalog = Reloadable(open_source(url, lambda: None), parse_catalog, 60, "catalog").load()
+    catalog = Reloadable(open_file(url, lambda: None), parse_catalog, 60, "catalog").load()
     assert catalog.items["z1"]["name"] == "Zed"
 
 
@@ -312,7 +312,7 @@ def test_unreachable_feed_is_a_source_error(web: responses.RequestsMock) -> None
     import requests
 
     web.get(FEED, body=requests.ConnectionError("connection refused"))
-    with pytest.raises(SourceError, match="connection refused") as info:
+    with pytest.raises(FileError, match="connection refused") as info:
         feed_holder().load()
     assert str(info.value).startswith(FEED + ": ")
 
@@ -320,7 +320,7 @@ def test_unreachable_feed_is_a_source_error(web: responses.RequestsMock) -> None
 def test_first_load_error_status_is_a_source_error(web: responses.RequestsMock) -> None:
     web.get(FEED, status=404)
     holder = feed_holder()
-    with pytest.raises(SourceError, match="HTTP 404"):
+    with pytest.raises(FileError, match="HTTP 404"):
         holder.load()
-    assert holder.value is None
+    assert holder.get() is None
 

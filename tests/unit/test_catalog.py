@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.catalog.files import LocalSource, Reloadable, SourceError, open_source
+from app.catalog.files import FileError, LocalFile, Reloadable, open_file
 from app.catalog.items import (
     MAX_REPORTED_PROBLEMS,
     Catalog,
@@ -50,7 +50,7 @@ def parse(data: bytes, fmt: str = "csv") -> Catalog:
 
 def load_file(path: Path) -> Catalog:
     """Read a file through the real source path, as create_app does."""
-    return Reloadable(LocalSource(str(path)), parse_catalog, 60, "catalog").load()
+    return Reloadable(LocalFile(str(path)), parse_catalog, 60, "catalog").load()
 
 
 def assert_item_shape(item: dict[str, Any]) -> None:
@@ -83,7 +83,7 @@ def test_every_format_loads_through_the_source(tmp_path: Path, kind: str, gzippe
 def test_file_uri_through_open_source(tmp_path: Path) -> None:
     path = tmp_path / "my catalog.jsonl.gz"
     path.write_bytes(gzip.compress(JSONL_BYTES))
-    source = open_source(path.as_uri(), lambda: None)
+    source = open_file(path.as_uri(), lambda: None)
     assert list(Reloadable(source, parse_catalog, 60, "catalog").load().items) == ["1000", "1037"]
 
 
@@ -114,7 +114,7 @@ def test_json_object_wrapping_a_list(key: str) -> None:
 
 @pytest.mark.parametrize("document", [b'{"meta": 1}', b'"just text"', b"42", b'{"items": "not a list"}'])
 def test_json_that_is_not_a_list_of_items_is_rejected(document: bytes) -> None:
-    with pytest.raises(SourceError, match="array of objects"):
+    with pytest.raises(FileError, match="array of objects"):
         parse(document, "json")
 
 
@@ -289,7 +289,7 @@ def test_row_that_is_not_an_object_is_skipped(fmt: str, data: bytes) -> None:
 
 
 def test_csv_without_an_id_column_names_the_accepted_columns() -> None:
-    with pytest.raises(SourceError) as info:
+    with pytest.raises(FileError) as info:
         parse_catalog(b"NAME,PRICE\nLamp,3\n", "csv", "s3://b/catalog.csv")
     message = str(info.value)
     assert message.startswith("s3://b/catalog.csv: no item id column")
@@ -305,7 +305,7 @@ def test_csv_without_an_id_column_names_the_accepted_columns() -> None:
     ("jsonl", b'{"id": "caf\xe9"}\n', "line 1 is not valid JSON"),
 ])
 def test_unreadable_content_is_a_source_error(fmt: str, data: bytes, expected: str) -> None:
-    with pytest.raises(SourceError, match=expected):
+    with pytest.raises(FileError, match=expected):
         parse(data, fmt)
 
 
@@ -315,7 +315,7 @@ def test_invalid_gzip_is_a_source_error(tmp_path: Path) -> None:
     truncated = tmp_path / "cut.json.gz"
     truncated.write_bytes(gzip.compress(JSON_ARRAY_BYTES)[:-12])
     for path in (plain, truncated):
-        with pytest.raises(SourceError, match="not a valid gzip file") as info:
+        with pytest.raises(FileError, match="not a valid gzip file") as info:
             load_file(path)
         assert str(path) in str(info.value)
 
@@ -329,12 +329,12 @@ def test_invalid_gzip_is_a_source_error(tmp_path: Path) -> None:
     ("jsonl", b"\n\n"),
 ])
 def test_file_without_usable_items_is_a_source_error(fmt: str, data: bytes) -> None:
-    with pytest.raises(SourceError, match="no usable items"):
+    with pytest.raises(FileError, match="no usable items"):
         parse(data, fmt)
 
 
 def test_all_bad_file_reports_how_many_rows_were_skipped() -> None:
-    with pytest.raises(SourceError, match=r"no usable items \(3 rows skipped"):
+    with pytest.raises(FileError, match=r"no usable items \(3 rows skipped"):
         parse(b"id,name\n,a\n,b\n ,c\n")
 
 
@@ -461,7 +461,7 @@ def test_items_without_a_name_or_url_are_not_served(fmt: str, data: bytes, where
 @pytest.mark.parametrize("header", [b"id,name,price", b"id,url,price"])
 def test_csv_without_a_name_or_url_column_is_refused(header: bytes) -> None:
     missing = "url" if b"url" not in header else "name"
-    with pytest.raises(SourceError, match=f"no item {missing} column"):
+    with pytest.raises(FileError, match=f"no item {missing} column"):
         parse_catalog(header + b"\n1,x,2\n", "csv", "c.csv")
 
 

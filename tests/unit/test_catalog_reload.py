@@ -73,13 +73,13 @@ def test_the_issues_broken_files_never_replace_the_good_catalog(
     served: Flask, catalog_file: Path, caplog: pytest.LogCaptureFixture, attack: Callable[[], bytes], reason: str,
     says: str,
 ) -> None:
-    good = holder(served).value
+    good = holder(served)._value
     assert len(good) == 40 and ids(served) == LATE_ITEMS
 
     rewrite(catalog_file, attack())
     assert holder(served).refresh() is False
 
-    assert holder(served).value is good
+    assert holder(served)._value is good
     assert ids(served) == LATE_ITEMS
     [line] = refused_lines(caplog)
     assert says in line and str(catalog_file) in line and "usable items against 40 served" in line
@@ -99,7 +99,7 @@ def test_a_refused_version_is_not_read_again_until_it_changes(
 
     rewrite(catalog_file, SAMPLE_CATALOG.read_bytes().replace(b"Trail Running Shoes", b"Trail Shoes"))
     assert holder(served).refresh() is True
-    assert holder(served).value.items["1000"]["name"] == "Trail Shoes"
+    assert holder(served)._value.items["1000"]["name"] == "Trail Shoes"
     assert holder(served).last_error is None
 
 
@@ -112,7 +112,7 @@ def test_a_reload_that_loses_more_than_the_setting_allows_is_refused(
     lines = SAMPLE_CATALOG.read_bytes().splitlines(keepends=True)
     rewrite(catalog_file, b"".join(lines[:30]))  # whole rows, 29 of 40 items: 27.5% fewer
     assert holder(app).refresh() is False
-    assert len(holder(app).value) == 40 and ids(app) == LATE_ITEMS
+    assert len(holder(app)._value) == 40 and ids(app) == LATE_ITEMS
     [line] = refused_lines(caplog)
     assert "29 usable items against 40" in line and "CATALOG_MAX_SHRINK (25%)" in line
     assert value(scrape(app.test_client()), "recs_source_reload_refused_total", source="catalog",
@@ -120,7 +120,7 @@ def test_a_reload_that_loses_more_than_the_setting_allows_is_refused(
 
     rewrite(catalog_file, b"".join(lines[:31]))  # 30 of 40: 25% fewer, within the setting
     assert holder(app).refresh() is True
-    assert len(holder(app).value) == 30
+    assert len(holder(app)._value) == 30
 
 
 def test_the_first_load_serves_a_file_with_skipped_rows_and_warns(
@@ -129,7 +129,7 @@ def test_the_first_load_serves_a_file_with_skipped_rows_and_warns(
     rewrite(catalog_file, SAMPLE_CATALOG.read_bytes()[:2500])
     app = make_app({"recommender": FakeRecommender({"u1": LATE_ITEMS})}, catalog_uri=str(catalog_file))
     warm_up(app)
-    assert len(holder(app).value) == 19  # nothing to compare with: the usable rows are served
+    assert len(holder(app)._value) == 19  # nothing to compare with: the usable rows are served
     assert any(r.levelno == logging.WARNING and "skipped line 21" in r.getMessage() for r in caplog.records)
 
 

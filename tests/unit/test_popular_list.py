@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app.catalog.files import SourceError
+from app.catalog.files import FileError
 from app.catalog.items import parse_item_list
 
 
@@ -100,11 +100,11 @@ def test_duplicates_are_removed_keeping_the_first_position(data: bytes, fmt: str
          "json-empty", "json-invalid", "json-object", "json-objects-without-id", "json-not-ids"],
 )
 def test_a_file_without_ids_is_a_source_error(data: bytes, fmt: str) -> None:
-    with pytest.raises(SourceError, match="popular"):
+    with pytest.raises(FileError, match="popular"):
         parse(data, fmt)
 
 
 @pytest.mark.parametrize("data", [b"[]", b'[""]'], ids=["empty-array", "blank-ids"])
 def test_a_json_array_without_ids_is_a_source_error(data: bytes) -> None:
-    with pytest.raises(SourceError, match="popular"):
+    with pytest.raises(FileError, match="popular"):
         parse(data, "json")

@@ -11,14 +11,14 @@ import pytest
 
 from app.catalog import files as sources
 from app.catalog.files import (
-    HttpSource,
-    LocalSource,
+    FileError,
+    HttpFile,
+    LocalFile,
     Reloadable,
-    S3Source,
+    S3File,
     Snapshot,
-    SourceError,
     format_of,
-    open_source,
+    open_file,
 )
 from app.catalog.items import Catalog, parse_catalog
 
@@ -54,39 +54,39 @@ def test_format_of(uri: str, expected: tuple[str, bool]) -> None:
     "https://feeds.example.com/feed?format=x.csv",
 ])
 def test_format_of_unknown_suffix(uri: str) -> None:
-    with pytest.raises(SourceError, match="cannot tell the format") as info:
+    with pytest.raises(FileError, match="cannot tell the format") as info:
         format_of(uri)
     assert str(info.value).startswith(uri + ":")
 
 
-# --- open_source ---------------------------------------------------------------------------------
+# --- open_file ---------------------------------------------------------------------------------
 
 
 def test_open_source_picks_the_reader_by_scheme(tmp_path: Path) -> None:
     path = tmp_path / "catalog.csv"
-    assert isinstance(open_source(str(path), lambda: None), LocalSource)
-    assert isinstance(open_source(path.as_uri(), lambda: None), LocalSource)
-    s3 = open_source("s3://my-bucket/exports/2024/items.csv.gz", lambda: None)
-    assert isinstance(s3, S3Source)
+    assert isinstance(open_file(str(path), lambda: None), LocalFile)
+    assert isinstance(open_file(path.as_uri(), lambda: None), LocalFile)
+    s3 = open_file("s3://my-bucket/exports/2024/items.csv.gz", lambda: None)
+    assert isinstance(s3, S3File)
     assert (s3.bucket, s3.key, s3.format) == ("my-bucket", "exports/2024/items.csv.gz", "csv")
     for uri in ("https://feeds.example.com/products.json", "http://feeds.example.com/products.json"):
-        http = open_source(uri, lambda: None)
-        assert isinstance(http, HttpSource)
+        http = open_file(uri, lambda: None)
+        assert isinstance(http, HttpFile)
         assert (http.uri, http.format) == (uri, "json")
 
 
 @pytest.mark.parametrize("uri", ["ftp://files.example.com/catalog.csv", "gs://bucket/catalog.csv"])
 def test_open_source_rejects_other_schemes(uri: str) -> None:
-    with pytest.raises(SourceError, match="unsupported scheme"):
-        open_source(uri, lambda: None)
+    with pytest.raises(FileError, match="unsupported scheme"):
+        open_file(uri, lambda: None)
 
 
 def test_s3_uri_needs_bucket_and_key() -> None:
-    with pytest.raises(SourceError, match="s3://bucket/key"):
-        open_source("s3://bucket-only/", lambda: None)
+    with pytest.raises(FileError, match="s3://bucket/key"):
+        open_file("s3://bucket-only/", lambda: None)
 
 
-# --- LocalSource ---------------------------------------------------------------------------------
+# --- LocalFile ---------------------------------------------------------------------------------
 
 
 CSV = b"ITEM_ID,NAME,URL,PRICE\n1,One,/1,1.5\n2,Two,/2,2\n"
@@ -101,7 +101,7 @@ def catalog_file(tmp_path: Path) -> Path:
 
 
 def test_local_source_reads_a_path_and_reports_its_version(catalog_file: Path) -> None:
-    source = LocalSource(str(catalog_file))
+    source = LocalFile(str(catalog_file))
     snapshot = source.fetch(None)
     assert isinstance(snapshot, Snapshot)
     assert snapshot.data == CSV
@@ -117,7 +117,7 @@ def test_local_source_reads_a_file_url_with_escapes(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(CSV))
     uri = path.as_uri()
     assert "%20" in uri
-    source = LocalSource(uri)
+    source = LocalFile(uri)
     assert source.path == str(path)
     assert (source.format, source.uri) == ("csv", uri)
     snapshot = source.fetch(None)
@@ -126,8 +126,8 @@ def test_local_source_reads_a_file_url_with_escapes(tmp_path: Path) -> None:
 
 def test_local_source_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.csv"
-    with pytest.raises(SourceError) as info:
-        LocalSource(str(path)).fetch(None)
+    with pytest.raises(FileError) as info:
+        LocalFile(str(path)).fetch(None)
     assert str(info.value).startswith(f"{path}: ")
     assert "No such file" in str(info.value)
 
@@ -142,76 +142,75 @@ def bump_mtime(path: Path) -> None:
 
 
 def test_load_parses_and_records(catalog_file: Path) -> None:
-    holder = Reloadable(LocalSource(str(catalog_file)), parse_catalog, 60, "catalog")
-    assert holder.value is None and holder.loaded_at is None
+    holder = Reloadable(LocalFile(str(catalog_file)), parse_catalog, 60, "catalog")
+    assert holder._value is None
     catalog = holder.load()
     assert isinstance(catalog, Catalog)
     assert list(catalog.items) == ["1", "2"]
-    assert holder.value is catalog
-    assert holder.loaded_at is not None
+    assert holder._value is catalog
     assert holder.last_error is None
 
 
 def test_refresh_is_false_when_unchanged_and_true_after_a_change(catalog_file: Path) -> None:
-    holder = Reloadable(LocalSource(str(catalog_file)), parse_catalog, 60, "catalog")
+    holder = Reloadable(LocalFile(str(catalog_file)), parse_catalog, 60, "catalog")
     first = holder.load()
 
     assert holder.refresh() is False
-    assert holder.value is first
+    assert holder._value is first
 
     catalog_file.write_bytes(CSV_CHANGED)
     bump_mtime(catalog_file)
     assert holder.refresh() is True
-    assert holder.value is not first
-    assert list(holder.value.items) == ["1", "2", "3"]
+    assert holder._value is not first
+    assert list(holder._value.items) == ["1", "2", "3"]
     assert holder.refresh() is False
 
 
 def test_same_size_rewrite_is_seen_through_the_mtime(catalog_file: Path) -> None:
-    holder = Reloadable(LocalSource(str(catalog_file)), parse_catalog, 60, "catalog")
+    holder = Reloadable(LocalFile(str(catalog_file)), parse_catalog, 60, "catalog")
     holder.load()
     catalog_file.write_bytes(CSV.replace(b"One", b"Uno"))
     bump_mtime(catalog_file)
     assert holder.refresh() is True
-    assert holder.value.items["1"]["name"] == "Uno"
+    assert holder._value.items["1"]["name"] == "Uno"
 
 
 def test_deleted_file_keeps_the_previous_value(catalog_file: Path) -> None:
-    holder = Reloadable(LocalSource(str(catalog_file)), parse_catalog, 60, "catalog")
+    holder = Reloadable(LocalFile(str(catalog_file)), parse_catalog, 60, "catalog")
     first = holder.load()
     catalog_file.unlink()
     assert holder.refresh() is False
-    assert holder.value is first
+    assert holder._value is first
     assert holder.last_error is not None and str(catalog_file) in holder.last_error
     assert holder.get() is first
 
 
 def test_invalid_new_version_keeps_the_previous_value_until_fixed(catalog_file: Path) -> None:
-    holder = Reloadable(LocalSource(str(catalog_file)), parse_catalog, 60, "catalog")
+    holder = Reloadable(LocalFile(str(catalog_file)), parse_catalog, 60, "catalog")
     first = holder.load()
-    loaded_at = holder.loaded_at
+    version = holder._version
 
     catalog_file.write_bytes(b"NAME,PRICE\nno ids here,1\n")
     bump_mtime(catalog_file)
     assert holder.refresh() is False
-    assert holder.value is first
-    assert holder.loaded_at == loaded_at
+    assert holder._value is first
+    assert holder._version == version
     assert holder.last_error is not None and "no item id column" in holder.last_error
 
     catalog_file.write_bytes(CSV_CHANGED)
     bump_mtime(catalog_file)
     assert holder.refresh() is True
-    assert list(holder.value.items) == ["1", "2", "3"]
+    assert list(holder._value.items) == ["1", "2", "3"]
     assert holder.last_error is None
 
 
 def test_load_raises_when_the_first_read_fails(tmp_path: Path) -> None:
     path = tmp_path / "catalog.csv"
     path.write_bytes(b"id\n\n")
-    holder = Reloadable(LocalSource(str(path)), parse_catalog, 60, "catalog")
-    with pytest.raises(SourceError, match="no usable items"):
+    holder = Reloadable(LocalFile(str(path)), parse_catalog, 60, "catalog")
+    with pytest.raises(FileError, match="no usable items"):
         holder.load()
-    assert holder.value is None
+    assert holder._value is None
     assert holder.last_error is not None and "no usable items" in holder.last_error
 
 
@@ -260,7 +259,7 @@ class CountingSource:
         if self.gate is not None:
             assert self.gate.wait(WAIT), "the test never released the fetch"
         if self.error is not None:
-            raise SourceError(self.error)
+            raise FileError(self.error)
         if known_version == self.version:
             return None
         return Snapshot(self.data, self.version)
@@ -288,13 +287,13 @@ def test_get_after_a_failed_first_load_waits_for_the_interval(clock: FakeClock) 
     source.error = "fake://things.json: S3 answered AccessDenied."
     holder = Reloadable(source, parse_text, 30, "things")
 
-    with pytest.raises(SourceError, match="AccessDenied"):
+    with pytest.raises(FileError, match="AccessDenied"):
         holder.get()
     assert len(source.calls) == 1
 
     clock.now += 29
     for _ in range(3):
-        with pytest.raises(SourceError, match="AccessDenied"):
+        with pytest.raises(FileError, match="AccessDenied"):
             holder.get()
     assert len(source.calls) == 1  # the last error is repeated without touching the source
 
@@ -309,13 +308,13 @@ def test_get_after_a_failed_retry_raises_the_new_error(clock: FakeClock) -> None
     source = CountingSource()
     source.error = "first failure"
     holder = Reloadable(source, parse_text, 10, "things")
-    with pytest.raises(SourceError, match="first failure"):
+    with pytest.raises(FileError, match="first failure"):
         holder.get()
     clock.now += 11
     source.error = "second failure"
-    with pytest.raises(SourceError, match="second failure"):
+    with pytest.raises(FileError, match="second failure"):
         holder.get()
-    with pytest.raises(SourceError, match="second failure"):
+    with pytest.raises(FileError, match="second failure"):
         holder.get()
     assert len(source.calls) == 2
 
@@ -344,7 +343,7 @@ def test_refresh_if_due_reloads_in_a_background_thread(clock: FakeClock) -> None
     assert source.started.wait(WAIT)
     [thread] = reload_threads("things")
     assert thread is not threading.current_thread()
-    assert holder.value == "v1"
+    assert holder._value == "v1"
 
     clock.now += 31  # due again, but a refresh is still running: no second one starts
     holder.refresh_if_due()
@@ -354,7 +353,7 @@ def test_refresh_if_due_reloads_in_a_background_thread(clock: FakeClock) -> None
     source.gate.set()
     thread.join(WAIT)
     assert not thread.is_alive()
-    assert holder.value == "v2"
+    assert holder._value == "v2"
     assert source.calls == [None, "1"]
     assert source.threads[1] == "reload-things"
 
@@ -386,7 +385,7 @@ def test_background_failure_keeps_the_value_and_frees_the_next_refresh(clock: Fa
     holder.refresh_if_due()
     for thread in reload_threads("things"):
         thread.join(WAIT)
-    assert holder.value == "v1"
+    assert holder._value == "v1"
     assert holder.last_error == "HTTP 500"
 
     source.error = None
@@ -395,7 +394,7 @@ def test_background_failure_keeps_the_value_and_frees_the_next_refresh(clock: Fa
     holder.refresh_if_due()
     for thread in reload_threads("things"):
         thread.join(WAIT)
-    assert holder.value == "v3"
+    assert holder._value == "v3"
     assert holder.last_error is None
     assert len(source.calls) == 3
 
@@ -417,11 +416,11 @@ def test_background_crash_is_contained(clock: FakeClock, caplog: pytest.LogCaptu
     holder.refresh_if_due()
     for thread in reload_threads("things"):
         thread.join(WAIT)
-    assert holder.value == "v1"
+    assert holder._value == "v1"
     assert "reload crashed" in caplog.text
 
     clock.now += 31
     holder.refresh_if_due()  # the crashed refresh released its lock
     for thread in reload_threads("things"):
         thread.join(WAIT)
-    assert holder.value == "v2"
+    assert holder._value == "v2"
