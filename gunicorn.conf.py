@@ -45,14 +45,32 @@ graceful_timeout = whole_number("GRACEFUL_TIMEOUT", 20)
 keepalive = 5
 # Each worker listens on a socket of its own and the kernel spreads new connections over them. With the one
 # shared socket, whichever worker woke first took them: a burst of 64 connections split 60/4 at times, and
-# the worker with 4 left half its threads idle while the other queued (misses at 354 instead of 597 req/s).
+# the worker with 4 left half its threads idle while the other queued (README, Benchmark).
 reuse_port = True
 # The app writes one JSON line per request (app/telemetry/logs.py); gunicorn's access log is off unless ACCESS_LOG asks,
 # and then it shows the path without the query string, which holds user ids.
 accesslog = os.environ.get("ACCESS_LOG") or None
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
-logger_class = "app.telemetry.logs.GunicornLogger"  # gunicorn's own lines as JSON too
+logger_class = "app.telemetry.logs.GunicornLogger"  # the "Listening at" line names the address (reuse_port)
+# gunicorn's own lines as JSON too, through its public logging setting: error lines on stderr, access lines
+# (only with ACCESS_LOG) on stdout or in the file it names.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "app.telemetry.logs.JsonFormatter"}},
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+        "access": ({"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
+                   if accesslog in (None, "-") else
+                   {"class": "logging.FileHandler", "formatter": "json", "filename": accesslog}),
+    },
+    "root": {"level": "INFO", "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+    },
+}
 # gunicorn's runtime control socket is one fixed path per user; several instances on a host would collide.
 control_socket_disable = True
 

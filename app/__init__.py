@@ -36,7 +36,7 @@ from app.sources.personalize import PersonalizeRecommender
 from app.sources.popularity import RecentlyRecommended, RedisCounts, SQLiteCounts
 from app.sources.recommender import Recommender
 from app.storage import private_file, private_folder
-from app.telemetry import hooks as telemetry
+from app.telemetry.hooks import init_app as init_telemetry
 from app.telemetry.logs import RequestLog, configure_logging
 from app.telemetry.metrics import Metrics
 from app.telemetry.metrics import bp as metrics_bp
@@ -99,7 +99,7 @@ def create_app(
     )
     _register_blueprints(app)
     register_error_handlers(app)
-    telemetry.init_app(app, metrics, components(app).request_log)
+    init_telemetry(app, metrics, components(app).request_log)
     return app
 
 

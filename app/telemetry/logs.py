@@ -69,11 +69,13 @@ class JsonFormatter(logging.Formatter):
 
 
 class GunicornLogger(_GunicornLogger):
-    """gunicorn's logger with every handler it sets up writing JSON lines (gunicorn.conf.py: logger_class)."""
+    """gunicorn's logger, naming the address in "Listening at" (gunicorn.conf.py: logger_class; its lines are
+    JSON through gunicorn.conf.py's logconfig_dict)."""
 
-    def _set_handler(self, log: logging.Logger, output: str | None, fmt: logging.Formatter,
-                     stream: Any = None) -> None:
-        super()._set_handler(log, output, JsonFormatter(), stream)
+    @property
+    def access_log_enabled(self) -> bool:
+        """Only with ACCESS_LOG (gunicorn's accesslog): a logconfig_dict alone would turn gunicorn's on."""
+        return bool(self.cfg.accesslog)
 
     def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
         """Log as gunicorn does, with the addresses in the master's "Listening at" line when it has no socket.

@@ -322,5 +322,5 @@ def test_first_load_error_status_is_a_source_error(web: responses.RequestsMock) 
     holder = feed_holder()
     with pytest.raises(FileError, match="HTTP 404"):
         holder.load()
-    assert holder.get() is None
+    assert holder._value is None  # nothing was loaded
 
