@@ -21,6 +21,8 @@ def init_app(app: Flask, metrics: Metrics, request_log: RequestLog) -> None:
     @app.after_request
     def record(response: Response) -> Response:
         # The proxies resolved once: each access through flask.request or flask.g costs a context lookup.
+        # _get_current_object() is Flask's documented way to reach the object behind a proxy (Flask's docs,
+        # "Notes On Proxies"), despite its underscore.
         req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
         seconds = time.perf_counter() - getattr(ctx, "started", time.perf_counter())
         rid = getattr(ctx, "request_id", None) or request_id(req.environ.get("HTTP_X_REQUEST_ID"))
