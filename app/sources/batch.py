@@ -80,4 +80,4 @@ class BatchRecommender:
             return self.answers.get()
         except FileError as exc:
             raise self._unavailable("recommendations_unavailable",
-                              "The batch recommendations are not loaded yet; the error is logged.", exc) from exc
+                                    "The batch recommendations are not loaded yet; the error is logged.", exc) from exc
