@@ -113,7 +113,7 @@ def _authorize() -> None:
         if not settings.admin_aws_keys:
             raise AdminError(403, "Signed requests need ADMIN_AWS_KEYS, the access keys they may be signed with.")
         try:
-            sigv4.verify(request, _raw_body(), settings.admin_aws_keys)
+            sigv4.verify(request, _raw_body, settings.admin_aws_keys)
         except sigv4.SignatureError as exc:
             raise AdminError(403, str(exc)) from None
         return

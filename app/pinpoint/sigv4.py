@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
@@ -60,8 +60,11 @@ def is_signed(request: Request) -> bool:
     return request.headers.get("Authorization", "").startswith(ALGORITHM) or b"X-Amz-Signature=" in request.query_string
 
 
-def verify(request: Request, body: bytes, keys: Mapping[str, str], now: datetime | None = None) -> str:
+def verify(request: Request, read_body: Callable[[], bytes], keys: Mapping[str, str],
+           now: datetime | None = None) -> str:
     """Check the request's SigV4 signature against ADMIN_AWS_KEYS and return its access key id.
+
+    read_body is called only once the key id and the date have passed, so a stranger's body is never read.
 
     Raise SignatureError with a sentence on anything wrong: an unknown key id, another secret, a date more than
     five minutes off, a body other than the signed one, another service's scope, temporary credentials.
@@ -81,6 +84,7 @@ def verify(request: Request, body: bytes, keys: Mapping[str, str], now: datetime
         raise SignatureError("The access key id is not one of ADMIN_AWS_KEYS.")
     timestamp = request.headers.get("X-Amz-Date", "")
     _check_date(timestamp, auth.date, now or datetime.now(UTC))
+    body = read_body()
     content_hash = request.headers.get("X-Amz-Content-SHA256")
     if content_hash is not None and not hmac.compare_digest(content_hash, hashlib.sha256(body).hexdigest()):
         raise SignatureError("The body's SHA-256 is not X-Amz-Content-SHA256: sign the body that is sent.")

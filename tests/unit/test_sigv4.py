@@ -166,6 +166,13 @@ def test_a_body_other_than_the_content_hash_is_a_403(client: FlaskClient) -> Non
     assert_message_body(send(client, tampered(args, data=BODY_BYTES + b" ")), 403, "SHA-256")
 
 
+def test_a_strangers_body_is_not_read(client: FlaskClient) -> None:
+    huge = orjson.dumps({**BODY, "Description": "x" * 100_000})  # over the 64 KiB a body may have: 413 if read
+    assert_message_body(send(client, sign("POST", "/v1/recommenders", body=huge)), 413)
+    assert_message_body(send(client, sign("POST", "/v1/recommenders", body=huge, key_id="AKIAUNKNOWN000000000")),
+                        403, "not one of ADMIN_AWS_KEYS")
+
+
 @pytest.mark.parametrize(("minutes", "status"), [(-6, 403), (-4, 201), (4, 201), (6, 403)])
 def test_a_date_more_than_five_minutes_off_is_a_403(client: FlaskClient, clock: Callable[[datetime], None],
                                                     minutes: int, status: int) -> None:
