@@ -98,6 +98,12 @@ def test_a_signed_query_with_a_paging_token_gets_in(client: FlaskClient) -> None
     assert send(client, sign("GET", "/v1/recommenders", {"token": padded})).status_code == 200
 
 
+def test_a_percent_encoded_path_is_checked_as_it_was_sent(client: FlaskClient) -> None:
+    # boto3 sends RecommenderId="a b:c" as a%20b%3Ac and signs that, encoded once more; the server decodes it.
+    response = send(client, sign("GET", "/v1/recommenders/a%20b%3Ac"))
+    assert_message_body(response, 404, "'a b:c'")
+
+
 def test_the_second_key_gets_in_too(client: FlaskClient) -> None:
     response = send(client, sign("GET", "/v1/recommenders", key_id=OTHER_ID, secret=OTHER_SECRET))
     assert response.status_code == 200
