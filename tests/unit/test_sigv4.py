@@ -151,6 +151,8 @@ def later(timestamp: str, seconds: int) -> str:
      "does not match"),
     (lambda: replace_in_authorization(signed_get(), "/us-east-1/", "/eu-west-1/"), "does not match"),
     (lambda: replace_in_authorization(signed_get(), "Signature=", "Signature=0"), "does not match"),
+    (lambda: replace_in_authorization(signed_get(), "Signature=", "Signature=\u00e9"), "does not match"),
+    (lambda: tampered(signed_post(), headers={"X-Amz-Content-SHA256": "\u00e9"}), "SHA-256"),
     (lambda: sign("GET", "/v1/recommenders", key_id="AKIAUNKNOWN000000000"), "not one of ADMIN_AWS_KEYS"),
     (lambda: sign("GET", "/v1/recommenders", service="execute-api"), "mobiletargeting"),
     (lambda: sign("GET", "/v1/recommenders", token="session-token"), "Temporary credentials"),
