@@ -224,3 +224,12 @@ def test_the_openapi_document_describes_the_page(make_app: Callable[..., Flask])
     assert set(operation["responses"]["200"]["content"]) == {"text/html"}
     assert operation["security"] and "401" in operation["responses"]
     assert "at most 20" in operation["description"]
+
+
+def test_allowed_cidrs_apply_to_the_page_too(make_app: Callable[..., Flask],
+                                             fake_recommender: FakeRecommender) -> None:
+    client = make_app({"recommender": fake_recommender}, allowed_cidrs="10.0.0.0/8").test_client()
+
+    assert client.get("/preview?user_id=u1").status_code == 403  # the test client calls from 127.0.0.1
+    assert client.get("/preview?user_id=u1", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 200
+    assert fake_recommender.calls == [("u1", 10)]
