@@ -23,6 +23,7 @@ from app.extensions import cache
 from app.pinpoint.admin import bp as admin_bp
 from app.pinpoint.configs import RecommenderStore, build_store
 from app.pinpoint.serving import build_configured, recommenders_served
+from app.preview.views import bp as preview_bp
 from app.recommendations.auth import build_guard
 from app.recommendations.presentation import Presenter
 from app.recommendations.query import QueryParser
@@ -258,7 +259,7 @@ def _redis_client(redis_url: str | None) -> redis.Redis | None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    for blueprint in (bp, admin_bp, metrics_bp, docs_bp):
+    for blueprint in (bp, admin_bp, metrics_bp, docs_bp, preview_bp):
         app.register_blueprint(blueprint)
 
 

@@ -16,6 +16,7 @@ from app.catalog.items import ITEM_FIELDS
 from app.components import components
 from app.json import json_response
 from app.pinpoint.configs import MAX_PAGE_SIZE, RecommenderConfigurationSchema
+from app.preview.views import MAX_USERS as MAX_PREVIEW_USERS
 from app.recommendations.query import (
     CONTEXT_KEY,
     FILTER_KEY,
@@ -155,6 +156,7 @@ def build_spec(settings: Settings, source: str) -> dict[str, Any]:
         metrics["security"] = security
         metrics["responses"]["401"] = _error("No valid API key came with the request.")
     spec.path("/metrics", operations={"get": metrics})
+    spec.path("/preview", operations={"get": _preview_operation(settings, security)})
     if settings.admin_api_on:  # documented when it is on, as it answers only then
         _admin_paths(spec)
     document = spec.to_dict()
@@ -234,6 +236,29 @@ def _recommendations_operation(settings: Settings, sources: list[str], item_list
         operation["description"] += f" Filters: {', '.join(sorted(settings.filters))}."
     if security:
         operation["security"] = security
+    return operation
+
+
+def _preview_operation(settings: Settings, security: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """Describe the QA page (app/preview): HTML, behind the same keys and addresses as /recommendations."""
+    page = {"headers": {"X-Request-Id": REQUEST_ID_HEADER},
+            "content": {"text/html": {"schema": {"type": "string"}}}}
+    operation: dict[str, Any] = {
+        "summary": "Show what recipients will get",
+        "description": f"An HTML page for QA: for each user_id (repeat it, at most {MAX_PREVIEW_USERS}) the items "
+                       "GET /recommendations answers with the other parameters given (the same ones), its headers, "
+                       "the Braze Liquid for the call and the JSON.",
+        "tags": ["recommendations"],
+        "parameters": [{"name": "user_id", "in": "query", "style": "form", "explode": True,
+                        "schema": {"type": "array", "items": {"type": "string"}}}],
+        "responses": {"200": {"description": "The page.", **page},
+                      "400": {"description": f"More than {MAX_PREVIEW_USERS} user ids: the page says so.", **page}},
+    }
+    if security:
+        operation["security"] = security
+        operation["responses"]["401"] = _error("No valid API key came with the request (unauthorized).")
+    if settings.allowed_cidrs:
+        operation["responses"]["403"] = _error("The caller's address is not in ALLOWED_CIDRS (forbidden).")
     return operation
 
 

@@ -157,14 +157,14 @@ class QueryParser:
         key = request.query_string
         query = self._recent.get(key)
         if query is None:
-            query = self.parse(self._args(request))
+            query = self.parse(self.request_args(request))
             if self.recent_size:
                 if len(self._recent) >= self.recent_size:
                     self._recent.clear()  # cheaper than LRU bookkeeping, and thread-safe under the GIL
                 self._recent[key] = query
         return query
 
-    def _args(self, request: Request) -> MultiDict[str, str]:
+    def request_args(self, request: Request) -> MultiDict[str, str]:
         """Return the request's parameters; raise InvalidParameterError if one this service reads is not UTF-8."""
         try:
             args = request.args

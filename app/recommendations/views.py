@@ -5,9 +5,11 @@ import time
 
 from flask import Blueprint, Response, g, request
 
-from app.components import components
+from app.components import Components, components
 from app.errors import ServiceError
 from app.json import json_response
+from app.recommendations.query import Query
+from app.recommendations.service import Result
 from app.sources.recommender import Options
 
 bp = Blueprint("recommendations", __name__)
@@ -22,12 +24,21 @@ def recommendations() -> Response:
     if (guard := parts.auth_guard) is not None:
         guard(request)
     query = parts.query_parser.parse_request(request)
+    result, response = answer(parts, query, started)
+    g.result, g.user_id = result, query.user_id  # for the request's metrics and log line (telemetry.py)
+    return response
+
+
+def answer(parts: Components, query: Query, started: float) -> tuple[Result, Response]:
+    """Answer a validated query as GET /recommendations does: the Result and the response (body and headers).
+
+    The route and the QA page (/preview) both call this, so the page shows exactly what Braze would get.
+    """
     if query.recommender is not None:  # a stored configuration (/v1/recommenders): its ARN, role and count
         result, body = parts.configured.answer(query, started)
     else:
         result = parts.service.recommend(query.user_id, query.num_results, started, query.options)
         body = parts.presenter.render(result, query)
-    g.result, g.user_id = result, query.user_id  # for the request's metrics and log line (telemetry.py)
     response = Response(body, mimetype="application/json")
     # A new response has none of these headers, so add() (set() first looks for one to replace).
     add = response.headers.add
@@ -43,7 +54,7 @@ def recommendations() -> Response:
         add("X-Backfilled", str(result.backfilled))
     if result.source in SOURCES_WITHOUT_OPTIONS and (ignored := _personalize_only(query.options)):
         add("X-Ignored-Parameters", ignored)  # a Braze send must not break, but the template's author should know
-    return response
+    return result, response
 
 
 def _personalize_only(options: Options) -> str:
