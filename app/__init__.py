@@ -113,7 +113,7 @@ def warm_up(app: Flask) -> None:
     parts = components(app)
     service = parts.service
     service.catalog.load()
-    if parts.settings.personalize_campaign_arn or parts.settings.admin_api_keys:
+    if parts.settings.personalize_campaign_arn or parts.settings.admin_api_on:
         if not parts.aws.check_credentials() and service.recommender.name == "personalize":
             service.recommender.note_error("upstream_credentials")  # /readyz says why before the first call
     service.check_ready()
@@ -266,7 +266,7 @@ def _register_blueprints(app: Flask) -> None:
 def _warn_about_timeouts(settings: Settings) -> None:
     """Log timeouts that are valid alone but work against each other (they are not worth refusing to start)."""
     attempt = settings.personalize_connect_timeout + settings.personalize_read_timeout
-    calls_personalize = settings.personalize_campaign_arn or settings.admin_api_keys
+    calls_personalize = settings.personalize_campaign_arn or settings.admin_api_on
     if calls_personalize and attempt >= settings.request_budget_ms / 1000:
         # upstream.py: botocore's timeouts cannot end the call within the budget, so the guard must watch it.
         log.warning(
@@ -275,7 +275,7 @@ def _warn_about_timeouts(settings: Settings) -> None:
             "more CPU per cache miss (see the README's Benchmark). Keep the two timeouts under the budget.",
             attempt, settings.request_budget_ms)
     with_transformer = settings.request_budget_ms + settings.transformer_timeout_ms
-    if settings.admin_api_keys and with_transformer > BRAZE_TIMEOUT_MS:
+    if settings.admin_api_on and with_transformer > BRAZE_TIMEOUT_MS:
         log.warning("REQUEST_BUDGET_MS + TRANSFORMER_TIMEOUT_MS (%d ms) is more than Braze waits (%d ms): a "
                     "recommender configuration with a transformer Lambda may answer too late for Braze.",
                     with_transformer, BRAZE_TIMEOUT_MS)

@@ -57,6 +57,40 @@ def _api_keys(raw: Any, variable: str = "API_KEYS") -> tuple[str, ...]:
     return keys
 
 
+# An access key id as the SDKs put it in the Credential scope (KEY_ID/DATE/REGION/SERVICE/aws4_request).
+ACCESS_KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def _aws_keys(raw: Any, path: str | None) -> dict[str, str]:
+    """Parse ADMIN_AWS_KEYS (ACCESS_KEY_ID:SECRET pairs, comma-separated) and the file ADMIN_AWS_KEYS_FILE names
+    (the same pairs, one a line or comma-separated, # comments) into {access key id: secret}."""
+    sources = [("ADMIN_AWS_KEYS", [raw] if isinstance(raw, str) or raw is None else list(raw))]
+    if path:
+        try:
+            with open(path, encoding="utf-8") as file:
+                lines = [line.partition("#")[0] for line in file]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"ADMIN_AWS_KEYS_FILE: cannot read {path!r} ({type(exc).__name__}).") from None
+        sources.append(("ADMIN_AWS_KEYS_FILE", lines))
+    keys: dict[str, str] = {}
+    for variable, chunks in sources:
+        entries = [entry for chunk in chunks for entry in _list(chunk)]
+        for number, entry in enumerate(entries, 1):
+            # Name the entry by its place, never by its text: the sentence lands in logs and holds the secret.
+            key_id, sep, secret = entry.partition(":")
+            if not sep or not ACCESS_KEY_ID_PATTERN.match(key_id.strip()):
+                raise ConfigError(f"{variable}: entry {number} is not ACCESS_KEY_ID:SECRET (an access key id of "
+                                  "letters and digits, a colon, the secret access key).")
+            if not (secret.strip().isascii() and secret.strip().isprintable()) or len(secret.strip()) < MIN_API_KEY_LENGTH:
+                raise ConfigError(f"{variable}: the secret of entry {number} must be at least {MIN_API_KEY_LENGTH} "
+                                  "printable ASCII characters; use a long random one, e.g. from "
+                                  "`openssl rand -base64 30`.")
+            if key_id.strip() in keys:
+                raise ConfigError(f"{variable}: entry {number} repeats an access key id given before.")
+            keys[key_id.strip()] = secret.strip()
+    return keys
+
+
 def _flag(variable: str, raw: Any) -> bool:
     """Convert true/false (also 1/0, yes/no, on/off) to a bool; absent is false."""
     if isinstance(raw, bool) or raw is None:
@@ -247,6 +281,9 @@ class Settings:
     log_flush_ms: int = 250  # request lines wait at most this long to go out a few at a time; 0: each at once
     # Recommender configurations (the /v1/recommenders admin API and ?recommender=ID).
     admin_api_keys: tuple[str, ...] = ()
+    # {access key id: secret} whose AWS Signature Version 4 opens /v1/recommenders; kept out of repr (and logs).
+    admin_aws_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    admin_aws_keys_file: str | None = None
     recommender_store: str = "sqlite"
     recommender_db_path: str = ""  # DATA_DIR/recommenders.sqlite3 unless set
     # Serve ?recommender=ID on a host whose admin API is off (another host administers the shared store).
@@ -254,6 +291,11 @@ class Settings:
     recommender_table: str | None = None
     recommender_refresh_seconds: float = 30.0
     transformer_timeout_ms: int = 500
+
+    @property
+    def admin_api_on(self) -> bool:
+        """Say whether /v1/recommenders answers: with an admin API key or an AWS access key to open it."""
+        return bool(self.admin_api_keys or self.admin_aws_keys)
 
     def __post_init__(self) -> None:
         # Files whose setting is empty go in DATA_DIR; every path is made absolute once, here.
@@ -357,6 +399,8 @@ class Settings:
             log_user_id_key=_user_id_key(_text(raw.get("log_user_id_key"))),
             log_flush_ms=conv("log_flush_ms", 0, 10_000),
             admin_api_keys=_api_keys(raw.get("admin_api_keys"), "ADMIN_API_KEYS"),
+            admin_aws_keys=_aws_keys(raw.get("admin_aws_keys"), _text(raw.get("admin_aws_keys_file"))),
+            admin_aws_keys_file=_text(raw.get("admin_aws_keys_file")),
             recommender_store=(_text(raw.get("recommender_store")) or "sqlite").lower(),
             recommender_table=_text(raw.get("recommender_table")),
             recommender_refresh_seconds=conv("recommender_refresh_seconds", 0, 3600),

@@ -157,7 +157,7 @@ def build_spec(settings: Settings, source: str) -> dict[str, Any]:
         metrics["responses"]["401"] = _error("No valid API key came with the request.")
     spec.path("/metrics", operations={"get": metrics})
     spec.path("/preview", operations={"get": _preview_operation(settings, security)})
-    if settings.admin_api_keys:  # documented when it is on, as it answers only then
+    if settings.admin_api_on:  # documented when it is on, as it answers only then
         _admin_paths(spec)
     document = spec.to_dict()
     _narrow(document["paths"]["/recommendations"]["get"]["parameters"], settings)

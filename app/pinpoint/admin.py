@@ -3,7 +3,9 @@
 Unlike the rest of the service, its errors have Pinpoint's MessageBody shape, {"Message", "RequestID"},
 with Pinpoint's status codes, so scripts written against Pinpoint keep working. `message_body` is the one
 place that shape is built. It needs one of ADMIN_API_KEYS (X-API-Key or the Basic auth password, as
-API_KEYS for /recommendations); with none set, the API is off and every path answers 404 saying so.
+API_KEYS for /recommendations) or a request signed with AWS Signature Version 4 by a key of ADMIN_AWS_KEYS
+(app/pinpoint/sigv4.py), so the AWS SDKs and CLI work unchanged; with neither set, the API is off and every path
+answers 404 saying so.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 from app.components import components
 from app.errors import with_http_headers
 from app.json import json_response
+from app.pinpoint import sigv4
 from app.pinpoint.configs import (
     MAX_PAGE_SIZE,
     BadTokenError,
@@ -47,11 +50,25 @@ class AdminError(Exception):
         self.message = message
 
 
+# Pinpoint's modelled error for each status: SDKs read X-Amzn-ErrorType to raise client.exceptions.NotFoundException
+# and the like, and the AWS CLI names it; without it their error code would be the bare status.
+ERROR_TYPES = {400: "BadRequestException", 403: "ForbiddenException", 404: "NotFoundException",
+               405: "MethodNotAllowedException", 409: "ConflictException", 413: "PayloadTooLargeException",
+               429: "TooManyRequestsException", 500: "InternalServerErrorException"}
+
+
+def error_type(status: int) -> str:
+    """Name Pinpoint's modelled error for a status; one it does not model counts as a bad request or a failure."""
+    return ERROR_TYPES.get(status) or ("BadRequestException" if status < 500 else "InternalServerErrorException")
+
+
 def message_body(status: int, message: str) -> Response:
-    """Build Pinpoint's error body, {"Message", "RequestID"}, with the request's id in X-Amzn-RequestId too."""
+    """Build Pinpoint's error body, {"Message", "RequestID"}, with its type in X-Amzn-ErrorType and the
+    request's id in X-Amzn-RequestId."""
     request_id = getattr(g, "request_id", None) or str(uuid.uuid4())
     response = json_response({"Message": message, "RequestID": request_id}, status)
     response.headers["X-Amzn-RequestId"] = request_id
+    response.headers["X-Amzn-ErrorType"] = error_type(status)
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -81,17 +98,28 @@ def _crash(exc: Exception) -> Response:
 @bp.before_request
 def _authorize() -> None:
     settings = components().settings
-    keys = [key.encode("utf-8") for key in settings.admin_api_keys]
-    if not keys:
-        raise AdminError(404, "The recommender configuration API is off: set ADMIN_API_KEYS to turn it on.")
+    if not settings.admin_api_on:
+        raise AdminError(404, "The recommender configuration API is off: set ADMIN_API_KEYS (or ADMIN_AWS_KEYS) "
+                              "to turn it on.")
     if not address_allowed(request, settings.admin_allowed_cidrs):
         raise AdminError(403, "This address may not call the recommender configuration API (see "
                               "ADMIN_ALLOWED_CIDRS, which defaults to ALLOWED_CIDRS).")
     if request.method == "OPTIONS":
         return  # what the resource allows is no secret (and a CORS preflight carries no key)
-    if not any(key_matches(candidate, keys) for candidate in presented_keys(request)):
-        raise AdminError(403, "A valid admin API key is required (ADMIN_API_KEYS): send it in the X-API-Key "
-                              "header or as the Basic auth password.")
+    keys = [key.encode("utf-8") for key in settings.admin_api_keys]
+    if keys and any(key_matches(candidate, keys) for candidate in presented_keys(request)):
+        return
+    if sigv4.is_signed(request):
+        if not settings.admin_aws_keys:
+            raise AdminError(403, "Signed requests need ADMIN_AWS_KEYS, the access keys they may be signed with.")
+        try:
+            sigv4.verify(request, _raw_body, settings.admin_aws_keys)
+        except sigv4.SignatureError as exc:
+            raise AdminError(403, str(exc)) from None
+        return
+    raise AdminError(403, "A valid admin API key is required (ADMIN_API_KEYS): send it in the X-API-Key header "
+                          "or as the Basic auth password, or sign the request with a key of ADMIN_AWS_KEYS "
+                          "(AWS Signature Version 4, as the AWS SDKs and CLI do).")
 
 
 @bp.after_request
@@ -108,17 +136,23 @@ def _forget(config_id: str) -> None:
     components().configured.forget(config_id)
 
 
-def _body() -> dict[str, Any]:
-    """Return the request's configuration, validated; raise AdminError 400 (or 413) naming what is wrong."""
+def _raw_body() -> bytes:
+    """Return the request's body, read once; raise AdminError 413 when it is over MAX_BODY_BYTES."""
     # werkzeug refuses a larger Content-Length at once and stops reading a chunked body (no Content-Length) at
     # the limit without a word: a limit one byte over tells a body that is too large from one just at it.
     request.max_content_length = MAX_BODY_BYTES + 1
     try:
-        raw = request.get_data(cache=False)
+        raw = request.get_data(cache=True)  # a signed request's body is read for its hash, then parsed
     except RequestEntityTooLarge:
         raw = None
     if raw is None or len(raw) > MAX_BODY_BYTES:
         raise AdminError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    return raw
+
+
+def _body() -> dict[str, Any]:
+    """Return the request's configuration, validated; raise AdminError 400 (or 413) naming what is wrong."""
+    raw = _raw_body()
     try:
         # orjson refuses nesting deeper than 1024 with a JSONDecodeError; the stdlib parser overflows the stack.
         data = orjson.loads(raw) if request.is_json else None

@@ -42,7 +42,7 @@ class UnknownRecommenderError(ServiceError):
 
 def recommenders_served(settings: Settings) -> bool:
     """Say whether ?recommender=ID reads stored configurations: with the admin API on, or SERVE_RECOMMENDERS."""
-    return bool(settings.admin_api_keys) or settings.serve_recommenders
+    return settings.admin_api_on or settings.serve_recommenders
 
 
 class ConfiguredRecommenders:

@@ -9,12 +9,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import botocore.parsers
+import botocore.session
 import orjson
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.pinpoint.admin import MAX_BODY_BYTES
+from app.pinpoint.admin import MAX_BODY_BYTES, message_body
 from app.pinpoint.configs import BadTokenError, DynamoDBStore, encode_token
 from app.settings import ConfigError
 
@@ -47,10 +49,16 @@ def create(client: FlaskClient, **fields: Any) -> dict[str, Any]:
     return response.get_json()
 
 
+# What Pinpoint's service model names each error: SDKs raise client.exceptions.<name> from X-Amzn-ErrorType.
+MODELLED = {400: "BadRequestException", 403: "ForbiddenException", 404: "NotFoundException",
+            405: "MethodNotAllowedException", 413: "PayloadTooLargeException", 500: "InternalServerErrorException"}
+
+
 def assert_message_body(response: Any, status: int, *words: str) -> None:
     assert response.status_code == status
     body = response.get_json()
     assert set(body) == {"Message", "RequestID"}
+    assert response.headers["X-Amzn-ErrorType"] == MODELLED[status]
     # One id per request: Pinpoint's RequestID is the X-Request-Id the request log line carries too.
     assert body["RequestID"] == response.headers["X-Amzn-RequestId"] == response.headers["X-Request-Id"]
     for word in words:
@@ -200,6 +208,34 @@ def test_store_settings_are_checked_at_start(make_app: Callable[..., Flask], set
                                              words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         make_app(**settings)
+
+
+def pinpoint_error(response: Any) -> type[Exception]:
+    """Parse an answer as boto3's pinpoint client does and return the exception class it would raise."""
+    client = botocore.session.get_session().create_client(
+        "pinpoint", region_name="us-east-1", aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="x" * 40)
+    parsed = botocore.parsers.create_parser("rest-json").parse(
+        {"status_code": response.status_code, "headers": {k.lower(): v for k, v in response.headers.items()},
+         "body": response.get_data()},
+        None)
+    return client.exceptions.from_code(parsed["Error"]["Code"])
+
+
+def test_sdks_raise_pinpoints_modelled_exception_for_each_error(admin: FlaskClient, admin_app: Flask) -> None:
+    answers = {
+        "BadRequestException": admin.post("/v1/recommenders", json={"Name": "x"}, headers=AUTH),
+        "ForbiddenException": admin.get("/v1/recommenders"),
+        "NotFoundException": admin.get("/v1/recommenders/nope", headers=AUTH),
+        "MethodNotAllowedException": admin.patch("/v1/recommenders", headers=AUTH),
+        "PayloadTooLargeException": admin.post("/v1/recommenders", json={**BODY, "Description": "x" * 70_000},
+                                               headers=AUTH),
+    }
+    with admin_app.test_request_context():  # statuses no route answers today, so that a future one is named too
+        answers |= {name: message_body(status, "m") for status, name in
+                    [(409, "ConflictException"), (429, "TooManyRequestsException"),
+                     (500, "InternalServerErrorException")]}
+    assert {name: pinpoint_error(response).__name__ for name, response in answers.items()} == \
+        {name: name for name in answers}
 
 
 def test_a_failing_store_is_a_500_in_the_same_shape(make_app: Callable[..., Flask], tmp_path: Path) -> None:
