@@ -15,7 +15,7 @@ from tests.e2e.conftest import CAMPAIGN_ARN, WORKERS, get
 ADMIN_KEY = "e2e-admin-key-0123456789abcdef"
 BODY = {"Name": "e2e", "RecommendationProviderUri": CAMPAIGN_ARN,
         "RecommendationProviderRoleArn": "arn:aws:iam::123456789012:role/RecommendationsReader",
-        "RecommendationsPerMessage": 2}
+        "RecommendationsPerMessage": 2, "RecommendationsDisplayName": "Top picks"}
 
 
 def admin_get(url: str, request_id: str) -> requests.Response:
