@@ -54,17 +54,25 @@ def encode_attributes(entry: CachedAttributes) -> bytes:
 
 def decode_attributes(data: Any) -> CachedAttributes | None:
     """Return the entry encode_attributes wrote, or None for anything else."""
-    if not isinstance(data, bytes) or not data.startswith(b"{"):
+    fields = _fields(data, "made_from", "attributes", "at")
+    if fields is None:
         return None
-    try:
-        value = orjson.loads(data)
-        items, attributes, at = value["made_from"], value["attributes"], value["at"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
+    items, attributes, at = fields
     if (not _strings(items) or not isinstance(attributes, dict) or type(at) not in (int, float)
             or not all(_strings(v) for v in attributes.values())):
         return None
     return CachedAttributes(items, attributes, float(at))
+
+
+def _fields(data: Any, *names: str) -> list[Any] | None:
+    """Return the named fields of an entry that is a JSON object holding them all, else None."""
+    if not isinstance(data, bytes) or not data.startswith(b"{"):
+        return None
+    try:
+        value = orjson.loads(data)
+        return [value[name] for name in names]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
 def _strings(value: Any) -> bool:
@@ -79,13 +87,10 @@ def encode_answer(answer: CachedAnswer) -> bytes:
 
 def decode_answer(data: Any) -> CachedAnswer | None:
     """Return the answer encode_answer wrote, or None for anything else (an old pickle, garbage, a counter)."""
-    if not isinstance(data, bytes) or not data.startswith(b"{"):
+    fields = _fields(data, "items", "rid", "at")
+    if fields is None:
         return None
-    try:
-        value = orjson.loads(data)
-        items, rid, at = value["items"], value["rid"], value["at"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
+    items, rid, at = fields
     if (not _strings(items)
             or not (rid is None or isinstance(rid, str)) or type(at) not in (int, float)):
         return None
