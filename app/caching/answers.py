@@ -87,11 +87,15 @@ def encode_answer(answer: CachedAnswer) -> bytes:
 
 def decode_answer(data: Any) -> CachedAnswer | None:
     """Return the answer encode_answer wrote, or None for anything else (an old pickle, garbage, a counter)."""
-    fields = _fields(data, "items", "rid", "at")
-    if fields is None:
+    # Inline, not through _fields: this runs on every cache hit of the request path.
+    if not isinstance(data, bytes) or not data.startswith(b"{"):
         return None
-    items, rid, at = fields
-    if (not _strings(items)
+    try:
+        value = orjson.loads(data)
+        items, rid, at = value["items"], value["rid"], value["at"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if (not isinstance(items, list) or not all(isinstance(i, str) for i in items)
             or not (rid is None or isinstance(rid, str)) or type(at) not in (int, float)):
         return None
     return CachedAnswer(Recommendation(items, rid), float(at))
