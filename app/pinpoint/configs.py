@@ -80,7 +80,8 @@ class RecommenderConfigurationSchema(Schema):
     RecommendationsPerMessage = StrictInteger(validate=validate.Range(min=1, max=5))
     RecommendationProviderIdType = ma.String(validate=validate.OneOf(ID_TYPES))
     RecommendationsDisplayName = ma.String(
-        validate=_pattern(DISPLAY_NAME, "Up to 25 letters, numbers, spaces, underscores (_) or hyphens (-).")
+        validate=_pattern(DISPLAY_NAME, "Up to 25 letters, numbers, spaces, underscores (_) or hyphens (-)."),
+        metadata={"description": "Required without RecommendationTransformerUri."},
     )
     Attributes = ma.Dict(
         keys=ma.String(validate=_pattern(ATTRIBUTE_NAME, "An attribute name starts with a letter or number; up "
@@ -88,6 +89,7 @@ class RecommenderConfigurationSchema(Schema):
         values=ma.String(validate=_pattern(ATTRIBUTE_DISPLAY_NAME, "A display name starts with a letter or number; "
                                            "up to 25 letters, numbers, spaces, underscores (_) or hyphens (-).")),
         validate=validate.Length(min=1, max=MAX_ATTRIBUTES, error="Give 1-10 attributes."),
+        metadata={"description": "Required with RecommendationTransformerUri; refused without one."},
     )
 
     @validates_schema
