@@ -14,6 +14,7 @@ from flask import Flask
 from app.aws import AwsClients, Timeouts
 from app.caching.answers import AnswerCache, cache_config
 from app.caching.singleflight import SingleFlight
+from app.commands import register_commands
 from app.catalog.files import FileError, Reloadable, open_file
 from app.catalog.items import Catalog, parse_catalog, parse_item_list, reload_check
 from app.components import EXTENSION, Components, components
@@ -99,6 +100,7 @@ def create_app(
                                flush_seconds=settings.log_flush_ms / 1000),
     )
     _register_blueprints(app)
+    register_commands(app)
     register_error_handlers(app)
     init_telemetry(app, metrics, components(app).request_log)
     return app

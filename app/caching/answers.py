@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import orjson
 from cachelib.base import BaseCache
@@ -35,6 +35,50 @@ class CachedAnswer:
     stored_at: float
 
 
+@dataclass(frozen=True)
+class CachedAttributes:
+    """A transformer Lambda's attributes and the item ids it was given (the answer they were made from)."""
+
+    item_ids: list[str]
+    attributes: dict[str, list[str]]
+    stored_at: float
+
+
+_Entry = TypeVar("_Entry", CachedAnswer, CachedAttributes)
+
+
+def encode_attributes(entry: CachedAttributes) -> bytes:
+    """Return the attributes as the JSON bytes the backend keeps: data only."""
+    return orjson.dumps({"made_from": entry.item_ids, "attributes": entry.attributes, "at": entry.stored_at})
+
+
+def decode_attributes(data: Any) -> CachedAttributes | None:
+    """Return the entry encode_attributes wrote, or None for anything else."""
+    fields = _fields(data, "made_from", "attributes", "at")
+    if fields is None:
+        return None
+    items, attributes, at = fields
+    if (not _strings(items) or not isinstance(attributes, dict) or type(at) not in (int, float)
+            or not all(_strings(v) for v in attributes.values())):
+        return None
+    return CachedAttributes(items, attributes, float(at))
+
+
+def _fields(data: Any, *names: str) -> list[Any] | None:
+    """Return the named fields of an entry that is a JSON object holding them all, else None."""
+    if not isinstance(data, bytes) or not data.startswith(b"{"):
+        return None
+    try:
+        value = orjson.loads(data)
+        return [value[name] for name in names]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
 def encode_answer(answer: CachedAnswer) -> bytes:
     """Return the answer as the JSON bytes the backend keeps: data only, nothing that could run when read."""
     rec = answer.recommendation
@@ -43,6 +87,7 @@ def encode_answer(answer: CachedAnswer) -> bytes:
 
 def decode_answer(data: Any) -> CachedAnswer | None:
     """Return the answer encode_answer wrote, or None for anything else (an old pickle, garbage, a counter)."""
+    # Inline, not through _fields: this runs on every cache hit of the request path.
     if not isinstance(data, bytes) or not data.startswith(b"{"):
         return None
     try:
@@ -194,6 +239,30 @@ class AnswerCache:
                 answer = self._local.get(key)
             if answer is not None and self.is_fresh(answer):
                 return answer
+        answer = self._read(key, decode_answer)
+        if answer is not None:
+            self._remember(key, answer)
+        return answer
+
+    def put(self, key: str, recommendation: Recommendation) -> None:
+        """Store an answer (kept past its TTL for stale-if-error); a failure only costs a later miss."""
+        answer = CachedAnswer(recommendation, time.time())
+        self._remember(key, answer)
+        self._write(key, encode_answer(answer), self.keep_seconds)
+
+    def get_attributes(self, key: str, item_ids: list[str]) -> dict[str, list[str]] | None:
+        """Return a transformer's attributes stored within the TTL for exactly these item ids, else None."""
+        entry = self._read(key, decode_attributes)
+        if entry is None or entry.item_ids != item_ids or not self.is_fresh(entry):
+            return None
+        return entry.attributes
+
+    def put_attributes(self, key: str, item_ids: list[str], attributes: dict[str, list[str]]) -> None:
+        """Store a transformer's attributes with the item ids they were made from, for the TTL."""
+        self._write(key, encode_attributes(CachedAttributes(item_ids, attributes, time.time())), self.ttl)
+
+    def _read(self, key: str, decode: Callable[[Any], _Entry | None]) -> _Entry | None:
+        """Return the decoded entry, or None on a miss, a backend failure or an entry decode refuses."""
         try:
             value = self.backend.get(key)
         except CACHE_FAILURES as exc:
@@ -202,19 +271,13 @@ class AnswerCache:
         self._report("read", None)
         if value is None:
             return None
-        answer = decode_answer(value)
-        self._report_malformed(answer is None)
-        if answer is None:
-            return None
-        self._remember(key, answer)
-        return answer
+        entry = decode(value)
+        self._report_malformed(entry is None)
+        return entry
 
-    def put(self, key: str, recommendation: Recommendation) -> None:
-        """Store an answer (kept past its TTL for stale-if-error); a failure only costs a later miss."""
-        answer = CachedAnswer(recommendation, time.time())
-        self._remember(key, answer)
+    def _write(self, key: str, data: bytes, timeout: int) -> None:
         try:
-            self.backend.set(key, encode_answer(answer), timeout=self.keep_seconds)
+            self.backend.set(key, data, timeout=timeout)
         except CACHE_FAILURES as exc:
             self._report("write", exc)
             return
@@ -225,7 +288,7 @@ class AnswerCache:
             with self._local_lock:
                 self._local[key] = answer
 
-    def is_fresh(self, answer: CachedAnswer) -> bool:
+    def is_fresh(self, answer: CachedAnswer | CachedAttributes) -> bool:
         """Say whether the answer is younger than the TTL (older ones only serve when the source fails)."""
         return time.time() - answer.stored_at < self.ttl
 

@@ -28,6 +28,7 @@ from app.pinpoint.configs import (
     RecommenderConfigurationSchema,
     RecommenderStore,
     StoreError,
+    describe_problems,
     new_record,
     replaced_record,
 )
@@ -163,17 +164,7 @@ def _body() -> dict[str, Any]:
     try:
         return schema.load(data)
     except ValidationError as exc:
-        problems = exc.normalized_messages()
-        detail = "; ".join(f"{name}: {_flatten(problem)}" for name, problem in sorted(problems.items()))
-        raise AdminError(400, f"Invalid recommender configuration. {detail}") from None
-
-
-def _flatten(problem: Any) -> str:
-    if isinstance(problem, dict):
-        return " ".join(f"{key}: {_flatten(value)}" for key, value in problem.items())
-    if isinstance(problem, list):
-        return " ".join(_flatten(p) for p in problem)
-    return str(problem)
+        raise AdminError(400, f"Invalid recommender configuration. {describe_problems(exc)}") from None
 
 
 @bp.get("")
@@ -238,9 +229,25 @@ def delete_configuration(config_id: str) -> Response:
     return json_response(record)
 
 
+# What each resource answers (the reference's Recommender Models and Recommender Model resources), for Allow.
+COLLECTION_METHODS = ("GET", "POST", "OPTIONS")
+ITEM_METHODS = ("GET", "PUT", "DELETE", "OPTIONS")
+
+
+def _allowed(config_id: str | None) -> list[str]:
+    return list(ITEM_METHODS if config_id else COLLECTION_METHODS)
+
+
+@bp.after_request
+def _advertise(response: Response) -> Response:
+    # Flask's automatic OPTIONS lists every method a route names, the 405 route's below too: say only what answers.
+    if request.method == "OPTIONS" and response.status_code == 200:
+        response.headers["Allow"] = ", ".join(_allowed((request.view_args or {}).get("config_id")))
+    return response
+
+
 @bp.route("", methods=["PUT", "PATCH", "DELETE"])
 @bp.route("/<config_id>", methods=["POST", "PATCH"])
 def method_not_allowed(config_id: str | None = None) -> Response:
     """Answer other methods here (not in Flask's router) so the 405 has the MessageBody shape too."""
-    raise MethodNotAllowed(valid_methods=["GET", "PUT", "DELETE", "OPTIONS"] if config_id else
-                           ["GET", "POST", "OPTIONS"])
+    raise MethodNotAllowed(valid_methods=_allowed(config_id))

@@ -80,7 +80,8 @@ class RecommenderConfigurationSchema(Schema):
     RecommendationsPerMessage = StrictInteger(validate=validate.Range(min=1, max=5))
     RecommendationProviderIdType = ma.String(validate=validate.OneOf(ID_TYPES))
     RecommendationsDisplayName = ma.String(
-        validate=_pattern(DISPLAY_NAME, "Up to 25 letters, numbers, spaces, underscores (_) or hyphens (-).")
+        validate=_pattern(DISPLAY_NAME, "Up to 25 letters, numbers, spaces, underscores (_) or hyphens (-)."),
+        metadata={"description": "Required without RecommendationTransformerUri."},
     )
     Attributes = ma.Dict(
         keys=ma.String(validate=_pattern(ATTRIBUTE_NAME, "An attribute name starts with a letter or number; up "
@@ -88,12 +89,39 @@ class RecommenderConfigurationSchema(Schema):
         values=ma.String(validate=_pattern(ATTRIBUTE_DISPLAY_NAME, "A display name starts with a letter or number; "
                                            "up to 25 letters, numbers, spaces, underscores (_) or hyphens (-).")),
         validate=validate.Length(min=1, max=MAX_ATTRIBUTES, error="Give 1-10 attributes."),
+        metadata={"description": "Required with RecommendationTransformerUri; refused without one."},
     )
 
     @validates_schema
-    def _attributes_with_transformer(self, data: Mapping[str, Any], **_: Any) -> None:
-        if data.get("RecommendationTransformerUri") and not data.get("Attributes"):
-            raise ValidationError("Attributes are required when RecommendationTransformerUri is set.", "Attributes")
+    def _fields_that_follow_the_transformer(self, data: Mapping[str, Any], **_: Any) -> None:
+        """Apply the reference's rules that depend on RecommendationTransformerUri (on write only: records
+        stored before these rules were checked are still read and served as they are)."""
+        problems: dict[str, list[str]] = {}
+        if data.get("RecommendationTransformerUri"):
+            if not data.get("Attributes"):
+                problems["Attributes"] = ["Attributes are required when RecommendationTransformerUri is set."]
+        else:
+            if "Attributes" in data:
+                problems["Attributes"] = ["Don't include Attributes without RecommendationTransformerUri: they "
+                                          "name what the transformer Lambda returns."]
+            if not data.get("RecommendationsDisplayName"):
+                problems["RecommendationsDisplayName"] = ["RecommendationsDisplayName is required without "
+                                                          "RecommendationTransformerUri."]
+        if problems:
+            raise ValidationError(problems)
+
+
+def describe_problems(exc: ValidationError) -> str:
+    """Return a ValidationError as one sentence per field, "Field: what is wrong", in field order."""
+    return "; ".join(f"{name}: {_flatten(problem)}" for name, problem in sorted(exc.normalized_messages().items()))
+
+
+def _flatten(problem: Any) -> str:
+    if isinstance(problem, dict):
+        return " ".join(f"{key}: {_flatten(value)}" for key, value in problem.items())
+    if isinstance(problem, list):
+        return " ".join(_flatten(p) for p in problem)
+    return str(problem)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ comma-separated, e.g. Title,Genre), optionally CATALOG_REFRESH_SECONDS and IMAGE
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -51,23 +52,65 @@ def recommendation_attributes(item_ids: Sequence[str], catalog: Catalog, attribu
 
 
 def add_recommendations(event: Mapping[str, Any], catalog: Catalog, attributes: Sequence[str]) -> dict[str, Any]:
-    """Return the event's endpoints, each with a Recommendations object added and nothing else changed."""
+    """Return the event's endpoints, each with a Recommendations object added and nothing else changed.
+
+    Pinpoint's contract is at most 50 endpoints, each an object with 1-5 string item ids. What breaks it is
+    tolerated, with one WARNING line per invocation saying what and how many, rather than failing the whole
+    invocation (every recipient of the batch): endpoints past the 50th and endpoints that are not objects are
+    returned as they came, without Recommendations; an integer item id is read as its string; an item id of
+    any other type keeps its place as empty strings, like an item the catalog lacks.
+    """
     endpoints = event.get("Endpoints") if isinstance(event, Mapping) else None
     if not isinstance(endpoints, Mapping):
         raise ValueError('Not a Pinpoint recommender event: it needs "Endpoints", an object of endpoint id -> '
                          f'endpoint; got keys {sorted(event) if isinstance(event, Mapping) else type(event).__name__}.')
     if len(endpoints) > MAX_ENDPOINTS:
-        raise ValueError(f"Pinpoint sends at most {MAX_ENDPOINTS} endpoints per invocation, got {len(endpoints)}.")
-    missing = [i for e in endpoints.values() for i in e.get("RecommendationItems") or () if i not in catalog.encoded]
+        log.warning("Pinpoint sends at most %d endpoints per invocation, got %d: the %d after the first %d are "
+                    "returned without Recommendations.", MAX_ENDPOINTS, len(endpoints),
+                    len(endpoints) - MAX_ENDPOINTS, MAX_ENDPOINTS)
+    # A new dict per endpoint (the input is never modified); the other fields are the very same objects.
+    result: dict[str, Any] = dict(endpoints)
+    not_objects, odd_ids, missing = 0, 0, []
+    for endpoint_id, endpoint in itertools.islice(endpoints.items(), MAX_ENDPOINTS):
+        if not isinstance(endpoint, Mapping):
+            not_objects += 1
+            continue
+        item_ids, odd = _item_ids(endpoint.get("RecommendationItems"))
+        odd_ids += odd
+        missing += [i for i in item_ids if i and i not in catalog.encoded]
+        result[endpoint_id] = {**endpoint, "Recommendations": recommendation_attributes(item_ids, catalog,
+                                                                                        attributes)}
+    if not_objects:
+        log.warning("%d endpoint(s) are not JSON objects: returned as they came, without Recommendations.",
+                    not_objects)
+    if odd_ids:
+        log.warning("%d RecommendationItems value(s) are neither a string nor an integer item id (or not a list): "
+                    "given as empty strings.", odd_ids)
     if missing:
         log.warning("%d recommended item(s) not in the catalog, given as empty strings: %s",
                     len(missing), ", ".join(missing[:20]))
-    # A new dict per endpoint (the input is never modified); the other fields are the very same objects.
-    return {
-        endpoint_id: {**endpoint, "Recommendations": recommendation_attributes(
-            endpoint.get("RecommendationItems") or [], catalog, attributes)}
-        for endpoint_id, endpoint in endpoints.items()
-    }
+    return result
+
+
+def _item_ids(value: Any) -> tuple[list[str], int]:
+    """Return RecommendationItems as strings (an integer id as its digits) and how many entries were unusable.
+
+    An unusable entry becomes "", which no catalog has, so every attribute list stays aligned with the items.
+    """
+    if value is None:
+        return [], 0
+    if not isinstance(value, list):
+        return [], 1
+    ids, odd = [], 0
+    for item in value:
+        if isinstance(item, str):
+            ids.append(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            ids.append(str(item))
+        else:
+            ids.append("")
+            odd += 1
+    return ids, odd
 
 
 def attribute_names(raw: str | None) -> tuple[str, ...]:

@@ -93,21 +93,31 @@ class ConfiguredRecommenders:
                 f"Invalid request parameters. format: recommender {config.id} has no Attributes.",
                 errors={"format": ["attributes needs a recommender configuration with Attributes."]},
             )
-        result = self.base.recommend(query.user_id, query.num_results, started, query.options,
-                                     source=self.source_for(config))
+        source = self.source_for(config)
+        result = self.base.recommend(query.user_id, query.num_results, started, query.options, source=source)
         if query.format != "attributes":
             return result, self.presenter.render(result, query)
-        return self._attributes(config, query, result)
+        return self._attributes(config, query, result, source)
 
-    def _attributes(self, config: RecommenderConfig, query: Query, result: Result) -> tuple[Result, bytes]:
-        """Return the attribute form: the transformer Lambda's, or the catalog's when there is none or it fails."""
+    def _attributes(self, config: RecommenderConfig, query: Query, result: Result,
+                    source: GuardedRecommender) -> tuple[Result, bytes]:
+        """Return the attribute form: the transformer Lambda's (cached with the answer it was made from), or the
+        catalog's when there is none or it fails."""
         if config.transformer:
             endpoint_id = query.user_id or query.options.item_id or ""
+            cache = self.base.cache
+            # Only an answer callers may keep: a fallback's items are not the answer the key stands for.
+            key = self._transformer_key(config, query, source, endpoint_id) if result.max_age > 0 else None
+            cached = cache.get_attributes(key, result.item_ids) if key else None
+            if cached is not None:
+                return result, orjson.dumps(cached)
             try:
                 attributes = self.transformer.transform(config.transformer, endpoint_id, result.item_ids,
                                                         config.attributes)
                 if self._transformer_failing.pop(config.transformer, None) is not None:
                     log.warning("transformer %s answers again", config.transformer)
+                if key:
+                    cache.put_attributes(key, result.item_ids, attributes)
                 return result, orjson.dumps(attributes)
             except TransformerError as exc:
                 # Same shape from the catalog, marked as a fallback so nobody keeps it as the real answer.
@@ -121,6 +131,14 @@ class ConfiguredRecommenders:
                 log.exception("transformer call crashed; answering the attributes from the catalog")
                 result = dataclasses.replace(result, max_age=0, fallback_reason=TransformerError.code)
         return result, orjson.dumps(recommendation_attributes(result.item_ids, result.catalog, config.attributes))
+
+    def _transformer_key(self, config: RecommenderConfig, query: Query, source: GuardedRecommender,
+                         endpoint_id: str) -> str:
+        """Return the key of a transformer's attributes: the answer's key, the function, the attributes asked."""
+        assert config.transformer is not None
+        answer_key = self.base.answer_key(source, query.user_id, query.num_results, query.options)
+        return self.base.cache.key(f"transformer:{config.transformer}", endpoint_id,
+                                   {"answer": answer_key, "attributes": list(config.attributes)})
 
     def config(self, config_id: str) -> RecommenderConfig:
         """Return the configuration, read from the store at most once per refresh interval.

@@ -84,8 +84,7 @@ class RecommendationService:
         recommender = source or self.recommender
         deadline = (started or time.monotonic()) + self.budget_seconds
         catalog = self.current_catalog()
-        params = {"num_results": num_results, **options.cache_params()}
-        key = self.cache.key(recommender.key, user_id or "", params)
+        key = self.answer_key(recommender, user_id, num_results, options)
         cached = self.cache.get(key)
         if cached is not None and self.cache.is_fresh(cached):
             return self._result(catalog, cached.recommendation, num_results, "HIT", self.cache.max_age(cached),
@@ -109,6 +108,10 @@ class RecommendationService:
             self.recent.count(recommendation.item_ids)  # misses only: a hit stays a read, a join, a serialisation
         return self._result(catalog, recommendation, num_results, "MISS", self.cache.ttl, recommender.name)
 
+    def answer_key(self, recommender: GuardedRecommender, user_id: str | None, num_results: int,
+                   options: Options = NO_OPTIONS) -> str:
+        """Return the answer cache's key of this request to this recommender."""
+        return self.cache.key(recommender.key, user_id or "", {"num_results": num_results, **options.cache_params()})
 
     def _fallback(
         self,

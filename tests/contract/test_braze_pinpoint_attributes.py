@@ -22,7 +22,9 @@ CONFIGURATION = {
     "Name": "movies-email", "RecommendationsPerMessage": 3,
     "RecommendationProviderUri": "arn:aws:personalize:us-east-1:123456789012:campaign/movies",
     "RecommendationProviderRoleArn": "arn:aws:iam::123456789012:role/RecommendationsReader",
-    "Attributes": {"Title": "Title", "Category": "Category"},
+    # Attributes come with a transformer (the reference allows them only then); its Lambda cannot be reached
+    # here (AWS_ENDPOINT_URL_LAMBDA points at a closed port), so they come from the catalog.
+    "RecommendationTransformerUri": "pinpoint-transformer", "Attributes": {"Title": "Title", "Category": "Category"},
 }
 PINPOINT_STYLE = """\
 {% connected_content SERVICE/recommendations?user_id={{ user_id | url_param_escape }}&recommender=RECOMMENDER\
@@ -42,6 +44,7 @@ def pinpoint_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunico
     db = tmp_path_factory.mktemp("recommenders") / "recs.sqlite3"
     yield from run_service(tmp_path_factory, "pinpoint", ADMIN_API_KEYS=ADMIN_KEY, RECOMMENDER_DB_PATH=str(db),
                            CATALOG_EXTRA_FIELDS="category", AWS_ENDPOINT_URL_STS="http://127.0.0.1:9",
+                           AWS_ENDPOINT_URL_LAMBDA="http://127.0.0.1:9",
                            AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1")
 
 

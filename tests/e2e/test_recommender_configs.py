@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,12 +12,14 @@ from typing import Any
 import orjson
 import requests
 
-from tests.e2e.conftest import CAMPAIGN_ARN, WORKERS, get
+from tests.conftest import ROOT
+from tests.e2e.conftest import CAMPAIGN_ARN, WORKERS, free_port, get, service_env
+from tests.unit.test_import_pinpoint import IDS, SAVED_LISTING
 
 ADMIN_KEY = "e2e-admin-key-0123456789abcdef"
 BODY = {"Name": "e2e", "RecommendationProviderUri": CAMPAIGN_ARN,
         "RecommendationProviderRoleArn": "arn:aws:iam::123456789012:role/RecommendationsReader",
-        "RecommendationsPerMessage": 2}
+        "RecommendationsPerMessage": 2, "RecommendationsDisplayName": "Top picks"}
 
 
 def admin_get(url: str, request_id: str) -> requests.Response:
@@ -84,3 +88,27 @@ def test_what_crashed_the_admin_api_is_a_client_error_under_gunicorn(gunicorn_fa
         answer = requests.get(f"{url}?{query}", headers=headers, timeout=10)
         assert answer.status_code == 400 and set(answer.json()) == {"Message", "RequestID"}, query
     assert "Traceback" not in server.output()
+
+
+def test_flask_import_pinpoint_then_the_service_answers_the_original_ids(gunicorn_factory: Any, tmp_path: Path,
+                                                                          standin: Any) -> None:
+    """As the README says: `flask --app wsgi import-pinpoint FILE` from the repo root, twice, then serve."""
+    settings = {"ADMIN_API_KEYS": ADMIN_KEY, "RECOMMENDER_DB_PATH": str(tmp_path / "state" / "recs.sqlite3")}
+    listing = tmp_path / "recommenders.json"
+    listing.write_text(SAVED_LISTING, encoding="utf-8")
+    env = service_env(standin.url, free_port(), **settings)
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "import-pinpoint", str(listing)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    first, second = run(), run()
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines()[-1] == "created 2, unchanged 0, replaced 0, conflict 0, invalid 0"
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines()[-1] == "created 0, unchanged 2, replaced 0, conflict 0, invalid 0"
+
+    server = gunicorn_factory(**settings)
+    listed = orjson.loads(SAVED_LISTING)["ListRecommenderConfigurationsResponse"]["Item"]
+    for config_id, expected in zip(IDS, listed, strict=True):
+        assert admin_get(f"{server.url}/v1/recommenders/{config_id}", f"import-{config_id}").json() == expected

@@ -142,7 +142,8 @@ def test_the_app_keeps_configurations_in_dynamodb_when_told(make_app: Any, dummy
             TableName=TABLE, KeySchema=[{"AttributeName": "Id", "KeyType": "HASH"}],
             AttributeDefinitions=[{"AttributeName": "Id", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
         first = make_app(**settings).test_client()
-        created = first.post("/v1/recommenders", json=BODY, headers={"X-API-Key": key})
+        created = first.post("/v1/recommenders", json={**BODY, "RecommendationsDisplayName": "Picks"},
+                             headers={"X-API-Key": key})
         assert created.status_code == 201
         config_id = created.get_json()["Id"]
         item = boto3.client("dynamodb", region_name="us-east-1").get_item(TableName=TABLE, Key={"Id": {"S": config_id}})

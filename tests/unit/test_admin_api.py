@@ -25,7 +25,7 @@ OTHER_KEY = "other-key-0123456789abcdef"
 AUTH = {"X-API-Key": ADMIN_KEY}
 BODY = {"Name": "movies", "RecommendationProviderUri": "arn:aws:personalize:us-east-1:123456789012:campaign/movies",
         "RecommendationProviderRoleArn": "arn:aws:iam::123456789012:role/PinpointRecommendations",
-        "RecommendationsPerMessage": 3}
+        "RecommendationsPerMessage": 3, "RecommendationsDisplayName": "Top movies"}
 
 
 @pytest.fixture
@@ -150,10 +150,27 @@ def test_other_methods_are_a_405_in_the_same_shape(admin: FlaskClient, method: s
     assert "GET" in response.headers["Allow"]
 
 
-def test_options_answers_without_a_key(admin: FlaskClient) -> None:
-    response = admin.options("/v1/recommenders")
+@pytest.mark.parametrize(("path", "allowed"), [("/v1/recommenders", ["GET", "POST", "OPTIONS"]),
+                                               ("/v1/recommenders/abc", ["GET", "PUT", "DELETE", "OPTIONS"])])
+def test_options_answers_without_a_key_and_advertises_only_what_answers(admin: FlaskClient, path: str,
+                                                                        allowed: list[str]) -> None:
+    response = admin.options(path)
     assert response.status_code == 200
-    assert {"GET", "POST"} <= set(response.headers["Allow"].split(", "))
+    assert response.headers["Allow"].split(", ") == allowed
+    for method in {"GET", "POST", "PUT", "PATCH", "DELETE"} - set(allowed):  # each of the others is a 405
+        assert admin.open(path, method=method, headers=AUTH).status_code == 405
+
+
+def test_attributes_without_a_transformer_are_a_400_naming_attributes(admin: FlaskClient) -> None:
+    response = admin.post("/v1/recommenders", json={**BODY, "Attributes": {"Title": "Title"}}, headers=AUTH)
+    assert_message_body(response, 400, "Attributes", "RecommendationTransformerUri")
+    without_name = {k: v for k, v in BODY.items() if k != "RecommendationsDisplayName"}
+    assert_message_body(admin.post("/v1/recommenders", json=without_name, headers=AUTH), 400,
+                        "RecommendationsDisplayName")
+    with_transformer = {**without_name, "RecommendationTransformerUri": "pinpoint-transformer",
+                        "Attributes": {"Title": "Title"}}
+    assert admin.post("/v1/recommenders", json=with_transformer, headers=AUTH).status_code == 201
+    assert len(admin.get("/v1/recommenders", headers=AUTH).get_json()["Item"]) == 1
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-API-Key": OTHER_KEY}, {"X-API-Key": ADMIN_KEY[:-1]}])

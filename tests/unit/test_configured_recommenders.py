@@ -222,7 +222,8 @@ def test_a_deleted_configuration_is_unknown_at_once_in_this_process(make_app: Ca
     client = app.test_client()
     config_id = "0" * 32
     assert client.get(f"/recommendations?user_id=u1&recommender={config_id}").status_code == 404
-    record = client.post("/v1/recommenders", json=BASE, headers={"X-API-Key": key}).get_json()
+    record = client.post("/v1/recommenders", json={**BASE, "RecommendationsDisplayName": "Picks"},
+                         headers={"X-API-Key": key}).get_json()
     components(app).configured.config(record["Id"])
     client.delete(f"/v1/recommenders/{record['Id']}", headers={"X-API-Key": key})
     assert client.get(f"/recommendations?user_id=u1&recommender={record['Id']}").status_code == 404
@@ -480,3 +481,72 @@ def test_an_unusable_store_is_a_503_without_its_path(make_app: Callable[..., Fla
     body = response.get_data(as_text=True)
     assert str(tmp_path) not in body and "sqlite3" not in body
     assert str(db_path) in caplog.text  # the operator finds it in the log
+
+
+# --------------------------------------------------------------------------------------------------
+# The transformer's attributes are cached with the answer they were made from (issue 16, item 5).
+
+
+def lambda_attributes(title: str) -> dict[str, Any]:
+    return lambda_answer({"u9": {"Recommendations": {"Title": [title, "B", "C"], "Blurb": ["b", "b", "b"]}}})
+
+
+def test_a_repeated_attributes_request_within_the_ttl_does_not_invoke_the_lambda(
+    serving: FlaskClient, cache_dir: str, store: CountingStore, runtime: tuple[Any, Stubber],
+    lambda_stub: tuple[Any, Stubber],
+) -> None:
+    config_id = with_transformer(store, runtime)  # Personalize answers once; the second request is a HIT
+    lambda_stub[1].add_response("invoke", lambda_attributes("A"))  # and the Lambda once: a second call is unstubbed
+    url = f"/recommendations?user_id=u9&recommender={config_id}&format=attributes"
+    first, second = serving.get(url), serving.get(url)
+    expected = {"Title": ["A", "B", "C"], "Blurb": ["b", "b", "b"]}
+    assert first.get_json() == second.get_json() == expected
+    assert "X-Fallback-Reason" not in second.headers
+    assert second.headers["X-Cache"] == "HIT"
+    lambda_stub[1].assert_no_pending_responses()
+    runtime[1].assert_no_pending_responses()
+    # Kept as data (JSON) in the answer cache's folder, next to the Personalize answer, never as a pickle.
+    stored = [f.read_bytes()[4:] for f in Path(cache_dir).iterdir()]  # after FileSystemCache's expiry header
+    entries = [orjson.loads(data) for data in stored if data.startswith(b"{")]  # not the entry count
+    assert sorted(sorted(e) for e in entries) == [["at", "attributes", "made_from"], ["at", "items", "rid"]]
+    assert [e["attributes"] for e in entries if "attributes" in e] == [expected]
+
+
+def test_a_transformer_fallback_is_never_cached(serving: FlaskClient, store: CountingStore,
+                                               runtime: tuple[Any, Stubber],
+                                               lambda_stub: tuple[Any, Stubber]) -> None:
+    config_id = with_transformer(store, runtime)
+    lambda_stub[1].add_response("invoke", lambda_answer({"errorMessage": "boom"}, "Unhandled"))
+    lambda_stub[1].add_response("invoke", lambda_attributes("A"))
+    url = f"/recommendations?user_id=u9&recommender={config_id}&format=attributes"
+    assert serving.get(url).headers["X-Fallback-Reason"] == "transformer_failed"
+    again = serving.get(url)  # the Lambda answers again: asked again, not the catalog's fallback from the cache
+    assert again.get_json()["Title"] == ["A", "B", "C"] and "X-Fallback-Reason" not in again.headers
+    lambda_stub[1].assert_no_pending_responses()
+
+
+def test_cached_attributes_serve_only_the_item_ids_they_were_made_from_within_the_ttl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cachelib import SimpleCache
+
+    from app.caching import answers
+
+    cache = answers.AnswerCache(SimpleCache(), ttl=60)
+    attributes = {"Title": ["A", "B"]}
+    cache.put_attributes("k", ["1000", "1037"], attributes)
+    assert cache.get_attributes("k", ["1000", "1037"]) == attributes
+    assert cache.get_attributes("k", ["1037", "1000"]) is None  # Personalize's answer changed: the Lambda is asked
+    assert cache.get_attributes("other", ["1000", "1037"]) is None
+    later = answers.time.time() + 61
+    monkeypatch.setattr(answers.time, "time", lambda: later)
+    assert cache.get_attributes("k", ["1000", "1037"]) is None  # the answer cache's TTL
+
+
+@pytest.mark.parametrize("entry", [b"garbage", b'{"items": ["1"], "rid": null, "at": 1}', b"[]",
+                                   b'{"made_from": ["1"], "attributes": {"Title": [1]}, "at": 1}',
+                                   b'{"made_from": "1", "attributes": {}, "at": 1}'])
+def test_a_cache_entry_that_is_not_attributes_is_a_miss(entry: bytes) -> None:
+    from app.caching.answers import decode_attributes
+
+    assert decode_attributes(entry) is None

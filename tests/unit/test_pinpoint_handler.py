@@ -110,13 +110,42 @@ def test_an_item_the_catalog_lacks_keeps_its_place_as_an_empty_string(handler_fo
     assert output["e2"] == {"ChannelType": "SMS", "Recommendations": {"Title": [], "Genre": []}}
 
 
-def test_fifty_endpoints_at_most(handler_for: Callable[..., Any]) -> None:
+def test_past_fifty_endpoints_the_rest_come_back_as_they_came(handler_for: Callable[..., Any],
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     handler = handler_for()
-    fifty = {"Endpoints": {f"e{i}": {"RecommendationItems": ["1210"]} for i in range(50)}}
-    assert len(handler(fifty, None)) == 50
-    fifty["Endpoints"]["e50"] = {"RecommendationItems": ["1210"]}
-    with pytest.raises(ValueError, match="at most 50"):
-        handler(fifty, None)
+    event = {"Endpoints": {f"e{i}": {"RecommendationItems": ["1210"]} for i in range(51)}}
+    output = handler(event, None)  # Pinpoint never sends 51; whoever did still gets the first 50 answered
+    assert list(output) == [f"e{i}" for i in range(51)]
+    assert all(output[f"e{i}"]["Recommendations"] == {"Title": ["Hanna"], "Genre": ["Action"]} for i in range(50))
+    assert output["e50"] == {"RecommendationItems": ["1210"]}
+    assert "got 51: the 1 after the first 50 are returned without Recommendations" in caplog.text
+
+
+def test_an_endpoint_that_is_not_an_object_is_left_as_it_is(handler_for: Callable[..., Any],
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    event = {"Endpoints": {"e1": "not an endpoint", "e2": None, "e3": {"RecommendationItems": ["1815"]}}}
+    output = handler_for()(event, None)
+    assert output == {"e1": "not an endpoint", "e2": None,
+                      "e3": {"RecommendationItems": ["1815"], "Recommendations": {"Title": ["Fleabag"],
+                                                                                  "Genre": ["Comedy"]}}}
+    assert "2 endpoint(s) are not JSON objects" in caplog.text
+
+
+def test_integer_item_ids_are_read_as_strings(handler_for: Callable[..., Any]) -> None:
+    event = {"Endpoints": {"e1": {"RecommendationItems": [1815, "2009", 404]}}}
+    output = handler_for()(event, None)
+    assert output["e1"]["Recommendations"] == {"Title": ["Fleabag", "Late Night", ""], "Genre": ["Comedy", "Comedy", ""]}
+    assert output["e1"]["RecommendationItems"] == [1815, "2009", 404]  # the event's own fields stay as they came
+
+
+@pytest.mark.parametrize(("items", "titles"), [([None, "1815", 1.5, True, {"id": "1"}], ["", "Fleabag", "", "", ""]),
+                                               ("1815", []), ({"1815": 1}, [])])
+def test_other_item_ids_keep_their_place_as_empty_strings(handler_for: Callable[..., Any],
+                                                          caplog: pytest.LogCaptureFixture, items: Any,
+                                                          titles: list[str]) -> None:
+    output = handler_for()({"Endpoints": {"e1": {"RecommendationItems": items}}}, None)
+    assert output["e1"]["Recommendations"]["Title"] == titles
+    assert "neither a string nor an integer item id" in caplog.text
 
 
 @pytest.mark.parametrize("event", [{}, {"Endpoints": []}, {"Endpoints": None}, []])

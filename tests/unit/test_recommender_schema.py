@@ -7,6 +7,7 @@ import pytest
 from marshmallow import ValidationError
 
 from app.pinpoint.configs import (
+    RecommenderConfig,
     RecommenderConfigurationSchema,
     new_record,
     replaced_record,
@@ -14,12 +15,18 @@ from app.pinpoint.configs import (
 
 CAMPAIGN = "arn:aws:personalize:us-east-1:123456789012:campaign/movies"
 ROLE = "arn:aws:iam::123456789012:role/PinpointRecommendations"
-BASE = {"RecommendationProviderUri": CAMPAIGN, "RecommendationProviderRoleArn": ROLE}
+REQUIRED = {"RecommendationProviderUri": CAMPAIGN, "RecommendationProviderRoleArn": ROLE}
+BASE = {**REQUIRED, "RecommendationsDisplayName": "Top picks"}  # required without a transformer
 WITH_TRANSFORMER = {"RecommendationTransformerUri": "my-transformer", "Attributes": {"Title": "Title"}}
 
 
 def load(**fields: Any) -> dict[str, Any]:
     return RecommenderConfigurationSchema().load({**BASE, **fields})
+
+
+def with_its_transformer(field: str, value: Any) -> dict[str, Any]:
+    """Return the field, with a transformer when it is Attributes (which the reference allows only with one)."""
+    return {"RecommendationTransformerUri": "my-transformer", field: value} if field == "Attributes" else {field: value}
 
 
 ACCEPTED = [
@@ -92,13 +99,13 @@ REJECTED = [
 
 @pytest.mark.parametrize(("field", "value"), ACCEPTED)
 def test_accepted_at_the_boundary(field: str, value: Any) -> None:
-    assert load(**{field: value})[field] == value
+    assert load(**with_its_transformer(field, value))[field] == value
 
 
 @pytest.mark.parametrize(("field", "value"), REJECTED)
 def test_rejected_at_the_boundary(field: str, value: Any) -> None:
     with pytest.raises(ValidationError) as info:
-        load(**{field: value})
+        load(**with_its_transformer(field, value))
     assert field in info.value.normalized_messages()
 
 
@@ -130,8 +137,31 @@ def test_attributes_are_required_with_a_transformer() -> None:
     assert load(**WITH_TRANSFORMER)["Attributes"] == {"Title": "Title"}
 
 
-def test_attributes_without_a_transformer_are_allowed() -> None:
-    assert load(Attributes={"Title": "Title"})["Attributes"] == {"Title": "Title"}
+def test_attributes_without_a_transformer_are_a_400_naming_attributes() -> None:
+    """The reference: Attributes are "required if the configuration invokes an AWS Lambda function
+    (RecommendationTransformerUri) ... Otherwise, don't include this object in your request"."""
+    with pytest.raises(ValidationError) as info:
+        load(Attributes={"Title": "Title"})
+    assert list(info.value.normalized_messages()) == ["Attributes"]
+    assert "RecommendationTransformerUri" in info.value.normalized_messages()["Attributes"][0]
+
+
+def test_the_display_name_is_required_without_a_transformer() -> None:
+    """The reference: RecommendationsDisplayName "is required if the configuration doesn't invoke an AWS Lambda
+    function (RecommendationTransformerUri)"; with one it may be left out."""
+    with pytest.raises(ValidationError) as info:
+        RecommenderConfigurationSchema().load(REQUIRED)
+    assert list(info.value.normalized_messages()) == ["RecommendationsDisplayName"]
+    assert "RecommendationsDisplayName" not in RecommenderConfigurationSchema().load({**REQUIRED, **WITH_TRANSFORMER})
+    with_both = {**REQUIRED, **WITH_TRANSFORMER, "RecommendationsDisplayName": "Picks"}
+    assert RecommenderConfigurationSchema().load(with_both)["RecommendationsDisplayName"] == "Picks"
+
+
+def test_a_record_stored_before_the_rules_still_serves() -> None:
+    """Validation is on write: an older record without a display name and with catalog Attributes reads as before."""
+    record = new_record(REQUIRED) | {"Attributes": {"Title": "Title"}}
+    config = RecommenderConfig.from_record(record)
+    assert (config.attributes, config.transformer) == (("Title",), None)
 
 
 def test_an_unknown_field_is_rejected() -> None:

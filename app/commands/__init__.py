@@ -1,0 +1,11 @@
+"""Operator commands run with `flask --app wsgi COMMAND` (README): registered on the app by create_app."""
+from __future__ import annotations
+
+from flask import Flask
+
+from app.commands.import_pinpoint import import_pinpoint
+
+
+def register_commands(app: Flask) -> None:
+    """Add the operator commands to `flask --app wsgi`."""
+    app.cli.add_command(import_pinpoint)
