@@ -21,7 +21,7 @@ KEY_ID = "AKIAE2EADMINKEY00001"
 SECRET = "e2e-secret-access-key-0123456789abcdef"
 CONFIGURATION = {"Name": "moved-from-pinpoint", "RecommendationProviderUri": CAMPAIGN_ARN,
                  "RecommendationProviderRoleArn": "arn:aws:iam::123456789012:role/RecommendationsReader",
-                 "RecommendationsPerMessage": 3}
+                 "RecommendationsPerMessage": 3, "RecommendationsDisplayName": "Top picks"}
 
 
 @pytest.fixture
