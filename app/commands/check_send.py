@@ -255,8 +255,9 @@ def check_send(file: Path, num_results: str | None, filter_name: str | None, fil
     except (ServiceError, FileError) as exc:
         raise click.ClickException(f"The service cannot answer: {exc}") from None
     live = base.recommender is not None or parts.service.recommender.name != BatchRecommender.name
+    cap = tps if live else None  # a batch output in memory costs nothing per call
     tally = Tally()
-    with Pace(tps if live else None) as pace, _report_file(report) as write, \
+    with Pace(cap) as pace, _report_file(report) as write, \
             Progress("check-send", len(users.ids)) as progress:
         for user_id in users.ids:
             pace.wait()
@@ -271,7 +272,7 @@ def check_send(file: Path, num_results: str | None, filter_name: str | None, fil
             tally.add(outcome, ms)
             write(user_id, outcome, ms)
             progress.advance()
-    for line in summary(users, tally, tps if live else None):
+    for line in summary(users, tally, cap):
         click.echo(line)
     if max_fallback is not None and not _passes(tally, max_fallback):
         click.get_current_context().exit(1)
@@ -309,7 +310,7 @@ def _report_file(path: Path | None) -> Iterator[Callable[[str, Outcome, float], 
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)  # a file that was there keeps its mode through O_CREAT
     except OSError as exc:
-        raise click.FileError(str(path), hint=exc.strerror) from None
+        raise click.BadParameter(f"cannot write {path}: {exc.strerror}.", param_hint="--report") from None
     with open(fd, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(REPORT_COLUMNS)

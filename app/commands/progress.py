@@ -8,7 +8,15 @@ from types import TracebackType
 from typing import TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.progress import Progress as RichProgress
 from rich.text import Text
 
@@ -48,7 +56,7 @@ class Progress:
         self._clock = clock
         self._started = self._last_line = clock()
         self._bar: RichProgress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> Progress:
         self._started = self._last_line = self._clock()
@@ -64,8 +72,8 @@ class Progress:
     def advance(self, count: int = 1) -> None:
         """Count units done; away from a terminal, write a line when the last one is line_seconds old."""
         self.done += count
-        if self._bar is not None:
-            self._bar.advance(self._task, count)  # type: ignore[arg-type]
+        if self._bar is not None and self._task is not None:
+            self._bar.advance(self._task, count)
             return
         now = self._clock()
         if now - self._last_line >= self.line_seconds:
