@@ -1,9 +1,9 @@
 """`flask --app wsgi check-send FILE`: what each recipient of a send would get, asked of the service's own source.
 
-Each user id goes through the request path's own code (the query schema, RecommendationService, a stored
-recommender configuration), in probe mode: the source is asked even when the cache holds a fresh answer, and
-nothing is written back, so a check neither warms the cache for the send with answers that will have expired
-nor is fooled by answers cached earlier (README, "Check before you send").
+Each user id goes through the request path's own code (the query schema, then views.answer, as the route and
+/preview do), in probe mode: the source is asked even when the cache holds a fresh answer, and nothing is
+written back, so a check neither warms the cache for the send with answers that will have expired nor is
+fooled by answers cached earlier (README, "Check before you send").
 """
 from __future__ import annotations
 
@@ -28,11 +28,12 @@ from werkzeug.datastructures import MultiDict
 from app.catalog.files import FileError
 from app.commands.pacing import Pace
 from app.commands.progress import Progress
-from app.components import Components, components
+from app.components import components
 from app.errors import InvalidParameterError, ServiceError
 from app.pinpoint.serving import UnknownRecommenderError
-from app.recommendations.query import Query, QueryParser
+from app.recommendations.query import QueryParser
 from app.recommendations.service import Result
+from app.recommendations.views import answer
 from app.settings import ConfigError, fraction
 from app.sources.batch import BatchRecommender
 
@@ -183,13 +184,6 @@ class Tally:
         self.latencies_ms.append(ms)
 
 
-def ask(parts: Components, query: Query, started: float) -> Result:
-    """Return what GET /recommendations would answer the query, asking the source afresh and keeping nothing."""
-    if query.recommender is not None:
-        return parts.configured.answer(query, started, probe=True)[0]
-    return parts.service.recommend(query.user_id, query.num_results, started, query.options, probe=True)
-
-
 class Share(click.ParamType):
     """A share of recipients: a fraction (0.05) or a percentage (5%)."""
 
@@ -263,7 +257,8 @@ def check_send(file: Path, num_results: str | None, filter_name: str | None, fil
             pace.wait()
             started = time.monotonic()
             try:
-                outcome = Outcome.of(ask(parts, dataclasses.replace(base, user_id=user_id), started))
+                result, _ = answer(parts, dataclasses.replace(base, user_id=user_id), started, probe=True)
+                outcome = Outcome.of(result)
             except UnknownRecommenderError as exc:
                 raise click.UsageError(exc.message) from None
             except ServiceError as exc:
