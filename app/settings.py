@@ -205,7 +205,7 @@ def _bounded(name: str, raw: str, kind: type[int | float], low: float, high: flo
     return value
 
 
-def _fraction(name: str, raw: Any, default: float) -> float:
+def fraction(name: str, raw: Any, default: float) -> float:
     """Read a share as a fraction (0.5) or a percentage (50%), returning the fraction."""
     if raw is None:
         return default
@@ -371,7 +371,7 @@ class Settings:
             cache_local_seconds=conv("cache_local_seconds", 0, 3600),
             cache_local_items=conv("cache_local_items", 0, 10**7),
             catalog_refresh_seconds=conv("catalog_refresh_seconds", 0.1, 86400),
-            catalog_max_shrink=_fraction("CATALOG_MAX_SHRINK", raw.get("catalog_max_shrink"), 0.5),
+            catalog_max_shrink=fraction("CATALOG_MAX_SHRINK", raw.get("catalog_max_shrink"), 0.5),
             personalize_connect_timeout=conv("personalize_connect_timeout", 0.01, 10),
             personalize_read_timeout=conv("personalize_read_timeout", 0.01, 10),
             personalize_max_attempts=conv("personalize_max_attempts", 1, 5),

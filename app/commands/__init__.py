@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from flask import Flask
 
+from app.commands.check_send import check_send
 from app.commands.import_pinpoint import import_pinpoint
 
 
 def register_commands(app: Flask) -> None:
     """Add the operator commands to `flask --app wsgi`."""
+    app.cli.add_command(check_send)
     app.cli.add_command(import_pinpoint)

@@ -79,8 +79,8 @@ class ConfiguredRecommenders:
         self._in_background = in_background or _thread
         self._transformer_failing: dict[str, str] = {}  # function -> error code, to log once per change
 
-    def answer(self, query: Query, started: float) -> tuple[Result, bytes]:
-        """Return the result and the response body for a request with ?recommender=ID."""
+    def answer(self, query: Query, started: float, probe: bool = False) -> tuple[Result, bytes]:
+        """Return the result and the response body for a request with ?recommender=ID (probe: see recommend)."""
         assert query.recommender is not None
         if not self.enabled:
             raise UnknownRecommenderError("Recommender configurations are off on this service (the configuration "
@@ -94,7 +94,8 @@ class ConfiguredRecommenders:
                 errors={"format": ["attributes needs a recommender configuration with Attributes."]},
             )
         source = self.source_for(config)
-        result = self.base.recommend(query.user_id, query.num_results, started, query.options, source=source)
+        result = self.base.recommend(query.user_id, query.num_results, started, query.options, source=source,
+                                     probe=probe)
         if query.format != "attributes":
             return result, self.presenter.render(result, query)
         return self._attributes(config, query, result, source)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from app.caching.answers import AnswerCache
@@ -42,6 +42,7 @@ class Result:
     source: str  # the primary source's name, or stale / batch / fallback
     backfilled: int = 0
     fallback_reason: str | None = None
+    answered: Sequence[str] = ()  # the answer's ids before the catalog join (check-send counts the unknown ones)
 
     @property
     def items(self) -> list[Item]:
@@ -75,26 +76,33 @@ class RecommendationService:
 
     def recommend(
         self, user_id: str | None, num_results: int, started: float | None = None, options: Options = NO_OPTIONS,
-        source: GuardedRecommender | None = None,
+        source: GuardedRecommender | None = None, probe: bool = False,
     ) -> Result:
         """Return up to num_results catalog items for the user, in the source's order, backfilled if short.
 
         source: a stored configuration's recommender instead of the default one (same caches and fallbacks).
+        probe: a check of what a recipient would get (check-send): the source is asked even when a fresh answer
+        is cached, and nothing is kept (no cache write, no recently recommended counts), so a check neither
+        warms the cache for the send with answers that expire nor is fooled by it; a cached answer still
+        stands in, as stale, when the source fails, as it would during the send.
         """
         recommender = source or self.recommender
         deadline = (started or time.monotonic()) + self.budget_seconds
         catalog = self.current_catalog()
         key = self.answer_key(recommender, user_id, num_results, options)
         cached = self.cache.get(key)
-        if cached is not None and self.cache.is_fresh(cached):
+        if cached is not None and self.cache.is_fresh(cached) and not probe:
             return self._result(catalog, cached.recommendation, num_results, "HIT", self.cache.max_age(cached),
                                 recommender.name)
+
+        def fetch(remaining: float) -> Recommendation:
+            return recommender.recommend(user_id, num_results, timeout=remaining, options=options)
+
         try:
-            recommendation = self.flights.run(
-                key,
-                lambda remaining: recommender.recommend(user_id, num_results, timeout=remaining, options=options),
-                deadline,
-            )
+            if probe:  # neither the single-flight lock nor its cache write: one check asks once per user
+                recommendation = fetch(deadline - time.monotonic())
+            else:
+                recommendation = self.flights.run(key, fetch, deadline)
         except InvalidParameterError:
             raise  # Personalize rejected the request itself: the caller must see it, not a fallback
         except ServiceError as exc:
@@ -104,7 +112,7 @@ class RecommendationService:
             log.exception("recommendation source crashed; serving the fallback")
             return self._fallback(catalog, cached.recommendation if cached else None, user_id, num_results,
                                   UpstreamError("The recommendation source failed.", code="internal_error"), options)
-        if self.recent is not None:
+        if self.recent is not None and not probe:
             self.recent.count(recommendation.item_ids)  # misses only: a hit stays a read, a join, a serialisation
         return self._result(catalog, recommendation, num_results, "MISS", self.cache.ttl, recommender.name)
 
@@ -163,7 +171,7 @@ class RecommendationService:
                 # popular one. Say so, in the header and the fallback metrics, rather than pass it off.
                 fallback_reason = "no_known_items"
         return Result(item_ids, catalog, recommendation.recommendation_id, cache, max_age, source,
-                      len(item_ids) - known, fallback_reason)
+                      len(item_ids) - known, fallback_reason, recommendation.item_ids)
 
     def _backfill(self, catalog: Catalog, item_ids: list[str], num_results: int, last_resort: bool) -> list[str]:
         """Fill a short list up to num_results from the popular items, skipping ones already in it."""

@@ -29,15 +29,16 @@ def recommendations() -> Response:
     return response
 
 
-def answer(parts: Components, query: Query, started: float) -> tuple[Result, Response]:
+def answer(parts: Components, query: Query, started: float, probe: bool = False) -> tuple[Result, Response]:
     """Answer a validated query as GET /recommendations does: the Result and the response (body and headers).
 
-    The route and the QA page (/preview) both call this, so the page shows exactly what Braze would get.
+    The route, the QA page (/preview) and check-send all call this, so they show exactly what Braze would get.
+    probe (check-send): ask the source afresh and keep nothing (RecommendationService.recommend).
     """
     if query.recommender is not None:  # a stored configuration (/v1/recommenders): its ARN, role and count
-        result, body = parts.configured.answer(query, started)
+        result, body = parts.configured.answer(query, started, probe)
     else:
-        result = parts.service.recommend(query.user_id, query.num_results, started, query.options)
+        result = parts.service.recommend(query.user_id, query.num_results, started, query.options, probe=probe)
         body = parts.presenter.render(result, query)
     response = Response(body, mimetype="application/json")
     # A new response has none of these headers, so add() (set() first looks for one to replace).
