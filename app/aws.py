@@ -66,6 +66,8 @@ class Timeouts:
 FILES = Timeouts(connect=5, read=30, attempts=3, pool=2)
 CONFIGURATIONS = Timeouts(connect=0.3, read=0.5, attempts=2, pool=4)
 ROLES = Timeouts(connect=1, read=2, attempts=2, pool=2)
+# PutEvents: a caller of POST /events waits for it (or for the queue), so short; failures are queued and retried.
+EVENTS = Timeouts(connect=0.5, read=1, attempts=2, pool=10)
 
 
 def region_of(arn: str) -> str | None:
@@ -75,8 +77,8 @@ def region_of(arn: str) -> str | None:
 
 
 class AwsClients:
-    """Make and keep the service's boto3 clients: Personalize Runtime (per role and region), S3, DynamoDB,
-    STS and Lambda, each with the timeouts it needs."""
+    """Make and keep the service's boto3 clients: Personalize Runtime (per role and region), Personalize
+    Events, S3, DynamoDB, STS and Lambda, each with the timeouts it needs."""
 
     def __init__(self, region: str | None, personalize: Timeouts = ROLES, lambda_timeout: float = 0.5,
                  session_factory: Callable[[], Any] = boto3.session.Session) -> None:
@@ -153,6 +155,10 @@ class AwsClients:
         """Return a personalize-runtime client for the role in region, configured for the request budget."""
         return self._client("personalize-runtime", self.personalize_timeouts.config(), role_arn, region,
                             prepare=refuse_late_retries)
+
+    def personalize_events(self) -> Any:
+        """Return the personalize-events client of PutEvents (AWS_ENDPOINT_URL_PERSONALIZE_EVENTS overrides it)."""
+        return self._client("personalize-events", EVENTS.config())
 
     def s3(self) -> Any:
         """Return the S3 client that reads the catalog, batch and popular files."""
