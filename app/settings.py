@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import os
 import re
 import string
@@ -134,17 +135,23 @@ def _filter_arn(variable: str, arn: str | None) -> str | None:
     return arn
 
 
+def _pairs(raw: Any, variable: str, form: str) -> list[tuple[str, str]]:
+    """Split a comma-separated list of NAME=VALUE pairs, refusing an entry without '=' by the setting's form."""
+    pairs = []
+    for entry in _list(raw):
+        name, sep, value = entry.partition("=")
+        if not sep:
+            raise ConfigError(f"{variable}: {entry!r} is not {form}.")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
 def _filters(raw: Any) -> dict[str, str]:
     """Parse FILTERS, NAME=FILTER_ARN pairs separated by commas, into {name: arn}."""
     if isinstance(raw, dict):
         pairs = list(raw.items())
     else:
-        pairs = []
-        for entry in _list(raw):
-            name, sep, arn = entry.partition("=")
-            if not sep:
-                raise ConfigError(f"FILTERS: {entry!r} is not NAME=FILTER_ARN.")
-            pairs.append((name.strip(), arn.strip()))
+        pairs = _pairs(raw, "FILTERS", "NAME=FILTER_ARN")
     filters = {}
     for name, arn in pairs:
         if not NAME_PATTERN.match(name):
@@ -177,6 +184,39 @@ def _link_query(query: str | None) -> str | None:
         raise ConfigError(f"LINK_QUERY: placeholder(s) {', '.join(bad)} must be lowercase names other than "
                           f"{', '.join(sorted(RESERVED_PARAMETERS))}.")
     return query
+
+
+# Braze Currents event types sent to Personalize, and the eventType each becomes (CURRENTS_EVENT_TYPES adds to or
+# changes these; `TYPE=` with nothing after the = turns one off).
+CURRENTS_DEFAULT_EVENT_TYPES = {"users.messages.email.Click": "click", "users.behaviors.Purchase": "purchase"}
+CURRENTS_TYPE_PATTERN = re.compile(r"^users(\.[A-Za-z_]+)+$")
+
+
+def _currents_event_types(raw: Any) -> dict[str, str]:
+    """Parse CURRENTS_EVENT_TYPES (TYPE=eventType pairs, comma-separated, or a JSON object) over the defaults."""
+    if isinstance(raw, dict):
+        pairs = list(raw.items())
+    elif str(raw or "").strip().startswith(("{", "[")):
+        try:
+            loaded = json.loads(str(raw))
+        except ValueError as exc:
+            raise ConfigError(f"CURRENTS_EVENT_TYPES is not valid JSON ({exc}); give a JSON object "
+                              '{"users.messages.contentcard.Click": "click"} or TYPE=eventType pairs.') from None
+        if not isinstance(loaded, dict):
+            raise ConfigError("CURRENTS_EVENT_TYPES must be a JSON object of Currents type to Personalize eventType.")
+        pairs = list(loaded.items())
+    else:
+        pairs = _pairs(raw, "CURRENTS_EVENT_TYPES", "TYPE=eventType, e.g. users.messages.contentcard.Click=click")
+    mapping = dict(CURRENTS_DEFAULT_EVENT_TYPES)
+    for name, event_type in pairs:
+        if not isinstance(name, str) or not CURRENTS_TYPE_PATTERN.match(name):
+            raise ConfigError(f"CURRENTS_EVENT_TYPES: {name!r} is not a Braze Currents event type, such as "
+                              "users.messages.email.Click.")
+        if not isinstance(event_type, str) or len(event_type) > 256:
+            raise ConfigError(f"CURRENTS_EVENT_TYPES: the eventType for {name} must be text of at most 256 "
+                              "characters (empty turns the type off).")
+        mapping[name] = event_type.strip()
+    return {name: event_type for name, event_type in mapping.items() if event_type}
 
 
 def _user_id_key(key: str | None) -> str | None:
@@ -291,6 +331,11 @@ class Settings:
     recommender_table: str | None = None
     recommender_refresh_seconds: float = 30.0
     transformer_timeout_ms: int = 500
+    # Events back to Personalize (PutEvents) and what ingest-currents sends from Braze Currents.
+    personalize_tracking_id: str | None = None
+    put_events_max_tps: float = 1000.0
+    currents_event_types: dict[str, str] = field(default_factory=lambda: dict(CURRENTS_DEFAULT_EVENT_TYPES))
+    currents_dedup_days: int = 7  # how long sent Currents event ids are remembered, against a late re-delivery
 
     @property
     def admin_api_on(self) -> bool:
@@ -409,6 +454,10 @@ class Settings:
             cache_dir=_text(raw.get("cache_dir")) or "",
             recommender_db_path=_text(raw.get("recommender_db_path")) or "",
             serve_recommenders=_flag("SERVE_RECOMMENDERS", raw.get("serve_recommenders")),
+            personalize_tracking_id=_text(raw.get("personalize_tracking_id")),
+            put_events_max_tps=conv("put_events_max_tps", 0.1, 100_000),
+            currents_event_types=_currents_event_types(raw.get("currents_event_types")),
+            currents_dedup_days=conv("currents_dedup_days", 1, 365),
         )
         if settings.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}.")
