@@ -224,6 +224,12 @@ class Ingest:
         return sum(t.rejected for t in self.tallies.values())
 
 
+def files_to_do(ledger: Ledger, files: Sequence[CurrentsFile]) -> list[CurrentsFile]:
+    """Return the files no run has finished, in order."""
+    done = ledger.done(f.key for f in files)
+    return [f for f in files if f.key not in done]
+
+
 def build_ledger(settings: Settings) -> Ledger:
     """Return the ledger: Redis when CACHE_REDIS_URL is set (every host sees it), else SQLite in DATA_DIR."""
     if settings.cache_redis_url:
@@ -262,11 +268,25 @@ def ingest_currents(uri: str, dry_run: bool, processes: int, threads: int) -> No
                                "dataset group's event tracker (or use --dry-run).")
     ledger = build_ledger(settings)
     try:
+        ingest, todo = _ingest(parts, ledger, uri, dry_run, processes, threads)
+    finally:
+        ledger.close()
+    for name, tally in sorted(ingest.tallies.items()):
+        click.echo(tally.line(name, dry_run))
+    exit_code = _outcome(ingest, todo, dry_run)
+    if exit_code:
+        click.get_current_context().exit(exit_code)
+
+
+def _ingest(parts: Any, ledger: Ledger, uri: str, dry_run: bool, processes: int,
+            threads: int) -> tuple[Ingest, list[CurrentsFile]]:
+    """List the files, leave out those done, and ingest the rest; return the run and the files it was given."""
+    settings = parts.settings
+    try:
         files = list_files(uri, parts.aws.s3)
     except CurrentsError as exc:
         raise click.UsageError(str(exc)) from None
-    done = ledger.done(f.key for f in files)
-    todo = [f for f in files if f.key not in done]
+    todo = files_to_do(ledger, files)
     click.echo(f"{len(files):,} Currents files under {uri}: {len(files) - len(todo):,} done before, "
                f"{len(todo):,} to read.", err=True)
 
@@ -286,11 +306,7 @@ def ingest_currents(uri: str, dry_run: bool, processes: int, threads: int) -> No
             ingest.run(todo)
     except CurrentsError as exc:
         raise click.ClickException(str(exc)) from None
-    for name, tally in sorted(ingest.tallies.items()):
-        click.echo(tally.line(name, dry_run))
-    exit_code = _outcome(ingest, todo, dry_run)
-    if exit_code:
-        click.get_current_context().exit(exit_code)
+    return ingest, todo
 
 
 @contextmanager
@@ -306,7 +322,7 @@ def _dispatcher(parts: Any, dry_run: bool, processes: int, threads: int) -> Iter
     if processes > 1:
         dispatcher = ProcessDispatcher(sender_config(client, tracking_id, settings.put_events_max_tps, processes,
                                                      threads), processes)
-        sender = None
+        sender = lean = None
     else:
         lean = SignedPutEvents(*SignedPutEvents.endpoint_of(client), parts.aws.credentials())
         sender = PutEventsSender(lambda: lean, tracking_id, settings.put_events_max_tps)
@@ -315,8 +331,9 @@ def _dispatcher(parts: Any, dry_run: bool, processes: int, threads: int) -> Iter
         yield dispatcher
     finally:
         dispatcher.close()
-        if sender is not None:
+        if sender is not None and lean is not None:
             sender.close()
+            lean.close()
 
 
 def _outcome(ingest: Ingest, todo: Sequence[CurrentsFile], dry_run: bool) -> int:

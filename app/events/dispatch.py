@@ -49,9 +49,9 @@ class ThreadDispatcher:
     """Send each call on one of `threads` threads of this process; a future per call."""
 
     def __init__(self, send: Callable[[Sequence[Event]], None], threads: int,
-                 delays: Sequence[float] = RETRY_DELAYS) -> None:
+                 delays: Sequence[float] | None = None) -> None:
         self._send = send
-        self._delays = delays
+        self._delays = RETRY_DELAYS if delays is None else delays
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="put-events")
         self.capacity = threads * 2  # futures (here calls) queued or in flight before the reader waits
 
@@ -124,4 +124,4 @@ def sender_config(client: Any, tracking_id: str, max_tps: float, processes: int,
     from app.events.wire import SignedPutEvents
 
     url, region, signing_name = SignedPutEvents.endpoint_of(client)
-    return SenderConfig(url, region, signing_name, tracking_id, max_tps / processes, threads)
+    return SenderConfig(url, region, signing_name, tracking_id, max_tps / processes, threads, RETRY_DELAYS)

@@ -36,6 +36,9 @@ class Ledger(Protocol):
     def record(self, event_ids: Sequence[str], file: str | None = None) -> None:
         """Remember ids as sent and, when given, the file as finished (after its last events)."""
 
+    def close(self) -> None:
+        """Let go of the store's connection."""
+
 
 class SQLiteLedger:
     """The ledger in a private SQLite file; sent ids older than the retention are dropped when it opens."""
@@ -73,6 +76,9 @@ class SQLiteLedger:
                            [(event_id, now) for event_id in event_ids])
             if file is not None:
                 db.execute("INSERT OR REPLACE INTO currents_files (file, done_at) VALUES (?, ?)", (file, now))
+
+    def close(self) -> None:
+        self._file.connection().close()
 
 
 class RedisLedger:
@@ -125,3 +131,6 @@ class RedisLedger:
         if file is not None:
             pipe.set(self._file_key(file), file, ex=FILE_MARK_DAYS * DAY)
         pipe.execute()
+
+    def close(self) -> None:
+        self._client.close()

@@ -43,6 +43,8 @@ class SignedPutEvents:
         self._credentials = credentials  # botocore's (refreshable) credentials; frozen per call
         self._local = threading.local()
         self._ssl = ssl.create_default_context() if self._https else None
+        self._opened: list[http.client.HTTPConnection] = []  # every thread's, to close them all at the end
+        self._lock = threading.Lock()
 
     @classmethod
     def endpoint_of(cls, client: Any) -> tuple[str, str, str]:
@@ -56,7 +58,16 @@ class SignedPutEvents:
             connection = (http.client.HTTPSConnection(self._netloc, timeout=timeout, context=self._ssl)
                           if self._https else http.client.HTTPConnection(self._netloc, timeout=timeout))
             self._local.connection = connection
+            with self._lock:
+                self._opened.append(connection)
         return connection
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for connection in opened:
+            connection.close()
 
     def put_events(self, **params: Any) -> dict[str, Any]:
         """Send one PutEvents call (trackingId, userId, sessionId, eventList); raise botocore's errors."""

@@ -11,7 +11,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from app.commands.ingest_currents import UNMAPPED, Ingest
+from app.commands.ingest_currents import UNMAPPED, Ingest, files_to_do
 from app.commands.progress import Progress
 from app.events.currents import BOT, INVALID, NO_ITEM, NO_USER, Translator, list_files, page_of
 from app.events.dispatch import ThreadDispatcher
@@ -116,7 +116,7 @@ def stubbed_sender() -> tuple[PutEventsSender, Stubber]:
 
 
 def run(ledger: SQLiteLedger, root: Path, sender: PutEventsSender | None) -> Ingest:
-    files = list_files(str(root), lambda: None)
+    files = files_to_do(ledger, list_files(str(root), lambda: None))
     with Progress("ingest-currents", 0, unit="events", terminal=False, line_seconds=3600) as progress:
         ingest = Ingest(ledger, translator(), lambda: None,
                         ThreadDispatcher(sender.send_call, 1) if sender else None, progress, show=lambda line: None)
