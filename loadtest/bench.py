@@ -19,6 +19,9 @@ each scenario for --duration seconds (after a 1 s warm-up, except the upstream-f
     slow       misses with the stand-in at 1500 ms, 64             -> bare Flask; non-2xx, p99 vs budget
     failing    misses with the stand-in answering 500, 64          -> bare Flask; non-2xx, p99 vs budget
     memory     a 1,000,000-item catalog: load time and gunicorn's total RSS / PSS
+    currents   ingest-currents of 1,000,000 email clicks in 20 Avro files into the PutEvents stand-in (10 ms):
+               events/s, calls of 10, each event once, the peak calls a second against PUT_EVENTS_MAX_TPS
+               (loadtest/currents.py, which also runs alone)
 
 --only NAME (repeatable, or comma-separated) runs those scenarios and the yardsticks they are compared to.
 The service runs with production's defaults, its JSON request log lines included (they go to the
@@ -54,6 +57,7 @@ from typing import Any
 
 import redis
 
+from loadtest import currents
 from tests.redis_server import RedisServer
 from tests.standin.personalize import Control
 
@@ -62,7 +66,7 @@ HERE = Path(__file__).resolve().parent
 ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/bench"
 HIT_USERS = 100  # the users hits.lua asks for
 CATALOG_ROWS = 1_000_000
-SCENARIOS = ("baseline", "proxy", "hits", "misses", "mix", "slow", "failing", "memory")
+SCENARIOS = ("baseline", "proxy", "hits", "misses", "mix", "slow", "failing", "memory", "currents")
 NEEDS = {"hits": {"baseline"}, "misses": {"proxy"}, "mix": {"baseline"}, "slow": {"baseline"},
          "failing": {"baseline"}}
 
@@ -613,6 +617,12 @@ def main() -> int:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose among {', '.join(SCENARIOS)}")
     wanted = set(only or SCENARIOS)
     wanted |= {need for name in list(wanted) for need in NEEDS.get(name, ())}
+    currents_ok = True
+    if "currents" in wanted:  # no service, no wrk: the command against the PutEvents stand-in
+        wanted.discard("currents")
+        currents_ok = currents.report(currents.run(1_000_000, 20, 10, 1000.0, 2, 16))
+        if not wanted:
+            return 0 if currents_ok else 1
     if shutil.which("wrk") is None and args.serve is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
@@ -629,7 +639,7 @@ def main() -> int:
         for name in SCENARIOS:
             if name in wanted:
                 getattr(runner, "memory_scenario" if name == "memory" else name)()
-        return runner.report()
+        return max(runner.report(), 0 if currents_ok else 1)
     finally:
         bench.close()
         redis_server.stop()

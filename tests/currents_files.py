@@ -27,15 +27,18 @@ def schema(event_type: str) -> Any:
     return fastavro.parse_schema(json.loads((SCHEMAS / f"{event_type}.avsc").read_text()))
 
 
+@cache
+def _blank(event_type: str) -> dict[str, Any]:
+    names = [f["name"] for f in json.loads((SCHEMAS / f"{event_type}.avsc").read_text())["fields"]]
+    return {name: REQUIRED.get(name) for name in names}
+
+
 def record(event_type: str, **fields: Any) -> dict[str, Any]:
     """Return a record of the type: the given fields, and a value for every other required one."""
-    names = {f["name"]: f for f in json.loads((SCHEMAS / f"{event_type}.avsc").read_text())["fields"]}
-    unknown = set(fields) - set(names)
+    blank = _blank(event_type)
+    unknown = set(fields) - set(blank)
     assert not unknown, f"{event_type} has no field(s) {unknown}"
-    full = {name: None for name in names}
-    full.update({name: value for name, value in REQUIRED.items() if name in names})
-    full.update(fields)
-    return full
+    return {**blank, **fields}
 
 
 def write_currents(root: Path, event_type: str, records: Iterable[Mapping[str, Any]], hour: str = "2026-12-01-10",

@@ -325,8 +325,8 @@ def _dispatcher(parts: Any, dry_run: bool, processes: int, threads: int) -> Iter
         sender = lean = None
     else:
         lean = SignedPutEvents(*SignedPutEvents.endpoint_of(client), parts.aws.credentials())
-        sender = PutEventsSender(lambda: lean, tracking_id, settings.put_events_max_tps)
-        dispatcher = ThreadDispatcher(sender.send_call, threads)
+        sender = PutEventsSender(lambda: lean, tracking_id)  # the dispatcher keeps the pace
+        dispatcher = ThreadDispatcher(sender.send_call, threads, settings.put_events_max_tps)
     try:
         yield dispatcher
     finally:

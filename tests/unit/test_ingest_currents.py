@@ -119,7 +119,7 @@ def run(ledger: SQLiteLedger, root: Path, sender: PutEventsSender | None) -> Ing
     files = files_to_do(ledger, list_files(str(root), lambda: None))
     with Progress("ingest-currents", 0, unit="events", terminal=False, line_seconds=3600) as progress:
         ingest = Ingest(ledger, translator(), lambda: None,
-                        ThreadDispatcher(sender.send_call, 1) if sender else None, progress, show=lambda line: None)
+                        ThreadDispatcher(sender.send_call, 1, None) if sender else None, progress, show=lambda line: None)
         ingest.run(files)
     return ingest
 
