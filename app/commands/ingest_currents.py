@@ -11,7 +11,7 @@ Personalize, 2 a usage error, 130 interrupted.
 from __future__ import annotations
 
 import signal
-import time
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -74,7 +74,8 @@ class Ingest:
     """
 
     def __init__(self, ledger: Ledger, translator: Translator, s3: Callable[[], Any],
-                 dispatcher: Dispatcher | None, progress: Progress, show: Callable[[str], None] = click.echo) -> None:
+                 dispatcher: Dispatcher | None, progress: Progress, show: Callable[[str], None] = click.echo,
+                 stop: threading.Event | None = None) -> None:
         self.ledger = ledger
         self.translator = translator
         self.s3 = s3
@@ -86,7 +87,8 @@ class Ingest:
         self.files_unmapped: list[CurrentsFile] = []  # counted, not read: done once their type is mapped
         self._dry_run_ids: set[str] = set()  # a dry run remembers nothing, yet counts an overlap once
         self.stop_error: Outcome | None = None  # a call that still failed after its retries: the run stops
-        self.interrupted = False
+        self.interrupted = False  # asked to stop (SIGTERM, Ctrl-C): the run ends after the calls in flight
+        self._stop = stop or threading.Event()
         self.shown = 0
         self._in_flight: deque[tuple[Tally, Future[list[Outcome]]]] = deque()
         self._unrecorded: list[str] = []
@@ -102,10 +104,11 @@ class Ingest:
                     self.count_unmapped(file)
                 elif self.ingest_file(file):
                     self.files_done.append(file)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second Ctrl-C
             self.interrupted = True
         finally:
             self.drain()  # what was sent before a stop is remembered, so the next run does not send it again
+            self.interrupted = self.interrupted or self._stop.is_set()
 
     def count_unmapped(self, file: CurrentsFile) -> None:
         """Count a file of a type CURRENTS_EVENT_TYPES does not name, without decoding it; leave it unread."""
@@ -118,7 +121,7 @@ class Ingest:
 
     @property
     def stopped(self) -> bool:
-        return self.interrupted or self.stop_error is not None
+        return self.interrupted or self.stop_error is not None or self._stop.is_set()
 
     def ingest_file(self, file: CurrentsFile) -> bool:
         """Send one file's events; mark it done when every one was sent (or refused). Return whether it was."""
@@ -182,13 +185,19 @@ class Ingest:
         for future in self.dispatcher.submit(calls):
             self._in_flight.append((tally, future))
         while len(self._in_flight) > self.dispatcher.capacity or (self._in_flight and self._in_flight[0][1].done()):
-            self.harvest(*self._in_flight.popleft())
+            self.harvest_first()
         if len(self._unrecorded) >= RECORD_EVERY:
             self.ledger.record(self._take_unrecorded())
 
-    def harvest(self, tally: Tally, future: Future[list[Outcome]]) -> None:
-        """Count finished calls (in the main thread); remember their ids once sent."""
-        for outcome in future.result():
+    def harvest_first(self) -> None:
+        """Wait for the oldest calls in flight, count them (in the main thread) and remember their ids once sent.
+
+        Taken off the queue only once counted: a forced stop while waiting leaves them for drain() to count.
+        """
+        tally, future = self._in_flight[0]
+        outcomes = future.result()
+        self._in_flight.popleft()
+        for outcome in outcomes:
             count = len(outcome.event_ids)
             if outcome.code is None:
                 tally.sent += count
@@ -203,7 +212,7 @@ class Ingest:
     def drain(self) -> None:
         """Wait for the calls in flight, then write the ids sent so far to the ledger."""
         while self._in_flight:
-            self.harvest(*self._in_flight.popleft())
+            self.harvest_first()
         if self.dispatcher is not None and self._unrecorded:
             self.ledger.record(self._take_unrecorded())
 
@@ -238,16 +247,20 @@ def build_ledger(settings: Settings) -> Ledger:
 
 
 @contextmanager
-def interrupt_on_sigterm() -> Iterator[None]:
-    """Treat SIGTERM (a stopped container, a killed cron job) like Ctrl-C: finish the calls in flight, then stop."""
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """On SIGTERM (a stopped container, a killed cron job) or Ctrl-C, ask the run to stop once the calls in flight
+    are back, so every event sent is remembered; a second Ctrl-C stops at once."""
+    def request_stop(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @click.command("ingest-currents")
@@ -299,10 +312,11 @@ def _ingest(parts: Any, ledger: Ledger, uri: str, dry_run: bool, processes: int,
 
     try:
         total = sum(count_records(f, parts.aws.s3) for f in todo)
-        with interrupt_on_sigterm(), _dispatcher(parts, dry_run, processes, threads) as dispatcher, \
+        stop = threading.Event()
+        with stop_on_signals(stop), _dispatcher(parts, dry_run, processes, threads) as dispatcher, \
                 Progress("ingest-currents", total, unit="events") as progress:
             ingest = Ingest(ledger, Translator(settings.currents_event_types, catalog_pages), parts.aws.s3,
-                            dispatcher, progress)
+                            dispatcher, progress, stop=stop)
             ingest.run(todo)
     except CurrentsError as exc:
         raise click.ClickException(str(exc)) from None

@@ -1,8 +1,14 @@
 """`flask --app wsgi ingest-currents` as an operator runs it, into the PutEvents stand-in over its rest-json wire
 (AWS_ENDPOINT_URL_PERSONALIZE_EVENTS): Currents files written with Braze's schemas, from a folder and from an S3
-prefix (moto), sent once each across overlapping deliveries, reruns, a Personalize outage mid-run and a dry run."""
+prefix (moto), sent once each across overlapping deliveries, reruns, a Personalize outage mid-run, a SIGTERM
+and a dry run."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +24,7 @@ from app.events import dispatch
 from app.events.currents import BOT, NO_ITEM
 from app.events.putevents import Event, PutEventsSender, SendError
 from app.events.wire import SignedPutEvents
+from tests.conftest import ROOT, SAMPLE_BATCH, SAMPLE_CATALOG
 from tests.currents_files import CARD_CLICK, EMAIL_CLICK, PURCHASE, record, write_currents
 from tests.standin.personalize_events import EventsStandinHandle, start_events_standin
 
@@ -208,3 +215,35 @@ def test_the_signed_call_is_the_one_boto3_makes_and_failures_say_whether_to_retr
     lean.close()
     assert (throttled.value.code, throttled.value.retryable) == ("ThrottlingException", True)
     assert (refused.value.code, refused.value.retryable) == ("ResourceNotFoundException", False)
+
+
+def test_a_run_stopped_with_sigterm_resumes_without_losing_or_repeating_an_event(
+        standin: EventsStandinHandle, tmp_path: Path) -> None:
+    root = tmp_path / "currents"
+    expected = set()
+    for hour in range(4):
+        rows = [click(f"s{hour}-{n}", f"user{n // 10}") for n in range(300)]  # 30 calls of 10 per file
+        expected |= {row["id"] for row in rows}
+        write_currents(root, EMAIL_CLICK, rows, hour=f"2026-12-01-{hour:02d}")
+    standin.set_fault("latency", latency_ms=20)
+    env = {**os.environ, "CATALOG_URI": str(SAMPLE_CATALOG), "RECOMMENDATIONS_URI": str(SAMPLE_BATCH),
+           "DATA_DIR": str(tmp_path / "data"), "PERSONALIZE_TRACKING_ID": TRACKER, "AWS_REGION": "us-east-1",
+           "LOG_LEVEL": "WARNING", "PUT_EVENTS_MAX_TPS": "100"}
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "ingest-currents", str(root), "--processes", "2",
+               "--threads", "2"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while standin.calls()["total"] < 15 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == 130, out + err
+    assert "Interrupted: the events sent so far are remembered" in out
+    sent_before = standin.calls()["event_ids"]
+    assert 0 < len(sent_before) < len(expected)
+
+    resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert standin.calls()["event_ids"] == dict.fromkeys(expected, 1)
