@@ -2,9 +2,11 @@
 
 Reads every Currents Avro file under a folder or s3://bucket/prefix/ (README, "From Braze Currents"), turns
 each record into a PutEvents event (app/events/currents.py) and sends them, 10 to a call, with several calls in
-flight under one PUT_EVENTS_MAX_TPS cap. A file is marked done in the ledger only once all its events are sent,
-and each sent event id is remembered as its call returns (flushed every few thousand events, and before any
-exit), so a rerun or an overlapping delivery sends nothing twice, and an interrupted run resumes where it was.
+flight under one PUT_EVENTS_MAX_TPS cap (app/events/dispatch.py). A file is marked done in the ledger only once
+all its events are sent, and the ids of sent events are written to it every RECORD_EVERY events, at each file's
+end and before any exit, so a rerun or an overlapping delivery sends nothing twice, and a stopped run resumes
+where it was. Before reading, every file to do is counted from its Avro block headers (no record decoded; an
+S3 file is fetched for it, so twice in all) for the progress bar's total.
 Exit status: 0 all sent, 1 events could not be sent (the files left to do are listed) or were refused by
 Personalize, 2 a usage error, 130 interrupted.
 """
