@@ -12,6 +12,7 @@ Personalize, 2 a usage error, 130 interrupted.
 """
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections import Counter, deque
@@ -36,6 +37,8 @@ from app.events.dispatch import Dispatcher, Outcome, ProcessDispatcher, ThreadDi
 from app.events.putevents import Event, PutEventsSender, calls_of
 from app.events.wire import SignedPutEvents
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 EXIT_NOT_SENT, EXIT_INTERRUPTED = 1, 130
 CHUNK = 2_000  # events grouped into calls together (by user and session), and checked against the ledger at once
@@ -197,7 +200,12 @@ class Ingest:
         Taken off the queue only once counted: a forced stop while waiting leaves them for drain() to count.
         """
         tally, future = self._in_flight[0]
-        outcomes = future.result()
+        try:
+            outcomes = future.result()
+        except Exception as exc:  # a sender process died (BrokenProcessPool): its calls may or may not have gone
+            log.error("a PutEvents sender failed: %r", exc)
+            outcomes = []
+            self.stop_error = self.stop_error or Outcome((), type(exc).__name__, retryable=True)
         self._in_flight.popleft()
         for outcome in outcomes:
             count = len(outcome.event_ids)

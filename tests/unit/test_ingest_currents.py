@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +189,24 @@ def test_the_sqlite_ledger_is_private_and_forgets_ids_after_the_retention(tmp_pa
     assert SQLiteLedger(str(path), 7, clock=lambda: now[0]).done(["f1 10", "f2 10"]) == {"f1 10"}
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+
+
+def test_a_sender_process_that_dies_stops_the_run_and_leaves_its_file_to_do(tmp_path: Path) -> None:
+    class BrokenDispatcher:
+        capacity = 1
+
+        def submit(self, calls: Any) -> list[Future[Any]]:
+            future: Future[Any] = Future()
+            future.set_exception(BrokenProcessPool("a sender process was killed"))
+            return [future]
+
+    root = tmp_path / "currents"
+    write_currents(root, EMAIL_CLICK, [click(id="c1", url="https://shop.example.com/p/1740?recs_item=1740")])
+    ledger = SQLiteLedger(str(tmp_path / "data" / "currents.sqlite3"), 7)
+    with Progress("ingest-currents", 1, unit="events", terminal=False, line_seconds=3600) as progress:
+        ingest = Ingest(ledger, translator(), lambda: None, BrokenDispatcher(), progress)  # type: ignore[arg-type]
+        ingest.run(list_files(str(root), lambda: None))
+
+    assert ingest.stop_error is not None and ingest.stop_error.code == "BrokenProcessPool"
+    assert ingest.files_done == []
+    assert files_to_do(ledger, list_files(str(root), lambda: None)) != []
