@@ -42,7 +42,12 @@ threads = whole_number("WEB_THREADS", DEFAULT_WEB_THREADS)
 # Braze gives up after 2 s; a request still running after this is stuck, not slow.
 timeout = whole_number("WORKER_TIMEOUT", 30)
 graceful_timeout = whole_number("GRACEFUL_TIMEOUT", 20)
-keepalive = 5
+# How long an idle keep-alive connection stays open. Behind a load balancer it must outlast the balancer's own
+# idle timeout (an AWS ALB's is 60 s: set 65), or the balancer reuses a connection gunicorn is closing and
+# answers that request 502. Idle connections wait in the worker's event loop, not on threads (app/server/worker.py).
+keepalive = whole_number("KEEPALIVE_SECONDS", 5, most=3600)
+# Connections one worker holds at once (idle keep-alive ones included); beyond this gunicorn stops accepting.
+worker_connections = whole_number("WORKER_CONNECTIONS", 1000)
 # Each worker listens on a socket of its own and the kernel spreads new connections over them. With the one
 # shared socket, whichever worker woke first took them: a burst of 64 connections split 60/4 at times, and
 # the worker with 4 left half its threads idle while the other queued (README, Benchmark).
