@@ -126,12 +126,15 @@ def clear_metrics_folder() -> None:
 
 
 def worker_exit(server, worker):
-    """Write the request log lines still pending in the worker (app/telemetry/logs.py writes a few at a time)."""
+    """Write the request log lines still pending in the worker (app/telemetry/logs.py writes a few at a time) and
+    stop its events drainer between two PutEvents calls."""
     from app.components import EXTENSION
 
     parts = getattr(getattr(worker, "wsgi", None), "extensions", {}).get(EXTENSION)
     if parts is not None:
         parts.request_log.flush()
+        if parts.events is not None:
+            parts.events.stop()  # the PutEvents call in flight ends and its events leave the queue
 
 
 def child_exit(server, worker):
