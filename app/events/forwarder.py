@@ -4,7 +4,7 @@ A request only writes to the queue, so its thread never waits for Personalize, n
 GET /recommendations keeps its threads whatever Personalize Events does. Each worker runs one drainer thread
 that claims due events (a lease: no two workers send the same event), sends them in calls of 10 at its share
 of PUT_EVENTS_MAX_TPS, and removes what was sent. When Personalize fails, the events stay queued and the
-drainer backs off (1 s doubling to 30 s); a drainer that starts (a new worker, a restart) finds them there.
+drainer backs off (1 s doubling to 10 s); a drainer that starts (a new worker, a restart) finds them there.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 CLAIM_SIZE = 100  # events claimed at once: ten calls
 LEASE_SECONDS = 30.0  # a claim's events come back to the queue after this if their drainer died mid-send
 IDLE_POLL_SECONDS = 1.0  # how often a drainer looks for events other workers queued
-MAX_BACKOFF_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = 10.0
 RETRY_SECONDS = 1.0  # events of a failed call wait this long before any worker claims them again
 # Refusals that say the events themselves are bad: sending them again cannot help, so they are dropped (and
 # counted as rejected). A wrong tracking id or missing permission (the sender calls those rejected too) is a
