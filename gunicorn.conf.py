@@ -151,11 +151,13 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    """Load the catalog before the worker takes requests; a worker that cannot load it stops gunicorn."""
-    from app import warm_up
+    """Load the catalog before the worker takes requests; a worker that cannot load it stops gunicorn. Then start
+    the worker's background work (the events drainer)."""
+    from app import start_background, warm_up
 
     try:
         warm_up(worker.wsgi)
     except Exception as exc:  # noqa: BLE001 - any failure here means the service cannot serve
         worker.log.error("Cannot start: %s", exc)
         sys.exit(3)  # gunicorn's WORKER_BOOT_ERROR: the arbiter halts instead of respawning forever
+    start_background(worker.wsgi)

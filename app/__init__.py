@@ -50,7 +50,7 @@ from app.telemetry.metrics import bp as metrics_bp
 log = logging.getLogger(__name__)
 BRAZE_TIMEOUT_MS = 2000  # Connected Content gives up after 2 s (README, "Never the reason an email goes out broken")
 
-__all__ = ["ConfigError", "create_app", "warm_up"]
+__all__ = ["ConfigError", "create_app", "start_background", "warm_up"]
 
 
 def create_app(
@@ -122,8 +122,6 @@ def warm_up(app: Flask) -> None:
     parts = components(app)
     service = parts.service
     service.catalog.load()
-    if parts.events is not None:
-        parts.events.start()  # events queued before a restart go out without waiting for a new request
     if parts.settings.personalize_campaign_arn or parts.settings.admin_api_on:
         if not parts.aws.check_credentials() and service.recommender.name == "personalize":
             service.recommender.note_error("upstream_credentials")  # /readyz says why before the first call
@@ -137,6 +135,13 @@ def warm_up(app: Flask) -> None:
                     "RANK or POPULARITY column. When the source fails with no stale or batch answer, the fallback "
                     "serves the items recommended most in the last %d hours (RECENTLY_RECOMMENDED_HOURS), then the "
                     "catalog's own order.", service.recent.keep_hours if service.recent else 0)
+
+
+def start_background(app: Flask) -> None:
+    """Start what a serving worker runs besides requests: POST /events' drainer, so events queued before a
+    restart go out without waiting for a new request. gunicorn calls it in each worker; commands do not."""
+    if (events := components(app).events) is not None:
+        events.start()
 
 
 def _prepare_data_folders(settings: Settings) -> None:

@@ -14,6 +14,7 @@ import redis
 from redis.crc import key_slot
 from flask import Flask
 
+from app import start_background
 from app.components import components
 from app.events.putevents import Event
 from app.events.queue import REDIS_KEYS, EventQueue, RedisEventQueue, SQLiteEventQueue
@@ -125,7 +126,7 @@ def test_events_queued_while_personalize_is_down_are_sent_once_after_a_restart(
     assert standin.calls()["events"] == []
     standin.set_fault("ok")
     after = make_app(**settings)
-    components(after).events.start()  # as warm_up does in every new worker, before any request
+    start_background(after)  # as gunicorn does in every new worker, before any request
     try:
         deadline = time.monotonic() + 15
         while components(after).events.queue.depth() and time.monotonic() < deadline:
