@@ -202,3 +202,20 @@ def test_metrics_count_events_by_outcome(events_client: FlaskClient, standin: Ev
     assert 'recs_events_total{outcome="deduplicated",source="api"} 2.0' in text
     assert 'recs_events_total{outcome="sent",source="api"} 2.0' in text
     assert "recs_events_queue_depth 0.0" in text
+
+
+def test_event_requests_have_a_few_threads_at_most(make_app: Callable[..., Flask],
+                                                   standin: EventsStandinHandle) -> None:
+    """A quarter of WEB_THREADS take events at once; the rest stay for GET /recommendations."""
+    app = make_app(personalize_tracking_id=TRACKING_ID, aws_region="us-east-1", web_threads=4)
+    forwarder = components(app).events
+    try:
+        with forwarder.admitted():  # the one slot of four threads is taken
+            response = post(app.test_client(), {"user_id": "u1", "events": [click()]})
+            assert app.test_client().get("/recommendations?user_id=user123").status_code == 200
+        assert response.status_code == 429
+        assert response.json["error"]["code"] == "too_many_requests"
+        assert response.headers["Retry-After"] == "1"
+        assert post(app.test_client(), {"user_id": "u1", "events": [click()]}).status_code == 202
+    finally:
+        forwarder.stop()
