@@ -27,6 +27,11 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Query parameters of GET /recommendations; a LINK_QUERY placeholder may not reuse one.
 RESERVED_PARAMETERS = frozenset({"user_id", "item_id", "num_results", "filter", "fields", "format", "recommender"})
+# The query parameters LINK_TRACKING adds to item urls (app/recommendations/presentation.py): fixed names, since
+# ingest-currents reads them back from clicked urls.
+ITEM_PARAMETER = "recs_item"
+ANSWER_PARAMETER = "recs_rid"
+TRACKING_PARAMETERS = frozenset({ITEM_PARAMETER, ANSWER_PARAMETER})
 
 
 class ConfigError(Exception):
@@ -176,6 +181,8 @@ def _link_query(query: str | None) -> str | None:
     if bad:
         raise ConfigError(f"LINK_QUERY: placeholder(s) {', '.join(bad)} must be lowercase names other than "
                           f"{', '.join(sorted(RESERVED_PARAMETERS))}.")
+    if tracked := sorted({pair.partition("=")[0] for pair in query.split("&")} & TRACKING_PARAMETERS):
+        raise ConfigError(f"LINK_QUERY: {', '.join(tracked)} is LINK_TRACKING's own parameter; name yours otherwise.")
     return query
 
 

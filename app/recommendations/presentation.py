@@ -7,13 +7,10 @@ from urllib.parse import quote
 import orjson
 
 from app.catalog.items import Item
+from app.events.body import MAX_RECOMMENDATION_ID  # PutEvents' limit on the id a click names
 from app.recommendations.query import Query
 from app.recommendations.service import Result
-
-# LINK_TRACKING's query parameters: fixed names, since ingest-currents reads them back from clicked urls.
-ITEM_PARAMETER = "recs_item"
-ANSWER_PARAMETER = "recs_rid"
-MAX_RECOMMENDATION_ID = 40  # PutEvents' recommendationId
+from app.settings import ANSWER_PARAMETER, ITEM_PARAMETER
 
 
 def tracking_id(result: Result, user_id: str | None) -> str:

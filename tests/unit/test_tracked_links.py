@@ -4,9 +4,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from flask import Flask
 
 from app.errors import UpstreamError
+from app.settings import ConfigError, Settings
 from tests.conftest import FakeRecommender
 
 
@@ -73,3 +75,9 @@ def test_fallback_answers_get_a_fallback_id(make_app: Callable[..., Flask],
 def test_off_by_default(client: object) -> None:
     response = client.get("/recommendations?user_id=u1&num_results=3")  # type: ignore[attr-defined]
     assert all("recs_" not in item["url"] for item in response.json)
+
+
+def test_link_query_may_not_take_the_tracking_names() -> None:
+    with pytest.raises(ConfigError, match="recs_rid"):
+        Settings.from_mapping({"catalog_uri": "c.csv", "recommendations_uri": "b.out",
+                               "link_query": "utm_source=braze&recs_rid={campaign}"})
