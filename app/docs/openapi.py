@@ -48,13 +48,15 @@ class Error(Schema):
     error = ma.Nested(ErrorBody, required=True)
 
 
-def _item_schema(extra_fields: tuple[str, ...]) -> dict[str, Any]:
+def _item_schema(extra_fields: tuple[str, ...], link_tracking: bool = False) -> dict[str, Any]:
     """Return the JSON schema of an item; `fields` may narrow it, so no property is required."""
     text = {"type": ["string", "null"]}
+    tracked = (" and recs_item (the item id) and recs_rid (the answer's id) for POST /events and ingest-currents"
+               if link_tracking else "")
     properties: dict[str, Any] = {
         "id": {"type": "string", "description": "The item id Personalize and the catalog share."},
         "name": {"type": "string"},
-        "url": {"type": "string", "description": "The item's page, with LINK_QUERY added when set."},
+        "url": {"type": "string", "description": f"The item's page, with LINK_QUERY added when set{tracked}."},
         "price": {"type": ["number", "null"]},
         "image": {"type": ["string", "null"]},
     }
@@ -105,7 +107,7 @@ def build_spec(settings: Settings, source: str) -> dict[str, Any]:
         info={"description": "Called by Braze Connected Content at send time: a user's recommended catalog items."},
     )
     spec.components.schema("Error", schema=Error)
-    spec.components.schema("Item", _item_schema(settings.catalog_extra_fields))
+    spec.components.schema("Item", _item_schema(settings.catalog_extra_fields, settings.link_tracking))
     item_list = {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}
     spec.components.schema("RecommendationAttributes", {
         "type": "object",

@@ -3,6 +3,8 @@ leases, and events queued before a restart sent once after it."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import multiprocessing
 import time
 from collections import Counter
@@ -62,6 +64,9 @@ def test_put_deduplicates_claim_leases_done_removes(store: tuple[str, str]) -> N
     assert [e.event_id for e in queue.claim(100, 30)] == ["e2"]
     assert queue.put(events([0])) == 0  # sent an hour ago at most: still recognised
     assert queue.depth() == 6
+    if store[0] == "sqlite":  # it holds user ids: the service's user's only
+        assert stat.S_IMODE(os.stat(store[1]).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(store[1])).st_mode) == 0o700
 
 
 def test_redis_keys_share_one_cluster_slot(redis_url: str) -> None:
