@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -30,6 +31,7 @@ MAX_EVENTS_PER_REQUEST = 100  # ten PutEvents calls
 MAX_PROPERTIES_CHARACTERS = 1024  # PutEvents: properties is a JSON string of at most 1,024 characters
 MAX_IMPRESSION = 25
 MAX_RECOMMENDATION_ID = 40
+EPOCH_TEXT = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
 MAX_FUTURE_SECONDS = 86_400  # a sent_at further ahead is a clock or unit mistake (milliseconds for seconds)
 
 
@@ -47,6 +49,8 @@ class SentAt(ma.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             seconds = float(value)
+        elif isinstance(value, str) and EPOCH_TEXT.fullmatch(value.strip()):
+            seconds = float(value)  # a Braze webhook's {{ 'now' | date: '%s' }} arrives quoted
         elif isinstance(value, str):
             try:
                 moment = datetime.fromisoformat(value.strip())

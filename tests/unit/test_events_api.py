@@ -147,6 +147,8 @@ def test_derived_ids() -> None:
     assert next_day.session_id != first.session_id and next_day.event_id != first.event_id
     timed = parse_events(orjson.dumps({"user_id": "u1", "events": [click(sent_at=1), click(sent_at=2)]}), now)
     assert timed[0].event_id != timed[1].event_id
+    quoted = parse_events(orjson.dumps({"user_id": "u1", "events": [click(sent_at="1764583200")]}), now)[0]
+    assert quoted.sent_at == 1764583200.0  # epoch seconds in a string, as Braze's Liquid writes them
     other_item = parse_events(orjson.dumps({"user_id": "u1", "events": [click(item_id="1037")]}), now)[0]
     assert other_item.event_id != first.event_id
     assert len(first.event_id) <= 256 and len(first.session_id) <= 256
