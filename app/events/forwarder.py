@@ -52,6 +52,7 @@ class EventForwarder:
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._store_failing = False
+        self._closed = False
 
     # -- accepting (request threads) -------------------------------------------------------------------------
 
@@ -88,7 +89,7 @@ class EventForwarder:
         if self._pid == os.getpid():
             return
         with self._lock:
-            if self._pid == os.getpid():
+            if self._pid == os.getpid() or self._closed:
                 return
             self._stopping.clear()
             self._thread = threading.Thread(target=self._run, name="events-drainer", daemon=True)
@@ -96,12 +97,15 @@ class EventForwarder:
             self._pid = os.getpid()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Let the call in flight finish (so what was sent is removed from the queue), then stop the drainer."""
+        """Let the call in flight finish (so what was sent is removed from the queue), then stop the drainer for
+        good (a stopping worker; events accepted later stay queued for the other workers)."""
+        with self._lock:
+            self._closed = True
         self._stopping.set()
         self._wake.set()
         if self._thread is not None and self._pid == os.getpid():
             self._thread.join(timeout)
-        self._pid = None
+        self.sender.close()  # the rate cap's own thread
 
     def _run(self) -> None:
         backoff = 0.0
