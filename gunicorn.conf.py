@@ -131,12 +131,15 @@ def clear_metrics_folder() -> None:
 
 
 def worker_exit(server, worker):
-    """Write the request log lines still pending in the worker (app/telemetry/logs.py writes a few at a time)."""
+    """Write the request log lines still pending in the worker (app/telemetry/logs.py writes a few at a time) and
+    stop its events drainer between two PutEvents calls."""
     from app.components import EXTENSION
 
     parts = getattr(getattr(worker, "wsgi", None), "extensions", {}).get(EXTENSION)
     if parts is not None:
         parts.request_log.flush()
+        if parts.events is not None:
+            parts.events.stop()  # the PutEvents call in flight ends and its events leave the queue
 
 
 def child_exit(server, worker):
@@ -153,11 +156,13 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    """Load the catalog before the worker takes requests; a worker that cannot load it stops gunicorn."""
-    from app import warm_up
+    """Load the catalog before the worker takes requests; a worker that cannot load it stops gunicorn. Then start
+    the worker's background work (the events drainer)."""
+    from app import start_background, warm_up
 
     try:
         warm_up(worker.wsgi)
     except Exception as exc:  # noqa: BLE001 - any failure here means the service cannot serve
         worker.log.error("Cannot start: %s", exc)
         sys.exit(3)  # gunicorn's WORKER_BOOT_ERROR: the arbiter halts instead of respawning forever
+    start_background(worker.wsgi)

@@ -20,6 +20,10 @@ from app.catalog.items import Catalog, parse_catalog, parse_item_list, reload_ch
 from app.components import EXTENSION, Components, components
 from app.docs.openapi import bp as docs_bp
 from app.errors import register_error_handlers
+from app.events.forwarder import EventForwarder
+from app.events.putevents import PutEventsSender
+from app.events.queue import EventQueue, RedisEventQueue, SQLiteEventQueue
+from app.events.views import bp as events_bp
 from app.extensions import cache
 from app.pinpoint.admin import bp as admin_bp
 from app.pinpoint.configs import RecommenderStore, build_store
@@ -46,7 +50,7 @@ from app.telemetry.metrics import bp as metrics_bp
 log = logging.getLogger(__name__)
 BRAZE_TIMEOUT_MS = 2000  # Connected Content gives up after 2 s (README, "Never the reason an email goes out broken")
 
-__all__ = ["ConfigError", "create_app", "warm_up"]
+__all__ = ["ConfigError", "create_app", "start_background", "warm_up"]
 
 
 def create_app(
@@ -58,6 +62,7 @@ def create_app(
     answer_backend: BaseCache | None = None,
     lock_client: redis.Redis | None = None,
     http_session: Any = None,
+    event_queue: EventQueue | None = None,
 ) -> Flask:
     """Build the app from settings (the environment by default); each outside service may be replaced.
 
@@ -65,7 +70,8 @@ def create_app(
     batch output); aws: every boto3 client (Personalize, S3, DynamoDB, STS, Lambda); recommender_store: where
     configurations are kept; answer_backend: the answer cache's backend (default: Redis or files, as set);
     lock_client: the Redis client of the cross-worker lock; http_session: the requests.Session of https://
-    files. Nothing here does network I/O; see warm_up().
+    files; event_queue: where POST /events keeps events until PutEvents takes them (default: Redis or SQLite,
+    as the cache). Nothing here does network I/O; see warm_up().
     """
     settings = _settings(config)
     configure_logging(settings.log_level)
@@ -79,7 +85,7 @@ def create_app(
     metrics = Metrics()
     service = _recommendation_service(settings, app, metrics, aws, recommender, answer_backend, lock_client,
                                       http_session)
-    presenter = Presenter(settings.link_query)
+    presenter = Presenter(settings.link_query, settings.link_tracking)
     store = recommender_store or build_store(settings.recommender_store, settings.recommender_db_path,
                                              settings.recommender_table, aws.dynamodb)
     app.extensions[EXTENSION] = Components(
@@ -96,6 +102,7 @@ def create_app(
                                     settings.recommender_refresh_seconds, observe=metrics.observe_personalize,
                                     enabled=recommenders_served(settings)),
         store=store,
+        events=_event_forwarder(settings, aws, metrics, event_queue),
         request_log=RequestLog(settings.log_user_id_key, enabled=settings.log_level in ("DEBUG", "INFO"),
                                flush_seconds=settings.log_flush_ms / 1000),
     )
@@ -130,12 +137,21 @@ def warm_up(app: Flask) -> None:
                     "catalog's own order.", service.recent.keep_hours if service.recent else 0)
 
 
+def start_background(app: Flask) -> None:
+    """Start what a serving worker runs besides requests: POST /events' drainer, so events queued before a
+    restart go out without waiting for a new request. gunicorn calls it in each worker; commands do not."""
+    if (events := components(app).events) is not None:
+        events.start()
+
+
 def _prepare_data_folders(settings: Settings) -> None:
     """Create the folders and files the service will keep (0700/0600), refusing ones others could write."""
     used: list[tuple[str, str, Callable[[str, str], str]]] = []
     if not settings.cache_redis_url:
         used.append((settings.cache_dir, "CACHE_DIR", private_folder))
         used.append((recent_counts_path(settings), "DATA_DIR", private_file))
+    if settings.personalize_tracking_id and not settings.cache_redis_url:
+        used.append((events_path(settings), "DATA_DIR", private_file))
     if settings.recommender_store == "sqlite" and recommenders_served(settings):
         used.append((settings.recommender_db_path, "RECOMMENDER_DB_PATH", private_file))
     for path, variable, prepare in used:
@@ -147,6 +163,30 @@ def _prepare_data_folders(settings: Settings) -> None:
 def recent_counts_path(settings: Settings) -> str:
     """Return the SQLite file of the recently recommended counts, when Redis is not the cache."""
     return os.path.join(settings.data_dir, "recently-recommended.sqlite3")
+
+
+def events_path(settings: Settings) -> str:
+    """Return the SQLite file of POST /events' queue, when Redis is not the cache."""
+    return os.path.join(settings.data_dir, "events.sqlite3")
+
+
+def _event_forwarder(settings: Settings, aws: AwsClients, metrics: Metrics,
+                     queue: EventQueue | None) -> EventForwarder | None:
+    """Return POST /events' queue and drainer, or None when no tracking id is set (the route says so).
+
+    PUT_EVENTS_MAX_TPS is the host's: each of its WEB_CONCURRENCY workers sends at most its share.
+    """
+    if not settings.personalize_tracking_id:
+        return None
+    if queue is None:
+        client = _redis_client(settings.cache_redis_url)
+        queue = RedisEventQueue(client) if client is not None else SQLiteEventQueue(events_path(settings))
+    observe = metrics.event_counter("api")
+    sender = PutEventsSender(aws.personalize_events, settings.personalize_tracking_id,
+                             settings.put_events_max_tps / settings.web_concurrency, observe=observe)
+    # A few of the worker's threads at most, so GET /recommendations always has the others.
+    return EventForwarder(queue, sender, max_requests=max(1, settings.web_threads // 4), observe=observe,
+                          on_depth=metrics.events_queued.set)
 
 
 def _settings(config: Settings | Mapping[str, Any] | None) -> Settings:
@@ -261,7 +301,7 @@ def _redis_client(redis_url: str | None) -> redis.Redis | None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    for blueprint in (bp, admin_bp, metrics_bp, docs_bp, preview_bp):
+    for blueprint in (bp, admin_bp, metrics_bp, docs_bp, preview_bp, events_bp):
         app.register_blueprint(blueprint)
 
 

@@ -9,6 +9,7 @@ from flask import Flask, Request, current_app
 
 if TYPE_CHECKING:
     from app.aws import AwsClients
+    from app.events.forwarder import EventForwarder
     from app.pinpoint.configs import RecommenderStore
     from app.pinpoint.serving import ConfiguredRecommenders
     from app.recommendations.presentation import Presenter
@@ -38,6 +39,7 @@ class Components:
     store: RecommenderStore
     request_log: RequestLog
     openapi: dict[str, Any] | None = None  # /openapi.json, built on first request
+    events: EventForwarder | None = None  # POST /events; None without PERSONALIZE_TRACKING_ID
 
 
 def components(app: Flask | None = None) -> Components:

@@ -27,6 +27,11 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Query parameters of GET /recommendations; a LINK_QUERY placeholder may not reuse one.
 RESERVED_PARAMETERS = frozenset({"user_id", "item_id", "num_results", "filter", "fields", "format", "recommender"})
+# The query parameters LINK_TRACKING adds to item urls (app/recommendations/presentation.py): fixed names, since
+# ingest-currents reads them back from clicked urls.
+ITEM_PARAMETER = "recs_item"
+ANSWER_PARAMETER = "recs_rid"
+TRACKING_PARAMETERS = frozenset({ITEM_PARAMETER, ANSWER_PARAMETER})
 
 
 class ConfigError(Exception):
@@ -176,7 +181,16 @@ def _link_query(query: str | None) -> str | None:
     if bad:
         raise ConfigError(f"LINK_QUERY: placeholder(s) {', '.join(bad)} must be lowercase names other than "
                           f"{', '.join(sorted(RESERVED_PARAMETERS))}.")
+    if tracked := sorted({pair.partition("=")[0] for pair in query.split("&")} & TRACKING_PARAMETERS):
+        raise ConfigError(f"LINK_QUERY: {', '.join(tracked)} is LINK_TRACKING's own parameter; name yours otherwise.")
     return query
+
+
+def _tracking_id(tracking_id: str | None) -> str | None:
+    if tracking_id is not None and not re.fullmatch(r"[A-Za-z0-9-]{1,256}", tracking_id):
+        raise ConfigError("PERSONALIZE_TRACKING_ID must be the event tracker's tracking id (letters, digits and -, "
+                          "as the Personalize console shows it under Event trackers).")
+    return tracking_id
 
 
 def _user_id_key(key: str | None) -> str | None:
@@ -291,6 +305,11 @@ class Settings:
     recommender_table: str | None = None
     recommender_refresh_seconds: float = 30.0
     transformer_timeout_ms: int = 500
+    # Events back to Personalize (README, "Teaching Personalize what happened").
+    link_tracking: bool = False  # recs_item and recs_rid on every item url
+    personalize_tracking_id: str | None = None  # POST /events is off without it
+    put_events_max_tps: float = 100.0  # PutEvents calls a second from one host, shared by its workers
+    web_concurrency: int = 2  # gunicorn's workers (gunicorn.conf.py reads the same variable): they share the cap
 
     @property
     def admin_api_on(self) -> bool:
@@ -409,6 +428,10 @@ class Settings:
             cache_dir=_text(raw.get("cache_dir")) or "",
             recommender_db_path=_text(raw.get("recommender_db_path")) or "",
             serve_recommenders=_flag("SERVE_RECOMMENDERS", raw.get("serve_recommenders")),
+            link_tracking=_flag("LINK_TRACKING", raw.get("link_tracking")),
+            personalize_tracking_id=_tracking_id(_text(raw.get("personalize_tracking_id"))),
+            put_events_max_tps=conv("put_events_max_tps", 0.1, 100_000),
+            web_concurrency=conv("web_concurrency", 1, 1000),
         )
         if settings.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}.")

@@ -19,6 +19,8 @@ each scenario for --duration seconds (after a 1 s warm-up, except the upstream-f
     slow       misses with the stand-in at 1500 ms, 64             -> bare Flask; non-2xx, p99 vs budget
     failing    misses with the stand-in answering 500, 64          -> bare Flask; non-2xx, p99 vs budget
     memory     a 1,000,000-item catalog: load time and gunicorn's total RSS / PSS
+    events     the Braze mix again while POST /events takes 20 requests of 10 events a second, forwarded to a
+               PutEvents stand-in (10 ms) -> mix: recommendation p99 within +10%; every event arrives
 
 --only NAME (repeatable, or comma-separated) runs those scenarios and the yardsticks they are compared to.
 The service runs with production's defaults, its JSON request log lines included (they go to the
@@ -56,15 +58,19 @@ import redis
 
 from tests.redis_server import RedisServer
 from tests.standin.personalize import Control
+from tests.standin.personalize_events import EventsControl
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/bench"
 HIT_USERS = 100  # the users hits.lua asks for
 CATALOG_ROWS = 1_000_000
-SCENARIOS = ("baseline", "proxy", "hits", "misses", "mix", "slow", "failing", "memory")
+SCENARIOS = ("baseline", "proxy", "hits", "misses", "mix", "events", "slow", "failing", "memory")
 NEEDS = {"hits": {"baseline"}, "misses": {"proxy"}, "mix": {"baseline"}, "slow": {"baseline"},
-         "failing": {"baseline"}}
+         "failing": {"baseline"}, "events": {"baseline", "mix"}}
+EVENTS_TRACKING_ID = "bench-tracker"
+EVENT_REQUESTS_PER_SECOND = 20  # each with EVENTS_PER_REQUEST events: 200 events a second
+EVENTS_PER_REQUEST = 10
 
 
 # -- processes -------------------------------------------------------------------------------------------------
@@ -184,6 +190,17 @@ class Bench:
             self.control.set_fault("error500")
         else:
             self.control.set_fault("latency", latency_ms=latency_ms if latency_ms is not None else self.args.latency_ms)
+
+    def start_events_standin(self) -> EventsControl:
+        """Start the PutEvents stand-in (10 ms a call) as a process; return its control client."""
+        standin = subprocess.Popen(
+            [sys.executable, "-m", "tests.standin.personalize_events", "--port", "0", "--latency-ms", "10",
+             "--tracking-id", EVENTS_TRACKING_ID],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log("events-standin"),
+        )
+        self.processes.append(standin)
+        assert standin.stdout is not None
+        return EventsControl("http://" + standin.stdout.readline().decode().split()[1])
 
     def calls(self) -> int:
         assert self.control is not None
@@ -378,6 +395,32 @@ class Runner:
         self.add("mix", "Braze mix", 64, figures, "baseline", calls, note)
         self.rows["mix"].extra.update(users=users, calls_settled=settled)
 
+    def events(self) -> None:
+        """The Braze mix with POST /events alongside, at a steady rate from a thread of this process."""
+        events = self.bench.start_events_standin()
+        with self.bench.service("events", PERSONALIZE_TRACKING_ID=EVENTS_TRACKING_ID,
+                                AWS_ENDPOINT_URL_PERSONALIZE_EVENTS=events.url) as (url, _):
+            poster = EventPoster(url)
+            poster.start()
+            try:
+                figures, calls = self.drive(url, "mix.lua", 64, warm_up=True)
+            finally:
+                poster.stop()
+            expected = poster.accepted * EVENTS_PER_REQUEST
+            deadline = time.monotonic() + 30
+            while len(events.calls()["event_ids"]) < expected and time.monotonic() < deadline:
+                time.sleep(0.25)
+            arrived = events.calls()
+        counts = arrived["event_ids"]
+        stats = figures.get("mix", {})
+        note = (f"POST /events: {poster.accepted} accepted of {poster.sent} ({poster.accepted * EVENTS_PER_REQUEST} "
+                f"events, p99 {poster.p99():.0f} ms), {len(counts)} arrived, {sum(counts.values()) - len(counts)} "
+                f"twice, calls of <= {max(arrived['call_sizes'], default=0)}")
+        self.add("events", "Braze mix + POST /events", 64, figures, "baseline", calls, note)
+        self.rows["events"].extra.update(users=stats.get("users", 0), expected=expected, arrived=len(counts),
+                                         twice=sum(counts.values()) - len(counts), posted=poster.sent,
+                                         accepted=poster.accepted)
+
     def slow(self) -> None:
         self._fault("slow", "misses, upstream 1500 ms", "ok", 1500)
 
@@ -464,6 +507,14 @@ class Runner:
         check("misses and mix: every answer from Personalize (no fallback)", ["misses-64", "misses-256", "mix"],
               lambda: all(unpersonalized(k) == 0 for k in ("misses-64", "misses-256", "mix")),
               lambda: ", ".join(f"{k} {unpersonalized(k)}" for k in ("misses-64", "misses-256", "mix")))
+        check("events: mix p99 within +10% with POST /events; every event once", ["events", "mix"],
+              lambda: (fig("events", "p99") <= fig("mix", "p99") * 1.10 and fig("events", "errors") == 0
+                       and rows["events"].extra["arrived"] == rows["events"].extra["expected"] > 0
+                       and rows["events"].extra["twice"] == 0
+                       and rows["events"].extra["accepted"] == rows["events"].extra["posted"]),
+              lambda: (f"p99 {fig('events', 'p99'):.1f} ms vs {fig('mix', 'p99'):.1f} ms "
+                       f"({fig('events', 'p99') / fig('mix', 'p99') - 1:+.0%}); "
+                       f"{rows['events'].extra['arrived']}/{rows['events'].extra['expected']} events arrived"))
         for key in ("slow", "failing"):
             check(f"{key}: 0 non-2xx/socket errors, p99 <= budget + 100 = {budget + 100} ms", [key],
                   lambda key=key: fig(key, "errors") == 0 and fig(key, "p99") <= budget + 100,
@@ -484,6 +535,49 @@ class Runner:
             failed |= ok is False
             print(f"  {verdict:4}  {name:58} {detail}")
         return 1 if failed else 0
+
+
+class EventPoster:
+    """POST /events EVENT_REQUESTS_PER_SECOND times a second from a thread, each request a new user's events."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url + "/events"
+        self.sent = self.accepted = 0
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def p99(self) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[int(len(ordered) * 0.99)] * 1000 if ordered else float("nan")
+
+    def _run(self) -> None:
+        import orjson  # the service's own JSON library, installed with it
+        interval = 1 / EVENT_REQUESTS_PER_SECOND
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            body = orjson.dumps({"user_id": f"bench-events-{self.sent}", "events": [
+                {"event_type": "click", "item_id": str(1000 + i), "recommendation_id": "bench-rid",
+                 "impression": [str(1000 + j) for j in range(5)]} for i in range(EVENTS_PER_REQUEST)]})
+            request = urllib.request.Request(self.url, data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+            started = time.monotonic()
+            self.sent += 1
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - a local URL
+                    self.accepted += response.status == 202
+            except OSError:
+                pass
+            self.latencies.append(time.monotonic() - started)
+            next_at += interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
 
 
 # -- catalog scale ---------------------------------------------------------------------------------------------
