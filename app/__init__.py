@@ -13,6 +13,7 @@ from flask import Flask
 
 from app.aws import AwsClients, Timeouts
 from app.caching.answers import AnswerCache, cache_config
+from app.caching.redis import SharedRedis, shared_redis
 from app.caching.singleflight import SingleFlight
 from app.commands import register_commands
 from app.catalog.files import FileError, Reloadable, open_file
@@ -56,7 +57,7 @@ def create_app(
     aws: AwsClients | None = None,
     recommender_store: RecommenderStore | None = None,
     answer_backend: BaseCache | None = None,
-    lock_client: redis.Redis | None = None,
+    lock_client: redis.Redis | SharedRedis | None = None,
     http_session: Any = None,
 ) -> Flask:
     """Build the app from settings (the environment by default); each outside service may be replaced.
@@ -64,7 +65,8 @@ def create_app(
     recommender: the source of answers (default: Personalize when PERSONALIZE_CAMPAIGN_ARN is set, else the
     batch output); aws: every boto3 client (Personalize, S3, DynamoDB, STS, Lambda); recommender_store: where
     configurations are kept; answer_backend: the answer cache's backend (default: Redis or files, as set);
-    lock_client: the Redis client of the cross-worker lock; http_session: the requests.Session of https://
+    lock_client: the Redis client of the cross-worker lock and the recently recommended counts (default: the
+    one app/caching/redis.py builds from CACHE_REDIS_URL, which the answer cache shares); http_session: the requests.Session of https://
     files. Nothing here does network I/O; see warm_up().
     """
     settings = _settings(config)
@@ -177,7 +179,7 @@ def _guard(settings: Settings) -> Callable[..., GuardedRecommender]:
 
 def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aws: AwsClients,
                             recommender: Recommender | None, answer_backend: BaseCache | None,
-                            lock_client: redis.Redis | None, http_session: Any) -> RecommendationService:
+                            lock_client: redis.Redis | SharedRedis | None, http_session: Any) -> RecommendationService:
     """Build GET /recommendations' service: the files it reads, the answer cache, the source and its guard."""
 
     def reloadable(variable: str, uri: str | None, parse: Callable[[bytes, str, str], Any], what: str,
@@ -205,8 +207,10 @@ def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aw
     batch = BatchRecommender(batch_answers) if batch_answers is not None else None
     primary = recommender or _personalize(settings, aws, metrics) or batch
     assert primary is not None  # Settings requires PERSONALIZE_CAMPAIGN_ARN or RECOMMENDATIONS_URI
+    shared = shared_redis(settings.cache_redis_url, settings.cache_redis_cluster, settings.cache_redis_tls_ca_file,
+                          settings.cache_redis_tls_verify)
     answers = AnswerCache(
-        answer_backend or _cache_backend(app, settings),
+        answer_backend or _cache_backend(app, settings, shared),
         settings.cache_ttl_seconds,
         settings.cache_stale_seconds,
         local_seconds=settings.cache_local_seconds,
@@ -214,7 +218,7 @@ def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aw
         on_error=metrics.answer_cache_error,
         on_failing=metrics.answer_cache_changed,
     )
-    redis_client = lock_client or _redis_client(settings.cache_redis_url)
+    redis_client = lock_client or shared
     return RecommendationService(
         _guard(settings)(primary, on_state_change=metrics.breaker_changed),
         catalog,
@@ -229,9 +233,9 @@ def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aw
     )
 
 
-def _cache_backend(app: Flask, settings: Settings) -> BaseCache:
+def _cache_backend(app: Flask, settings: Settings, shared: SharedRedis | None) -> BaseCache:
     """Return flask-caching's backend for answers: Redis when CACHE_REDIS_URL is set, else files in CACHE_DIR."""
-    cache.init_app(app, config=cache_config(settings.cache_redis_url, settings.cache_dir, settings.cache_threshold,
+    cache.init_app(app, config=cache_config(shared, settings.cache_dir, settings.cache_threshold,
                                             settings.cache_ttl_seconds))
     return app.extensions["cache"][cache]
 
@@ -251,13 +255,6 @@ def _personalize(settings: Settings, aws: AwsClients, metrics: Metrics) -> Recom
     return PersonalizeRecommender(settings.personalize_campaign_arn, aws.personalize_runtime, promotion,
                                   observe=metrics.observe_personalize, credentials=aws.credentials,
                                   on_no_credentials=aws.no_credentials)
-
-
-def _redis_client(redis_url: str | None) -> redis.Redis | None:
-    """Return the Redis client of single-flight locks and recently recommended counts, when Redis is the cache."""
-    if not redis_url:
-        return None
-    return redis.Redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
 
 
 def _register_blueprints(app: Flask) -> None:

@@ -128,9 +128,14 @@ class DataSerializer(BaseSerializer):
 
 
 class DataRedisCache(RedisCache):
-    """flask-caching's RedisCache keeping bytes, never pickles."""
+    """flask-caching's RedisCache keeping bytes, never pickles, on the client app/caching/redis.py builds
+    (one node or a cluster, TLS, short timeouts) rather than one of its own from CACHE_REDIS_URL."""
 
     serializer = DataSerializer()
+
+    @classmethod
+    def factory(cls, app: Any, config: dict[str, Any], args: list[Any], kwargs: dict[str, Any]) -> DataRedisCache:
+        return cls(*args, key_prefix=config.get("CACHE_KEY_PREFIX"), **kwargs)  # kwargs: CACHE_OPTIONS' host
 
 
 class DataFileSystemCache(FileSystemCache):
@@ -181,15 +186,14 @@ class DataFileSystemCache(FileSystemCache):
         return True
 
 
-def cache_config(redis_url: str | None, cache_dir: str, threshold: int, ttl: int) -> dict[str, Any]:
-    """Return flask-caching settings: Redis when a URL is given, else files shared by the host's workers."""
-    if redis_url:
+def cache_config(redis_client: Any, cache_dir: str, threshold: int, ttl: int) -> dict[str, Any]:
+    """Return flask-caching settings: Redis when a client is given (app/caching/redis.py's, with its short
+    timeouts), else files shared by the host's workers."""
+    if redis_client is not None:
         return {
             "CACHE_TYPE": f"{__name__}.DataRedisCache",
-            "CACHE_REDIS_URL": redis_url,
             "CACHE_DEFAULT_TIMEOUT": ttl,
-            # A Redis that hangs must cost a request milliseconds, not the whole budget.
-            "CACHE_OPTIONS": {"socket_timeout": 0.25, "socket_connect_timeout": 0.25, "health_check_interval": 30},
+            "CACHE_OPTIONS": {"host": redis_client},
         }
     return {
         "CACHE_TYPE": f"{__name__}.DataFileSystemCache",
