@@ -7,8 +7,11 @@ when CACHE_REDIS_CLUSTER says so or, unset, when the server's `INFO cluster` say
 
 Redis is an optimisation here, never a dependency of an answer: every call has the same short timeouts and a
 single attempt, so a Redis that is down or hung costs a request at most TIMEOUT_SECONDS per call, and the
-caller's fallback answers. Whatever a cluster client raises when it cannot reach the cluster (redis-py's
-RedisClusterException is not a RedisError) is raised as redis.ConnectionError, the error callers catch.
+caller's fallback answers. Once a node has refused a connection or let a call time out, calls to it fail at
+once for PAUSE_SECONDS (NodePausedError) rather than each waiting for its own timeout: a hung node would
+otherwise hold every worker thread whose keys it owns for 0.25 s a call. Whatever a cluster client raises
+when it cannot reach the cluster (redis-py's RedisClusterException is not a RedisError) is raised as
+redis.ConnectionError, the error callers catch.
 """
 from __future__ import annotations
 
@@ -21,9 +24,9 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
-from redis.connection import Encoder
 from redis.cluster import ClusterPipeline, RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.connection import Connection, Encoder, SSLConnection
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,62 @@ log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 0.25  # connect and read: a hung Redis costs a request milliseconds, not its budget
 HEALTH_CHECK_SECONDS = 30  # a connection idle this long is PINGed before use (a NAT or balancer may drop it)
 REBUILD_SECONDS = 1.0  # after a failed build (no node reachable), callers fail at once for this long
+PAUSE_SECONDS = 1.0  # after a node failed to connect or answer in time, calls to it fail at once for this long
+
+
+class NodePausedError(RedisError):
+    """A node failed within the last PAUSE_SECONDS, so this call did not try it.
+
+    Not a ConnectionError on purpose: redis-py's cluster client refreshes its map of slots after every
+    ConnectionError, and a refresh per request while a node is down would load the healthy nodes.
+    """
+
+
+class _Pausing:
+    """A connection that, once its node has failed, refuses to try it again for PAUSE_SECONDS.
+
+    paused_until maps (host, port) to when that node may be tried again; each client has its own (see
+    _connection_class), shared by all of its connections.
+    """
+
+    paused_until: dict[tuple[str, int], float]
+    host: str
+    port: int
+    _sock: Any
+
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        if self._sock is not None:
+            return
+        address = (self.host, self.port)
+        if self.paused_until.get(address, 0.0) > time.monotonic():
+            raise NodePausedError(f"Redis at {self.host}:{self.port} failed less than {PAUSE_SECONDS:g} s ago")
+        try:
+            super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.paused_until[address] = time.monotonic() + PAUSE_SECONDS
+            raise
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.TimeoutError:
+            # A hung node. Not on ConnectionError: a server closing an idle connection is reconnected at once.
+            self.paused_until[(self.host, self.port)] = time.monotonic() + PAUSE_SECONDS
+            raise
+
+
+class _PausingConnection(_Pausing, Connection):
+    pass
+
+
+class _PausingSSLConnection(_Pausing, SSLConnection):
+    pass
+
+
+def _connection_class(tls: bool) -> type[Connection]:
+    """Return a pausing connection class with a pause record of its own (one per client built)."""
+    base = _PausingSSLConnection if tls else _PausingConnection
+    return type(base.__name__, (base,), {"paused_until": {}})
 
 
 def hash_tagged(name: str) -> str:
@@ -51,6 +110,19 @@ class RedisOptions:
     tls_ca_file: str | None = None  # PEM certificates to trust, else the system's
     tls_verify: str = "full"  # full: certificate and host name; ca: certificate only; none: nothing
 
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("rediss://")
+
+    @property
+    def plain_url(self) -> str:
+        """Return the URL with rediss:// as redis://: TLS then comes from connection_class alone.
+
+        redis-py's cluster client lets a rediss:// URL replace the connection class it is given with its own
+        SSLConnection; given redis:// it keeps ours, which is an SSLConnection too when the URL said rediss.
+        """
+        return "redis://" + self.url.removeprefix("rediss://") if self.tls else self.url
+
     def connection_kwargs(self) -> dict[str, Any]:
         """Return the keyword arguments every connection gets: timeouts, one attempt, TLS as set."""
         kwargs: dict[str, Any] = {
@@ -58,7 +130,9 @@ class RedisOptions:
             "socket_connect_timeout": TIMEOUT_SECONDS,
             "health_check_interval": HEALTH_CHECK_SECONDS,
         }
-        if self.url.startswith("rediss://"):
+        if not self.url.startswith("unix://"):
+            kwargs["connection_class"] = _connection_class(self.tls)
+        if self.tls:
             kwargs["ssl_cert_reqs"] = "none" if self.tls_verify == "none" else "required"
             kwargs["ssl_check_hostname"] = self.tls_verify == "full"
             if self.tls_ca_file:
@@ -107,15 +181,15 @@ def build_client(options: RedisOptions) -> redis.Redis | RedisCluster:
     """
     kwargs = options.connection_kwargs()
     if options.cluster is False:
-        return redis.Redis.from_url(options.url, retry=_one_attempt(), **kwargs)
+        return redis.Redis.from_url(options.plain_url, retry=_one_attempt(), **kwargs)
     if options.cluster is None:
-        probe = redis.Redis.from_url(options.url, retry=_one_attempt(), **kwargs)
+        probe = redis.Redis.from_url(options.plain_url, retry=_one_attempt(), **kwargs)
         if not is_cluster(probe):
             return probe
         probe.close()
     try:
         # require_full_coverage=False: a slot without a node costs that slot's keys, not the whole client.
-        return _Cluster.from_url(options.url, retry=_one_attempt(), require_full_coverage=False, **kwargs)
+        return _Cluster.from_url(options.plain_url, retry=_one_attempt(), require_full_coverage=False, **kwargs)
     except RedisClusterException as exc:
         raise redis.ConnectionError(f"Redis Cluster unreachable: {exc}") from exc
 

@@ -7,6 +7,7 @@ per session on free loopback ports. One test kills a node mid-run and starts it 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from redis.cluster import RedisCluster
 from werkzeug.test import TestResponse
 
 from app.caching.answers import AnswerCache, CachedAnswer
-from app.caching.redis import SharedRedis, shared_redis
+from app.caching.redis import TIMEOUT_SECONDS, SharedRedis, shared_redis
 from app.caching.singleflight import SingleFlight
 from app.components import components
 from app.errors import UpstreamError
@@ -243,6 +244,45 @@ def test_a_killed_node_costs_only_its_keys_and_the_service_recovers_when_it_retu
     owner = victim.client()
     assert owner.exists(full_key(app, fake.key, on_victim))
     owner.close()
+
+
+def test_a_hung_node_costs_one_timeout_a_second_not_one_a_call(cluster_url: str,
+                                                                redis_cluster: RedisClusterServers) -> None:
+    """A node that accepts but never answers (SIGSTOP, like a host gone from the network) must not hold a worker
+    thread for the socket timeout on every call: after one timeout its calls fail at once for PAUSE_SECONDS."""
+    victim = redis_cluster.nodes[2]
+    client = shared_redis(cluster_url)
+    assert client is not None and client.is_cluster
+    keys = [f"k{i}" for i in range(200)]
+    on_victim = [k for k in keys if redis_cluster.node_for(k) is victim][:20]
+    elsewhere = [k for k in keys if redis_cluster.node_for(k) is not victim][:20]
+    for key in on_victim + elsewhere:
+        client.set(key, "v")
+
+    victim.kill(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        failed = 0
+        for key in on_victim:
+            with pytest.raises(redis.RedisError):
+                client.get(key)
+            failed += 1
+        spent = time.monotonic() - started
+        assert [client.get(key) for key in elsewhere] == [b"v"] * len(elsewhere)  # the other nodes still answer
+    finally:
+        victim.kill(signal.SIGCONT)
+
+    assert failed == 20
+    # 20 calls that each waited for the timeout would take 20 x TIMEOUT_SECONDS = 5 s.
+    assert spent < 4 * TIMEOUT_SECONDS, spent
+    deadline = time.monotonic() + RECOVERY_DEADLINE
+    while True:  # the pause ends by itself, and the node answers again
+        try:
+            assert client.get(on_victim[0]) == b"v"
+            break
+        except redis.RedisError:
+            assert time.monotonic() < deadline, "calls to the node did not resume"
+            time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------------------------------
