@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # What a cache backend raises when it is down, full or unwritable: the cache is then skipped, never fatal.
 CACHE_FAILURES = (RedisError, OSError)
+LOG_CHANGES_SECONDS = 60.0  # "answer cache failing" and "works again" are each logged at most this often
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,8 @@ class AnswerCache:
         # Answers are kept past their TTL for stale-if-error, but only served fresh within it.
         self.keep_seconds = max(ttl, stale_seconds)
         self._failing = {"read": False, "write": False}
+        self._next_log: dict[int, float] = {}  # log level -> when a change of state may be logged again
+        self._unlogged = 0
         self._malformed = False
         self._on_error = on_error or (lambda operation: None)
         self._on_failing = on_failing or (lambda failing: None)
@@ -309,11 +312,28 @@ class AnswerCache:
         was_failing = any(self._failing.values())
         self._failing[operation] = exc is not None
         if exc is not None and not was_failing:
-            log.error("answer cache failing (%s), serving without it: %s", operation, _reason(exc))
+            self._log_change(logging.ERROR, f"answer cache failing ({operation}), serving without it: {_reason(exc)}")
             self._on_failing(True)
         elif was_failing and not any(self._failing.values()):
-            log.warning("answer cache works again")
+            self._log_change(logging.WARNING, "answer cache works again")
             self._on_failing(False)
+
+    def _log_change(self, level: int, message: str) -> None:
+        """Log a change of state, each kind at most once a LOG_CHANGES_SECONDS, counting the changes left out.
+
+        A cache that fails for some keys only (one Redis Cluster node down) changes state on nearly every
+        request; one line a change would be thousands a second.
+        """
+        now = time.monotonic()
+        if now < self._next_log.get(level, 0.0):
+            self._unlogged += 1
+            return
+        self._next_log[level] = now + LOG_CHANGES_SECONDS
+        if self._unlogged:
+            message += (f" ({self._unlogged} more changes between failing and working were not logged since: some "
+                        "calls fail and others work, e.g. one Redis Cluster node is down)")
+            self._unlogged = 0
+        log.log(level, message)
 
     def _report_malformed(self, malformed: bool) -> None:
         if malformed:
