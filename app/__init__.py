@@ -66,8 +66,8 @@ def create_app(
     batch output); aws: every boto3 client (Personalize, S3, DynamoDB, STS, Lambda); recommender_store: where
     configurations are kept; answer_backend: the answer cache's backend (default: Redis or files, as set);
     lock_client: the Redis client of the cross-worker lock and the recently recommended counts (default: the
-    one app/caching/redis.py builds from CACHE_REDIS_URL, which the answer cache shares); http_session: the requests.Session of https://
-    files. Nothing here does network I/O; see warm_up().
+    one app/caching/redis.py builds from CACHE_REDIS_URL, which the answer cache shares); http_session: the
+    requests.Session of https:// files. Nothing here does network I/O; see warm_up().
     """
     settings = _settings(config)
     configure_logging(settings.log_level)

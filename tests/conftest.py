@@ -23,6 +23,7 @@ from tests.redis_server import (RedisClusterServers, RedisServer, RedisUnavailab
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CATALOG = ROOT / "sample" / "catalog.csv"
 SAMPLE_BATCH = ROOT / "sample" / "batch-output.json.out"
+TEST_REDIS_PASSWORD = "s3cr:t/p@ss%"  # characters a URL must escape: the rediss:// URL carries it percent-encoded
 
 
 class FakeRecommender:
@@ -178,14 +179,20 @@ def cluster_url(redis_cluster: RedisClusterServers) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """Yield a redis-server speaking only TLS, with a certificate made for it and one ACL user with a password.
+def tls_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """Yield a 3-node Redis Cluster speaking only TLS, with one ACL user and password: ElastiCache Serverless's way."""
+    folder = tmp_path_factory.mktemp("redis-tls-cluster")
+    with _running(RedisClusterServers(folder, tls=Tls.make(folder / "tls"), user="recs",
+                                      password=TEST_REDIS_PASSWORD)) as cluster:
+        yield cluster
 
-    The password holds characters a URL must escape (the URL carries it percent-encoded).
-    """
+
+@pytest.fixture(scope="session")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Yield a redis-server speaking only TLS, with a certificate made for it and one ACL user with a password."""
     folder = tmp_path_factory.mktemp("redis-tls")
     with _running(RedisServer(folder / "redis.log", tls=Tls.make(folder / "tls"), user="recs",
-                              password="s3cr:t/p@ss%")) as server:
+                              password=TEST_REDIS_PASSWORD)) as server:
         yield server
 
 

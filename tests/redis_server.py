@@ -187,17 +187,22 @@ class RedisClusterServers:
     their slots. `cluster-node-timeout` is short so the cluster notices a dead node within the tests' deadlines.
     """
 
-    def __init__(self, folder: Path, size: int = 3, node_timeout_ms: int = 1000) -> None:
+    def __init__(self, folder: Path, size: int = 3, node_timeout_ms: int = 1000, tls: Tls | None = None,
+                 user: str | None = None, password: str | None = None) -> None:
         self.folder = folder
+        self.tls, self.user, self.password = tls, user, password
         self.nodes: list[RedisServer] = []
         for index in range(size):
             node_folder = folder / f"node{index}"
             node_folder.mkdir(parents=True, exist_ok=True)
-            self.nodes.append(RedisServer(node_folder / "redis.log", extra_args=(
-                "--cluster-enabled", "yes", "--cluster-config-file", str(node_folder / "nodes.conf"),
-                # The bus port's default, the port + 10000, may be taken or past 65535.
-                "--cluster-port", str(free_port()),
-                "--cluster-node-timeout", str(node_timeout_ms), "--cluster-require-full-coverage", "no")))
+            args = ("--cluster-enabled", "yes", "--cluster-config-file", str(node_folder / "nodes.conf"),
+                    # The bus port's default, the port + 10000, may be taken or past 65535.
+                    "--cluster-port", str(free_port()),
+                    "--cluster-node-timeout", str(node_timeout_ms), "--cluster-require-full-coverage", "no",
+                    # With tls the nodes also speak TLS to each other, as ElastiCache's do.
+                    *(("--tls-cluster", "yes") if tls else ()))
+            self.nodes.append(RedisServer(node_folder / "redis.log", extra_args=args, tls=tls, user=user,
+                                          password=password))
 
     @property
     def url(self) -> str:
@@ -211,9 +216,11 @@ class RedisClusterServers:
             raise RedisUnavailable("redis-cli is not installed: apt-get install redis-tools (.ci/run does).")
         for node in self.nodes:
             node.start()
+        tls_args = ["--tls", "--cacert", str(self.tls.ca_file)] if self.tls else []
+        auth_args = ["--user", str(self.user), "--pass", self.password] if self.password else []
         created = subprocess.run(
-            [redis_cli, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
-             "--cluster-replicas", "0", "--cluster-yes"],
+            [redis_cli, *tls_args, *auth_args, "--no-auth-warning", "--cluster", "create",
+             *(f"127.0.0.1:{node.port}" for node in self.nodes), "--cluster-replicas", "0", "--cluster-yes"],
             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
         if created.returncode != 0:
             self.stop()

@@ -136,6 +136,7 @@ class DataRedisCache(RedisCache):
 
     @classmethod
     def factory(cls, app: Any, config: dict[str, Any], args: list[Any], kwargs: dict[str, Any]) -> DataRedisCache:
+        """Build the backend on the client cache_config put in CACHE_OPTIONS (flask-caching's would make its own)."""
         return cls(*args, key_prefix=config.get("CACHE_KEY_PREFIX"), **kwargs)  # kwargs: CACHE_OPTIONS' host
 
 

@@ -342,3 +342,21 @@ def test_tls_verify_none_trusts_any_certificate(make_app: Callable[..., Flask], 
 
     assert get(app, user_id="u1").headers["X-Cache"] == "MISS"
     assert get(app, user_id="u1").headers["X-Cache"] == "HIT"
+
+
+def test_a_tls_cluster_with_a_password_serves_answers_the_lock_and_the_counts(
+    make_app: Callable[..., Flask], tls_redis_cluster: RedisClusterServers,
+) -> None:
+    """ElastiCache Serverless's combination: the cluster protocol over TLS, a user and password in the URL."""
+    url = tls_redis_cluster.url
+    assert url.startswith("rediss://recs:")
+    ca = str(tls_redis_cluster.tls.ca_file) if tls_redis_cluster.tls else None
+    tls_redis_cluster.flush()
+    fake = FakeRecommender({"u1": ["1000", "1037"]})
+    app = make_app({"recommender": fake}, cache_redis_url=url, cache_redis_tls_ca_file=ca)
+
+    assert get(app, user_id="u1").headers["X-Cache"] == "MISS"
+    assert get(app, user_id="u1").headers["X-Cache"] == "HIT" and len(fake.calls) == 1
+    assert shared_client(app).is_cluster  # detected over TLS, as the user it was given
+    assert two_workers_fetch_once(app, lambda: shared_redis(url, tls_ca_file=ca)) == ["A"]
+    assert two_workers_count(lambda: shared_redis(url, tls_ca_file=ca)) == ["1037", "1000", "1074"]
