@@ -233,6 +233,8 @@ class SharedRedis:
         return isinstance(self.client, RedisCluster)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy, pickle and friends probing for hooks must not connect to Redis
+            raise AttributeError(name)
         return getattr(self.client, name)
 
     def register_script(self, script: str) -> Script:
