@@ -9,7 +9,8 @@ Redis is an optimisation here, never a dependency of an answer: every call has t
 single attempt, so a Redis that is down or hung costs a request at most TIMEOUT_SECONDS per call, and the
 caller's fallback answers. Once a node has refused a connection or let a call time out, calls to it fail at
 once for PAUSE_SECONDS (NodePausedError) rather than each waiting for its own timeout: a hung node would
-otherwise hold every worker thread whose keys it owns for 0.25 s a call. Whatever a cluster client raises
+otherwise hold every worker thread whose keys it owns for 0.25 s a call. A node answering CLUSTERDOWN (while
+it rejoins its cluster) is paused the same way. Whatever a cluster client raises
 when it cannot reach the cluster (redis-py's RedisClusterException is not a RedisError) is raised as
 redis.ConnectionError, the error callers catch.
 """
@@ -26,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.connection import Connection, Encoder, SSLConnection
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ class _Pausing:
             # A hung node. Not on ConnectionError: a server closing an idle connection is reconnected at once.
             self.paused_until[(self.host, self.port)] = time.monotonic() + PAUSE_SECONDS
             raise
+        except ClusterDownError as exc:
+            # A node rejoining its cluster (or a cluster without a majority) answers CLUSTERDOWN for a while;
+            # redis-py would sleep 0.25 s in the request's thread on each such answer before raising it.
+            self.paused_until[(self.host, self.port)] = time.monotonic() + PAUSE_SECONDS
+            raise NodePausedError(f"Redis at {self.host}:{self.port} answered CLUSTERDOWN") from exc
 
 
 class _PausingConnection(_Pausing, Connection):

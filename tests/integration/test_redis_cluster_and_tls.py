@@ -290,6 +290,35 @@ def test_a_hung_node_costs_one_timeout_a_second_not_one_a_call(cluster_url: str,
             time.sleep(0.05)
 
 
+def test_a_restarted_node_rejoining_its_cluster_costs_no_wait(cluster_url: str,
+                                                              redis_cluster: RedisClusterServers) -> None:
+    """A node started again answers CLUSTERDOWN until it has rejoined; redis-py sleeps 0.25 s on each such
+    answer, which the service must not spend in a request's thread."""
+    victim = redis_cluster.nodes[1]
+    client = shared_redis(cluster_url)
+    assert client is not None and client.is_cluster
+    key = next(f"k{i}" for i in range(200) if redis_cluster.node_for(f"k{i}") is victim)
+    victim.kill()
+    with pytest.raises(redis.RedisError):
+        client.get(key)
+    victim.start()
+
+    slowest, answers = 0.0, []
+    deadline = time.monotonic() + RECOVERY_DEADLINE
+    while True:
+        started = time.monotonic()
+        try:
+            client.set(key, "back")
+            break
+        except redis.RedisError as exc:
+            answers.append(type(exc).__name__)
+        finally:
+            slowest = max(slowest, time.monotonic() - started)
+        assert time.monotonic() < deadline, f"the node was not used again: {answers[-3:]}"
+        time.sleep(0.01)  # a poll interval
+    assert slowest < 0.2, f"a call waited {slowest:.2f} s while the node rejoined ({len(answers)} failed calls)"
+
+
 # --------------------------------------------------------------------------------------------------
 # TLS with a user and password (rediss://user:password@host), as ElastiCache Serverless requires
 
