@@ -21,7 +21,7 @@ from redis.cluster import RedisCluster
 from werkzeug.test import TestResponse
 
 from app.caching.answers import AnswerCache, CachedAnswer
-from app.caching.redis import TIMEOUT_SECONDS, SharedRedis, shared_redis
+from app.caching.redis import TIMEOUT_SECONDS, RedisOptions, SharedRedis, shared_redis
 from app.caching.singleflight import SingleFlight
 from app.components import components
 from app.errors import UpstreamError
@@ -73,6 +73,31 @@ def test_cache_redis_cluster_false_is_obeyed(cluster_url: str) -> None:
 
     assert not client.is_cluster
     client.close()
+
+
+def test_cache_redis_cluster_true_on_one_node_says_so_and_costs_only_the_cache(
+    make_app: Callable[..., Flask], redis_url: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = FakeRecommender({"u1": ["1000"]})
+    app = make_app({"recommender": fake}, cache_redis_url=redis_url, cache_redis_cluster=True)
+
+    with caplog.at_level(logging.WARNING):
+        resp = get(app, user_id="u1")
+
+    assert (resp.status_code, resp.headers["X-Cache"]) == (200, "MISS")
+    assert "Cluster mode is not enabled on this node" in caplog.text
+
+
+@pytest.mark.parametrize(("verify", "expected"), [
+    ("full", {"ssl_cert_reqs": "required", "ssl_check_hostname": True}),
+    ("ca", {"ssl_cert_reqs": "required", "ssl_check_hostname": False}),
+    ("none", {"ssl_cert_reqs": "none", "ssl_check_hostname": False}),
+])
+def test_tls_verify_modes_become_redis_py_options(verify: str, expected: dict[str, Any]) -> None:
+    kwargs = RedisOptions("rediss://cache:6379", tls_ca_file="/ca.pem", tls_verify=verify).connection_kwargs()
+
+    assert {name: kwargs[name] for name in expected} == expected
+    assert kwargs["ssl_ca_certs"] == "/ca.pem" and kwargs["socket_timeout"] == TIMEOUT_SECONDS
 
 
 def test_nothing_is_asked_of_redis_until_first_use() -> None:
