@@ -13,6 +13,7 @@ from flask import Flask
 
 from app.aws import AwsClients, Timeouts
 from app.caching.answers import AnswerCache, cache_config
+from app.caching.redis import SharedRedis, shared_redis
 from app.caching.singleflight import SingleFlight
 from app.commands import register_commands
 from app.catalog.files import FileError, Reloadable, open_file
@@ -60,7 +61,7 @@ def create_app(
     aws: AwsClients | None = None,
     recommender_store: RecommenderStore | None = None,
     answer_backend: BaseCache | None = None,
-    lock_client: redis.Redis | None = None,
+    lock_client: redis.Redis | SharedRedis | None = None,
     http_session: Any = None,
     event_queue: EventQueue | None = None,
 ) -> Flask:
@@ -69,9 +70,10 @@ def create_app(
     recommender: the source of answers (default: Personalize when PERSONALIZE_CAMPAIGN_ARN is set, else the
     batch output); aws: every boto3 client (Personalize, S3, DynamoDB, STS, Lambda); recommender_store: where
     configurations are kept; answer_backend: the answer cache's backend (default: Redis or files, as set);
-    lock_client: the Redis client of the cross-worker lock; http_session: the requests.Session of https://
-    files; event_queue: where POST /events keeps events until PutEvents takes them (default: Redis or SQLite,
-    as the cache). Nothing here does network I/O; see warm_up().
+    lock_client: the Redis client of the cross-worker lock and the recently recommended counts (default: the
+    one app/caching/redis.py builds from CACHE_REDIS_URL, which the answer cache shares); http_session: the
+    requests.Session of https:// files; event_queue: where POST /events keeps events until PutEvents takes them
+    (default: Redis or SQLite, as the cache). Nothing here does network I/O; see warm_up().
     """
     settings = _settings(config)
     configure_logging(settings.log_level)
@@ -83,8 +85,11 @@ def create_app(
     _prepare_data_folders(settings)
     aws = aws or AwsClients(settings.aws_region, _personalize_timeouts(settings), settings.transformer_timeout_ms / 1000)
     metrics = Metrics()
-    service = _recommendation_service(settings, app, metrics, aws, recommender, answer_backend, lock_client,
-                                      http_session)
+    # The one Redis client of the process (None without CACHE_REDIS_URL): answers, locks, counts, events.
+    shared = shared_redis(settings.cache_redis_url, settings.cache_redis_cluster, settings.cache_redis_tls_ca_file,
+                          settings.cache_redis_tls_verify)
+    service = _recommendation_service(settings, app, metrics, aws, recommender, answer_backend, shared,
+                                      lock_client, http_session)
     presenter = Presenter(settings.link_query, settings.link_tracking)
     store = recommender_store or build_store(settings.recommender_store, settings.recommender_db_path,
                                              settings.recommender_table, aws.dynamodb)
@@ -102,7 +107,7 @@ def create_app(
                                     settings.recommender_refresh_seconds, observe=metrics.observe_personalize,
                                     enabled=recommenders_served(settings)),
         store=store,
-        events=_event_forwarder(settings, aws, metrics, event_queue),
+        events=_event_forwarder(settings, aws, metrics, event_queue, lock_client or shared),
         request_log=RequestLog(settings.log_user_id_key, enabled=settings.log_level in ("DEBUG", "INFO"),
                                flush_seconds=settings.log_flush_ms / 1000),
     )
@@ -170,8 +175,8 @@ def events_path(settings: Settings) -> str:
     return os.path.join(settings.data_dir, "events.sqlite3")
 
 
-def _event_forwarder(settings: Settings, aws: AwsClients, metrics: Metrics,
-                     queue: EventQueue | None) -> EventForwarder | None:
+def _event_forwarder(settings: Settings, aws: AwsClients, metrics: Metrics, queue: EventQueue | None,
+                     redis_client: redis.Redis | SharedRedis | None) -> EventForwarder | None:
     """Return POST /events' queue and drainer, or None when no tracking id is set (the route says so).
 
     PUT_EVENTS_MAX_TPS is the host's: each of its WEB_CONCURRENCY workers sends at most its share.
@@ -179,8 +184,8 @@ def _event_forwarder(settings: Settings, aws: AwsClients, metrics: Metrics,
     if not settings.personalize_tracking_id:
         return None
     if queue is None:
-        client = _redis_client(settings.cache_redis_url)
-        queue = RedisEventQueue(client) if client is not None else SQLiteEventQueue(events_path(settings))
+        queue = (RedisEventQueue(redis_client) if redis_client is not None
+                 else SQLiteEventQueue(events_path(settings)))
     observe = metrics.event_counter("api")
     sender = PutEventsSender(aws.personalize_events, settings.personalize_tracking_id,
                              settings.put_events_max_tps / settings.web_concurrency, observe=observe)
@@ -217,7 +222,8 @@ def _guard(settings: Settings) -> Callable[..., GuardedRecommender]:
 
 def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aws: AwsClients,
                             recommender: Recommender | None, answer_backend: BaseCache | None,
-                            lock_client: redis.Redis | None, http_session: Any) -> RecommendationService:
+                            shared: SharedRedis | None, lock_client: redis.Redis | SharedRedis | None,
+                            http_session: Any) -> RecommendationService:
     """Build GET /recommendations' service: the files it reads, the answer cache, the source and its guard."""
 
     def reloadable(variable: str, uri: str | None, parse: Callable[[bytes, str, str], Any], what: str,
@@ -246,7 +252,7 @@ def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aw
     primary = recommender or _personalize(settings, aws, metrics) or batch
     assert primary is not None  # Settings requires PERSONALIZE_CAMPAIGN_ARN or RECOMMENDATIONS_URI
     answers = AnswerCache(
-        answer_backend or _cache_backend(app, settings),
+        answer_backend or _cache_backend(app, settings, shared),
         settings.cache_ttl_seconds,
         settings.cache_stale_seconds,
         local_seconds=settings.cache_local_seconds,
@@ -254,7 +260,7 @@ def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aw
         on_error=metrics.answer_cache_error,
         on_failing=metrics.answer_cache_changed,
     )
-    redis_client = lock_client or _redis_client(settings.cache_redis_url)
+    redis_client = lock_client or shared
     return RecommendationService(
         _guard(settings)(primary, on_state_change=metrics.breaker_changed),
         catalog,
@@ -269,9 +275,9 @@ def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aw
     )
 
 
-def _cache_backend(app: Flask, settings: Settings) -> BaseCache:
+def _cache_backend(app: Flask, settings: Settings, shared: SharedRedis | None) -> BaseCache:
     """Return flask-caching's backend for answers: Redis when CACHE_REDIS_URL is set, else files in CACHE_DIR."""
-    cache.init_app(app, config=cache_config(settings.cache_redis_url, settings.cache_dir, settings.cache_threshold,
+    cache.init_app(app, config=cache_config(shared, settings.cache_dir, settings.cache_threshold,
                                             settings.cache_ttl_seconds))
     return app.extensions["cache"][cache]
 
@@ -291,13 +297,6 @@ def _personalize(settings: Settings, aws: AwsClients, metrics: Metrics) -> Recom
     return PersonalizeRecommender(settings.personalize_campaign_arn, aws.personalize_runtime, promotion,
                                   observe=metrics.observe_personalize, credentials=aws.credentials,
                                   on_no_credentials=aws.no_credentials)
-
-
-def _redis_client(redis_url: str | None) -> redis.Redis | None:
-    """Return the Redis client of single-flight locks and recently recommended counts, when Redis is the cache."""
-    if not redis_url:
-        return None
-    return redis.Redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
 
 
 def _register_blueprints(app: Flask) -> None:

@@ -1,6 +1,6 @@
 """Benchmark the service as production runs it: gunicorn + Redis cache + Personalize (stand-in) over HTTP.
 
-    python -m loadtest.bench [--duration 10] [--only NAME ...] [--latency-ms 50]
+    python -m loadtest.bench [--duration 10] [--only NAME ...] [--latency-ms 50] [--redis node|cluster]
     python -m loadtest.bench --serve 300      # just the stand-in + service, for locust or py-spy
 
 One run starts, on this machine only (127.0.0.1): the Personalize stand-in (a process of its own, run by
@@ -30,8 +30,11 @@ when something else on the machine takes CPU), req/s as a ratio to its yardstick
 came from (X-Recommendations-Source, counted by sources.lua), for mix the stand-in's calls against the
 distinct users mix.lua made, for slow and failing the non-2xx count and p99 against REQUEST_BUDGET_MS + 100.
 Then every target with PASS or FAIL (a scenario not run shows "-"); besides the issue's targets, misses and
-mix must be answered by Personalize, not by the fallback. The exit status is 1 when a target that ran failed. Needs Redis on 127.0.0.1:6379 (uses database 13, flushed) and wrk.
+mix must be answered by Personalize, not by the fallback. The exit status is 1 when a target that ran failed. Needs redis-server (the bench starts its own on free ports, never using 6379) and wrk.
 Scenario knobs for mix.lua (UNKNOWN_SHARE, QA_EVERY, ...) pass through the environment.
+
+--redis cluster runs the service against a 3-node Redis Cluster the bench starts on loopback ports
+(tests/redis_server.py's RedisClusterServers, no replicas) instead of one redis-server; the targets are the same.
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ from typing import Any
 
 import redis
 
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterServers, RedisServer
 from tests.standin.personalize import Control
 from tests.standin.personalize_events import EventsControl
 
@@ -154,10 +157,11 @@ def proc_kib(pid: int, name: str, file: str = "status") -> int:
 class Bench:
     """The processes of one run: the stand-in, the yardsticks, and a fresh service per scenario."""
 
-    def __init__(self, args: argparse.Namespace, logs: Path, redis_url: str) -> None:
+    def __init__(self, args: argparse.Namespace, logs: Path, redis_server: RedisServer | RedisClusterServers) -> None:
         self.args = args
         self.logs = logs
-        self.redis_url = redis_url
+        self.redis_server = redis_server
+        self.redis_url = redis_server.url
         self.gunicorn = str(Path(sys.executable).with_name("gunicorn"))
         self.settings = gunicorn_settings()
         self.budget_ms = int(os.environ.get("REQUEST_BUDGET_MS", "800"))
@@ -232,7 +236,7 @@ class Bench:
     @contextlib.contextmanager
     def service(self, name: str, **extra: str) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
         """Run `gunicorn wsgi:app` as production does, on an empty Redis cache, until the block ends."""
-        redis.Redis.from_url(self.redis_url).flushdb()  # the bench's own redis-server
+        self.empty_redis()
         port = free_port()
         process = subprocess.Popen([self.gunicorn, "wsgi:app"], cwd=ROOT, env=self.env(port, **extra),
                                    stdout=subprocess.DEVNULL, stderr=self.log(f"service-{name}"))
@@ -243,6 +247,13 @@ class Bench:
             yield url, process
         finally:
             stop(process)
+
+    def empty_redis(self) -> None:
+        """Empty the bench's own redis-server (or every node of its cluster)."""
+        if isinstance(self.redis_server, RedisClusterServers):
+            self.redis_server.flush()
+        else:
+            redis.Redis.from_url(self.redis_url).flushdb()
 
     def yardstick(self, module: str) -> str:
         """Start loadtest.baseline or loadtest.proxy once, under the production worker settings."""
@@ -444,7 +455,8 @@ class Runner:
         print(f"\nwrk -t2 -d{args.duration:g}s (+1 s warm-up); Personalize stand-in latency {args.latency_ms} ms; "
               f"WEB_CONCURRENCY={s['workers']} WEB_THREADS={s['threads']} worker_class={s['worker_class']} "
               f"reuse_port={s['reuse_port']}; "
-              f"REQUEST_BUDGET_MS={self.bench.budget_ms}\n")
+              f"REQUEST_BUDGET_MS={self.bench.budget_ms}; Redis: "
+              f"{'a 3-node cluster' if args.redis == 'cluster' else 'one node'}\n")
         header = (f"{'scenario':27} {'conns':>5} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
                   f"{'calls/req':>9} {'CPU us/req':>10} {'× yardstick':>18}  note")
         print(header)
@@ -699,6 +711,8 @@ def main() -> int:
                         help=f"run only these scenarios (and their yardsticks): {', '.join(SCENARIOS)}")
     parser.add_argument("--latency-ms", type=int, default=50, help="the stand-in's Personalize latency (50)")
     parser.add_argument("--catalog-rows", type=int, default=CATALOG_ROWS, help="items in the memory scenario")
+    parser.add_argument("--redis", choices=("node", "cluster"), default="node",
+                        help="the service's Redis: one redis-server (default) or a 3-node Redis Cluster")
     parser.add_argument("--serve", type=float, metavar="SECONDS",
                         help="only start the stand-in and the service, print their URLs, stop after SECONDS")
     args = parser.parse_args()
@@ -710,8 +724,10 @@ def main() -> int:
     if shutil.which("wrk") is None and args.serve is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    redis_server = RedisServer(logs / "redis.log").start()  # never the Redis other programs share on 6379
-    bench = Bench(args, logs, redis_server.url)
+    # Never the Redis other programs share on 6379.
+    redis_server = (RedisClusterServers(logs / "redis-cluster") if args.redis == "cluster"
+                    else RedisServer(logs / "redis.log")).start()
+    bench = Bench(args, logs, redis_server)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         bench.start_standin()
