@@ -81,6 +81,12 @@ class Progress:
             self.stream.write(self.line(now) + "\n")
             self.stream.flush()
 
+    def estimate(self, total: int) -> None:
+        """Change the total when it is only estimated as the work goes (e.g. lines of files read so far)."""
+        self.total = max(total, self.done)
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, total=self.total)
+
     def line(self, now: float) -> str:
         """Return the progress so far: count, share, rate and time left."""
         elapsed = max(now - self._started, 1e-9)
