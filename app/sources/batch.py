@@ -55,10 +55,10 @@ def parse_line(line: bytes) -> tuple[bytes, bytes] | str | None:
         return f"Personalize reported an error for {(user_id or item_id)!r}"
     if not isinstance(items, list):
         return "no output.recommendedItems"
-    encoded = [str(item).encode() for item in items]
-    if any(SEPARATOR in item for item in encoded):
+    joined = "\n".join(map(str, items))
+    if joined.count("\n") != max(len(items) - 1, 0):
         return "an item id holds a line break"
-    return key, SEPARATOR.join(encoded)
+    return key, joined.encode()
 
 
 def decode(answer: bytes | None) -> list[str]:
@@ -132,7 +132,7 @@ class BatchRecommender:
                 raise self._unavailable("batch_store_unavailable",
                                         "The batch store cannot be read; the error is logged.", exc) from exc
             log.warning("batch store pointer unreadable, keeping version %s: %s", version.id, exc)
-        self._version = (version, now + (self.pointer_seconds if version is not None else 0.05))
+        self._version = (version, now + self.pointer_seconds if version is not None else now)
         if version is not None:
             self.loader.noticed(version)
         return version
