@@ -149,9 +149,10 @@ class _NullStream:
 class BatchLoader:
     """Keep this host's (or this Redis's) store on the job's newest version, from a thread of each worker.
 
-    Every interval it lists the job (sizes, mtimes, ETags: no download) and, when the version changed or the
-    store has none, loads it under the store's lock: the worker that gets the lock loads, the others keep
-    serving the old version and look again. Started after gunicorn forks (a thread does not survive a fork).
+    Every interval it lists the job (sizes, mtimes, ETags: no download) and, when the store has none, or the
+    job differs from the one served at start or has changed since, loads it under the store's lock: the worker
+    that gets the lock loads, the others keep serving the old version and look again. Started after gunicorn
+    forks (a thread does not survive a fork).
     """
 
     def __init__(self, files: FileSet, store: BatchStore, interval: float, grace: float = GRACE_SECONDS,
@@ -166,7 +167,8 @@ class BatchLoader:
         self.attempted = threading.Event()  # set once this process's first check is done (loaded or failed)
         self._pid: int | None = None
         self._start_lock = threading.Lock()
-        self._seen: str | None = None
+        self._seen: str | None = None  # the version last reported to on_load
+        self._listed: str | None = None  # the job's version at this worker's last successful look
 
     def start(self) -> bool:
         """Start this process's loader thread, once; return True when this call started it."""
@@ -203,12 +205,16 @@ class BatchLoader:
             parts = self.files.parts()
             version = job_version(self.files.uri, parts)
             current = self.store.current()
-            if current is not None and current.id == version:
+            # Loaded, or unchanged since this worker last looked: the store keeps what it serves, which may be
+            # another job an operator loaded with `load-batch URI` since.
+            if current is not None and version in (current.id, self._listed):
+                self._listed = version
                 self.last_error = self.source_error = None
                 self.noticed(current)
                 return self.interval
             progress = _logged_progress()
             report = load_job(self.files, self.store, parts=parts, grace=self.grace, progress=progress)
+            self._listed = version
         except LoadBusy:  # another process loads: look again soon while nothing is served, else at the interval
             return BUSY_POLL_SECONDS if self.store.current() is None else self.interval
         except FileError as exc:

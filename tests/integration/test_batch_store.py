@@ -9,11 +9,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import redis
 from flask import Flask
-from moto import mock_aws
 
 from app.catalog.files import LocalFiles, S3Files
 from app.sources.batch import decode, store_key
@@ -21,13 +19,13 @@ from app.sources.batch_load import LoadBusy, load_job
 from app.sources.batch_store import RedisBatchStore, SQLiteBatchStore
 from tests.batch_files import write_folder, write_job
 from tests.conftest import FakeAws
+from tests.integration.conftest import BUCKET
 from tests.redis_server import free_port
 
 SET_A = [str(1000 + n) for n in range(25)]
 SET_B = [str(1100 + n) for n in range(25)]
 USERS = 3_000
 WAIT = 20  # seconds a poll may take before the test fails; never reached when things work
-BUCKET = "recs-batch"
 
 
 @pytest.fixture
@@ -169,19 +167,6 @@ def test_sqlite_job_is_loaded_once_however_many_processes_try(tmp_path: Path) ->
 
 
 # --- S3 ------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 def upload_job(client: Any, folder: Path, prefix: str) -> None:

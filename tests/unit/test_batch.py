@@ -307,3 +307,18 @@ def test_load_batch_command_loads_and_says_so_in_one_line(make_app: Callable[...
 def test_load_batch_command_names_an_unreadable_job(make_app: Callable[..., Flask], tmp_path: Path) -> None:
     result = make_app().test_cli_runner().invoke(args=["load-batch", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "No such file or directory" in result.output
+
+
+def test_a_job_loaded_by_hand_stays_until_the_services_own_job_changes(tmp_path: Path) -> None:
+    store = store_in(tmp_path)
+    own = write_job(tmp_path / "own.jsonl", ["ann"], lambda i: SET_A)
+    loader = BatchLoader(LocalFiles(str(own)), store, interval=60, grace=0)
+    loader.check()
+    load_job(LocalFiles(str(write_job(tmp_path / "other.jsonl", ["ann"], lambda i: SET_B))), store, grace=0)
+
+    loader.check()
+    assert answer(store, "ann") == SET_B  # `load-batch other.jsonl` is not undone by the next look
+
+    write_job(own, ["ann", "bob"], lambda i: SET_A)
+    loader.check()
+    assert answer(store, "ann") == SET_A  # the service's own job changed: it is loaded and served
