@@ -43,12 +43,16 @@ def parse_line(line: bytes) -> tuple[bytes, bytes] | str | None:
         record: Any = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         return f"not valid JSON ({exc})"
-    user_id, item_id = _get(record, "input", "userId"), _get(record, "input", "itemId")
-    items = _get(record, "output", "recommendedItems")
+    if not isinstance(record, dict):
+        return "no input.userId or input.itemId"
+    given, output = record.get("input"), record.get("output")
+    user_id = given.get("userId") if isinstance(given, dict) else None
+    item_id = given.get("itemId") if isinstance(given, dict) else None
+    items = output.get("recommendedItems") if isinstance(output, dict) else None
     if isinstance(user_id, str) and user_id:
-        key = store_key(user_id, None)
+        key = b"u:" + user_id.encode()
     elif isinstance(item_id, str) and item_id:
-        key = store_key(None, item_id)
+        key = b"i:" + item_id.encode()
     else:
         return "no input.userId or input.itemId"
     if record.get("error"):
@@ -64,11 +68,6 @@ def parse_line(line: bytes) -> tuple[bytes, bytes] | str | None:
 def decode(answer: bytes | None) -> list[str]:
     """Return the item ids of a stored answer (none for a user the job lacks)."""
     return answer.decode().split("\n") if answer else []
-
-
-def _get(record: Any, outer: str, inner: str) -> Any:
-    part = record.get(outer) if isinstance(record, dict) else None
-    return part.get(inner) if isinstance(part, dict) else None
 
 
 class BatchRecommender:
