@@ -276,28 +276,27 @@ class HttpFiles:
         self._session = session if session is not None else requests.Session()
 
     def parts(self) -> list[Part]:
+        # A GET whose body is not read, not a HEAD: a presigned S3 URL is signed for GET only.
+        with self._get() as response:
+            version = response.headers.get("ETag") or response.headers.get("Last-Modified") or ""
+            return [Part(self.uri, int(response.headers.get("Content-Length") or 0), version)]
+
+    def open(self, part: Part) -> BinaryIO:
+        response = self._get()
+        response.raw.decode_content = True  # a Content-Encoding the server added; a .gz file stays gzipped
+        return response.raw  # type: ignore[no-any-return]
+
+    def _get(self) -> Any:
         import requests
 
         try:
-            response = self._session.head(self.uri, timeout=HTTP_TIMEOUT_SECONDS)
+            response = self._session.get(self.uri, timeout=HTTP_TIMEOUT_SECONDS, stream=True)
         except requests.RequestException as exc:
             raise FileError(f"{self.uri}: {exc}.") from exc
         if response.status_code != 200:
+            response.close()
             raise FileError(f"{self.uri}: the server answered HTTP {response.status_code}.")
-        version = response.headers.get("ETag") or response.headers.get("Last-Modified") or ""
-        return [Part(self.uri, int(response.headers.get("Content-Length") or 0), version)]
-
-    def open(self, part: Part) -> BinaryIO:
-        import requests
-
-        try:
-            response = self._session.get(part.uri, timeout=HTTP_TIMEOUT_SECONDS, stream=True)
-        except requests.RequestException as exc:
-            raise FileError(f"{part.uri}: {exc}.") from exc
-        if response.status_code != 200:
-            raise FileError(f"{part.uri}: the server answered HTTP {response.status_code}.")
-        response.raw.decode_content = True  # a Content-Encoding the server added; a .gz file stays gzipped
-        return response.raw  # type: ignore[no-any-return]
+        return response
 
 
 def _some(uri: str, found: list[Part]) -> list[Part]:

@@ -132,11 +132,18 @@ def _load_part(part: Part, stream: Counted, writer: object, report: LoadReport, 
 
 
 def _quiet() -> Progress:
-    return Progress("batch", 0, "answers", terminal=False, line_seconds=float("inf"), stream=_NullStream())
+    return Progress("batch", 0, "answers", terminal=False, line_seconds=float("inf"), stream=_LogStream(None))
 
 
-class _NullStream:
+class _LogStream:
+    """Where a worker's load progress goes: its lines become log records (JSON, like every other line)."""
+
+    def __init__(self, logger: logging.Logger | None) -> None:
+        self.logger = logger
+
     def write(self, text: str) -> int:
+        if self.logger is not None and text.strip():
+            self.logger.info("%s", text.strip())
         return len(text)
 
     def flush(self) -> None:
@@ -237,4 +244,4 @@ class BatchLoader:
 
 def _logged_progress() -> Callable[[int], Progress]:
     """Return the progress of a load run by the service: a log line every few seconds, never a bar."""
-    return lambda total: Progress("batch load", total, "answers", terminal=False)
+    return lambda total: Progress("batch load", total, "answers", terminal=False, stream=_LogStream(log))

@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -39,6 +39,7 @@ GRACE_SECONDS = 10.0  # > batch.POINTER_SECONDS + a request's budget: no reader 
 BUCKETS = 4096  # Redis hashes per version: small enough to delete by name, large enough to keep each hash small
 LOCK_SECONDS = 60  # a Redis load lock not renewed this long (its loader died) is free again
 DELETE_BATCH = 512  # keys unlinked per pipeline when an old version goes
+WRITE_ATTEMPTS = 4  # tries of one pipeline of a load before it fails
 FLUSH_ANSWERS = 50_000  # answers gathered before a pipeline goes to Redis (about 10 MB)
 
 
@@ -94,10 +95,12 @@ class BatchStore(Protocol):
         """Remove every version but keep, grace seconds after keep was switched to; return their ids."""
 
 
-def _wait_grace(keep: Version, grace: float) -> None:
-    left = keep.switched_at + grace - time.time()
-    if left > 0:
-        time.sleep(left)
+def _wait_grace(keep: Version, grace: float, renew: Callable[[], None] | None = None) -> None:
+    """Sleep until grace seconds have passed since keep was switched to, renewing a load lock meanwhile."""
+    while (left := keep.switched_at + grace - time.time()) > 0:
+        time.sleep(min(left, LOCK_SECONDS / 4))
+        if renew is not None:
+            renew()
 
 
 # -- Redis --------------------------------------------------------------------------------------------------------
@@ -115,6 +118,7 @@ class RedisBatchStore:
         self.buckets = buckets
         self.pointer = f"{prefix}:current"
         self.versions = f"{prefix}:versions"
+        self._held: Any = None  # the load lock, while this process holds it
 
     def current(self) -> Version | None:
         raw = self.client.get(self.pointer)
@@ -132,19 +136,21 @@ class RedisBatchStore:
     @contextlib.contextmanager
     def lock(self) -> Iterator[bool]:
         lock = self.client.lock(f"{self.prefix}:lock", timeout=LOCK_SECONDS, blocking=False)
-        held = lock.acquire(blocking=False)
-        self._lock = lock if held else None
+        if not lock.acquire(blocking=False):
+            yield False
+            return
+        self._held = lock
         try:
-            yield held
+            yield True
         finally:
-            if held:
-                with contextlib.suppress(redis.exceptions.LockError):
-                    lock.release()
+            self._held = None
+            with contextlib.suppress(redis.exceptions.LockError):
+                lock.release()
 
     def renew_lock(self) -> None:
         """Keep the load lock while a long load runs (a dead loader's lock lapses after LOCK_SECONDS)."""
-        if getattr(self, "_lock", None) is not None:
-            self._lock.reacquire()  # type: ignore[union-attr]
+        if self._held is not None:
+            self._held.reacquire()
 
     def begin(self, version_id: str, uri: str) -> RedisWriter:
         self._delete(version_id, self.buckets)  # a rerun after an interruption starts the version afresh
@@ -155,7 +161,7 @@ class RedisBatchStore:
     def remove_old(self, keep: Version, grace: float) -> list[str]:
         old = [member.decode() for member in self.client.smembers(self.versions) if member.decode() != keep.id]
         if old:
-            _wait_grace(keep, grace)
+            _wait_grace(keep, grace, self.renew_lock)
         for version_id in old:
             raw = self.client.get(self.meta_key(version_id))
             self._delete(version_id, Version.loads(raw).buckets if raw else self.buckets)
@@ -193,10 +199,20 @@ class RedisWriter:
 
     def _flush(self) -> None:
         store = self.store
-        pipe = store.client.pipeline(transaction=False)
-        for bucket, mapping in self._waiting.items():
-            pipe.hset(store.bucket_key(self.version_id, bucket), mapping=mapping)
-        pipe.execute()
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            pipe = store.client.pipeline(transaction=False)
+            for bucket, mapping in self._waiting.items():
+                pipe.hset(store.bucket_key(self.version_id, bucket), mapping=mapping)
+            try:
+                pipe.execute()
+                break
+            except (redis.TimeoutError, redis.ConnectionError) as exc:
+                # The service's client has short timeouts, made for requests; an HSET may simply be sent again.
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                log.warning("batch store write failed (%s); trying again (%d of %d)", exc, attempt + 1,
+                            WRITE_ATTEMPTS)
+                time.sleep(0.5 * attempt)
         self._waiting, self._count = {}, 0
         store.renew_lock()
 

@@ -216,10 +216,24 @@ def test_the_old_version_stays_readable_for_the_grace_period(tmp_path: Path,
     store = store_in(tmp_path)
     load_job(LocalFiles(str(write_job(tmp_path / "a.jsonl", ["ann"], lambda i: SET_A))), store, grace=0)
     old = store.current()
-    waited: list[float] = []
-    monkeypatch.setattr("app.sources.batch_store.time.sleep", waited.append)
+
+    class Clock:  # the store's time: sleeping moves it on, and is recorded
+        now = time.time()
+        slept: list[float] = []
+
+        @classmethod
+        def time(cls) -> float:
+            return cls.now
+
+        @classmethod
+        def sleep(cls, seconds: float) -> None:
+            assert os.path.exists(store.path(old.id))  # still readable while the grace period runs
+            cls.slept.append(seconds)
+            cls.now += seconds
+
+    monkeypatch.setattr("app.sources.batch_store.time", Clock)
     load_job(LocalFiles(str(write_job(tmp_path / "b.jsonl", ["ann"], lambda i: SET_B))), store, grace=30)
-    assert len(waited) == 1 and 29 < waited[0] <= 30  # removed only after the grace period since the switch
+    assert sum(Clock.slept) == pytest.approx(30)  # removed only once the grace period since the switch is over
     assert not os.path.exists(store.path(old.id))
 
 
