@@ -21,7 +21,8 @@ each scenario for --duration seconds (after a 1 s warm-up, except the upstream-f
     memory     a 1,000,000-item catalog: load time and gunicorn's total RSS / PSS
     batch-load load-batch of 1,000,000 users x 25 items in 3 gzipped files, into Redis and into SQLite:
                users/s, store bytes per user (Redis INFO used_memory; the SQLite file)
-    batch-serve that job served from Redis and from SQLite, 64 connections   -> cache hits; start -> ready
+    batch-serve that job served from Redis and from SQLite, 64 connections   -> cache hits; start -> ready;
+               then a 40-user job served, for its workers' RSS
     batch-10m  10,000,000 users (--batch-users) loaded into SQLite and served; each worker's RSS beside a
                40-user job's (heavy: minutes, about 2 GB of disk)
 
@@ -52,7 +53,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -438,27 +439,30 @@ class Runner:
             with self.batch_service(key, kind, loaded["job"], loaded["data_dir"]) as (url, ready_s, workers):
                 os.environ["BATCH_USERS"] = str(loaded["users"])
                 figures, _ = self.drive(url + "/recommendations", "batch.lua", 64, warm_up=True)
-                rss = [proc_kib(pid, "VmRSS") / 1024 for pid in workers]
+                rss = [proc_kib(pid, "VmRSS") / 1024 for pid in workers()]
             remote = figures["rps"] / self.rows["hits-redis"].figures["rps"]
             self.add(key, f"batch answers ({kind})", 64, figures, "hits", None,
                      f"{remote:.2f}x hits-redis; ready {ready_s:.1f} s after start; worker RSS "
                      f"{', '.join(f'{r:.0f}' for r in rss)} MiB", expected="batch")
             self.rows[key].extra.update(ready_s=ready_s, rss=rss)
+        self.batch_users(40, "batch-40")  # the worker RSS of a tiny job, beside which batch-10m's is read
 
     def batch_10m(self) -> None:
         """Load args.batch_users users into SQLite and serve them; each worker's RSS beside a 40-user job's."""
-        small = self.batch_job(40, "job-40")
-        small_load = load_batch(self.bench, small, 40, "sqlite", self.workdir / "data-40")
-        job = self.batch_job(self.args.batch_users, "job-10m", files=10)
-        big_load = load_batch(self.bench, job, self.args.batch_users, "sqlite", self.workdir / "data-10m")
-        for key, loaded in (("batch-40", small_load), ("batch-10m", big_load)):
-            with self.batch_service(key, "sqlite", loaded["job"], loaded["data_dir"]) as (url, ready_s, workers):
-                os.environ["BATCH_USERS"] = str(loaded["users"])
-                figures, _ = self.drive(url + "/recommendations", "batch.lua", 64, warm_up=True)
-                rss = [proc_kib(pid, "VmRSS") / 1024 for pid in workers]
-            self.add(key, f"batch {loaded['users']:,} users (sqlite)", 64, figures, "hits", None,
-                     f"ready {ready_s:.1f} s; worker RSS {', '.join(f'{r:.0f}' for r in rss)} MiB", expected="batch")
-            self.rows[key].extra.update(ready_s=ready_s, rss=rss, load=loaded)
+        if "batch-40" not in self.rows:
+            self.batch_users(40, "batch-40")
+        self.batch_users(self.args.batch_users, "batch-10m", files=10)
+
+    def batch_users(self, users: int, key: str, files: int = BATCH_FILES) -> None:
+        """Load a job of users into SQLite with load-batch, serve it, and record each worker's RSS after."""
+        loaded = load_batch(self.bench, self.batch_job(users, key, files), users, "sqlite", self.workdir / f"data-{key}")
+        with self.batch_service(key, "sqlite", loaded["job"], loaded["data_dir"]) as (url, ready_s, workers):
+            os.environ["BATCH_USERS"] = str(users)
+            figures, _ = self.drive(url + "/recommendations", "batch.lua", 64, warm_up=True)
+            rss = [proc_kib(pid, "VmRSS") / 1024 for pid in workers()]
+        self.add(key, f"batch {users:,} users (sqlite)", 64, figures, "hits", None,
+                 f"ready {ready_s:.1f} s; worker RSS {', '.join(f'{r:.0f}' for r in rss)} MiB", expected="batch")
+        self.rows[key].extra.update(ready_s=ready_s, rss=rss, load=loaded)
 
     def batch_job(self, users: int, name: str = "job", files: int = BATCH_FILES) -> Path:
         """Write a job of users x BATCH_ITEMS sample catalog items in gzipped files (timed, printed)."""
@@ -475,13 +479,14 @@ class Runner:
 
     @contextlib.contextmanager
     def batch_service(self, name: str, kind: str, job: Path, data_dir: Path
-                      ) -> Iterator[tuple[str, float, list[int]]]:
-        """Start gunicorn serving job from a store that already holds it; yield url, seconds to ready, workers."""
+                      ) -> Iterator[tuple[str, float, Callable[[], list[int]]]]:
+        """Start gunicorn serving job from a store that already holds it; yield url, seconds to ready and what
+        lists its workers (after the run: the second worker may still be booting when the first is ready)."""
         started = time.monotonic()
         unset = ("PERSONALIZE_CAMPAIGN_ARN",) + (("CACHE_REDIS_URL",) if kind == "sqlite" else ())
         with self.bench.service(name, flush=False, unset=unset, RECOMMENDATIONS_URI=str(job),
                                 DATA_DIR=str(data_dir)) as (url, process):
-            yield url, time.monotonic() - started, children(process.pid)
+            yield url, time.monotonic() - started, lambda: children(process.pid)
 
     # -- report ------------------------------------------------------------------------------------------------
     def report(self) -> int:
@@ -514,7 +519,8 @@ class Runner:
                       f"peak VmHWM {hwm / 1024:7.0f} MiB")
             print(f"  total: VmRSS {m['rss_kib'] / 1024:.0f} MiB, PSS {m['pss_kib'] / 1024:.0f} MiB "
                   f"(peak VmHWM sum {m['hwm_kib'] / 1024:.0f} MiB)" + (f"; {m['problem']}" if m.get("problem") else ""))
-        for loaded in [*self.batch.values(), *(row.extra["load"] for row in self.rows.values() if "load" in row.extra)]:
+        for loaded in [*self.batch.values(), *(row.extra["load"] for row in self.rows.values()
+                                               if "load" in row.extra and row.extra["load"]["users"] > 1000)]:
             print(f"\nload-batch of {loaded['users']:,} users into {loaded['kind']}: {loaded['rate']:,.0f} users/s "
                   f"(the command's own figure; {loaded['wall_s']:.1f} s wall with the process start); "
                   f"{loaded['bytes_per_user']:.0f} bytes per user in the store ({loaded['store_mb']:.0f} MB)"
