@@ -24,7 +24,7 @@ each scenario for --duration seconds (after a 1 s warm-up, except the upstream-f
     batch-serve that job served from Redis and from SQLite, 64 connections   -> cache hits; start -> ready;
                then a 40-user job served, for its workers' RSS
     batch-10m  10,000,000 users (--batch-users) loaded into SQLite and served; each worker's RSS beside a
-               40-user job's (heavy: minutes, about 2 GB of disk)
+               40-user job's (heavy: minutes, about 2 GB of disk; only run when named with --only)
 
 --only NAME (repeatable, or comma-separated) runs those scenarios and the yardsticks they are compared to.
 The service runs with production's defaults, its JSON request log lines included (they go to the
@@ -72,6 +72,7 @@ SCENARIOS = ("baseline", "proxy", "hits", "misses", "mix", "slow", "failing", "m
              "batch-serve", "batch-10m")
 NEEDS = {"hits": {"baseline"}, "misses": {"proxy"}, "mix": {"baseline"}, "slow": {"baseline"},
          "failing": {"baseline"}, "batch-serve": {"hits", "batch-load"}, "batch-10m": {"hits"}}
+HEAVY = {"batch-10m"}  # run only when named with --only
 BATCH_USERS = 1_000_000  # batch-load and batch-serve
 BATCH_ITEMS = 25
 BATCH_FILES = 3
@@ -757,7 +758,7 @@ def main() -> int:
     only = {name.strip() for value in args.only for name in value.split(",") if name.strip()}
     if unknown := only - set(SCENARIOS):
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose among {', '.join(SCENARIOS)}")
-    wanted = set(only or SCENARIOS)
+    wanted = set(only or set(SCENARIOS) - HEAVY)
     wanted |= {need for name in list(wanted) for need in NEEDS.get(name, ())}
     if shutil.which("wrk") is None and args.serve is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")

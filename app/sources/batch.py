@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 POINTER_SECONDS = 1.0  # how long a worker trusts the version it read; the old version outlives this (GRACE)
 FIRST_WAIT_SECONDS = 1.0  # a request outside the guard (the fallback) waits this long for a first version
-SEPARATOR = b"\n"  # between item ids in a stored answer: the most compact form that needs no parsing
+SEPARATOR = "\n"  # between item ids in a stored answer: the most compact form that needs no parsing
 
 
 def store_key(user_id: str | None, item_id: str | None) -> bytes:
@@ -59,15 +59,15 @@ def parse_line(line: bytes) -> tuple[bytes, bytes] | str | None:
         return f"Personalize reported an error for {(user_id or item_id)!r}"
     if not isinstance(items, list):
         return "no output.recommendedItems"
-    joined = "\n".join(map(str, items))
-    if joined.count("\n") != max(len(items) - 1, 0):
+    joined = SEPARATOR.join(map(str, items))
+    if joined.count(SEPARATOR) != max(len(items) - 1, 0):
         return "an item id holds a line break"
     return key, joined.encode()
 
 
 def decode(answer: bytes | None) -> list[str]:
     """Return the item ids of a stored answer (none for a user the job lacks)."""
-    return answer.decode().split("\n") if answer else []
+    return answer.decode().split(SEPARATOR) if answer else []
 
 
 class BatchRecommender:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from app.catalog.files import Counted, FileError, FileSet, Part, iter_lines
 from app.commands.progress import Progress
 from app.sources.batch import parse_line
-from app.sources.batch_store import GRACE_SECONDS, BatchStore, Version
+from app.sources.batch_store import GRACE_SECONDS, BatchStore, Version, Writer
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,10 @@ def load_job(files: FileSet, store: BatchStore, *, parts: list[Part] | None = No
             if not report.users:
                 raise FileError(f"{files.uri}: no usable lines ({report.bad:,} bad).")
         except BaseException:
-            writer.abort()
+            try:
+                writer.abort()
+            except Exception:  # the store failing too: say so, but raise what stopped the load
+                log.exception("batch load stopped; dropping its partial version failed too")
             raise
         version = writer.finish(report.users)
         report.seconds = time.monotonic() - started
@@ -100,14 +103,14 @@ def load_job(files: FileSet, store: BatchStore, *, parts: list[Part] | None = No
     return report
 
 
-def _load_part(part: Part, stream: Counted, writer: object, report: LoadReport, bar: Progress, done_bytes: int,
+def _load_part(part: Part, stream: Counted, writer: Writer, report: LoadReport, bar: Progress, done_bytes: int,
                total_bytes: int) -> int:
     """Stream one file into the writer; return the compressed bytes read so far over all files."""
     name = os.path.basename(part.uri.rstrip("/"))
     pending: list[tuple[bytes, bytes]] = []
 
     def flush() -> None:
-        writer.put(pending)  # type: ignore[attr-defined]
+        writer.put(pending)
         report.users += len(pending)
         bar.advance(len(pending))
         read = done_bytes + stream.count
