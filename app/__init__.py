@@ -19,7 +19,7 @@ from app.catalog.files import FileError, Reloadable, open_file, open_files
 from app.catalog.items import Catalog, parse_catalog, parse_item_list, reload_check
 from app.components import EXTENSION, Components, components
 from app.docs.openapi import bp as docs_bp
-from app.errors import register_error_handlers
+from app.errors import ServiceError, register_error_handlers
 from app.extensions import cache
 from app.pinpoint.admin import bp as admin_bp
 from app.pinpoint.configs import RecommenderStore, build_store
@@ -147,7 +147,12 @@ def _start_batch_loader(batch: BatchRecommender) -> None:
     """
     batch.loader.start()
     batch.loader.attempted.wait(BATCH_WAIT_SECONDS)
-    if batch.version() is not None:
+    try:
+        if batch.version() is not None:
+            return
+    except ServiceError:  # the store is out of reach (Redis down): serve the fallbacks, as for the answer cache
+        log.warning("The batch store (%s) cannot be read: requests are answered from the fallbacks until it can.",
+                    batch.store.kind)
         return
     if batch.loader.source_error is not None:
         raise FileError(batch.loader.source_error)

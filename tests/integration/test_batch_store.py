@@ -14,6 +14,8 @@ import redis
 from flask import Flask
 
 from app.catalog.files import LocalFiles, S3Files
+from app import warm_up
+from app.components import components
 from app.sources.batch import decode, store_key
 from app.sources.batch_load import LoadBusy, load_job
 from app.sources.batch_store import RedisBatchStore, SQLiteBatchStore
@@ -94,7 +96,7 @@ def test_a_batch_store_out_of_reach_sends_requests_to_the_fallback(make_app: Cal
     app = make_app(cache_redis_url=redis_url, recommendations_uri=str(tmp_path / "job"))
     client = app.test_client()
     assert client.get("/recommendations?user_id=user1").headers["X-Recommendations-Source"] == "batch"
-    store = app.extensions["recommendation_service"].batch_store
+    store = components(app).batch_store
     store.client = redis.Redis(port=free_port(), socket_connect_timeout=0.2)  # nothing listens there
 
     response = client.get("/recommendations?user_id=user1")
@@ -189,15 +191,25 @@ def test_an_s3_prefix_of_gzipped_files_is_one_job(s3: Any, tmp_path: Path, make_
     assert [item["id"] for item in client.get("/recommendations?user_id=user2999&num_results=2").get_json()] == [
         "1740", "1333"]
     assert [item["id"] for item in client.get("/recommendations?user_id=user0&num_results=1").get_json()] == ["1000"]
-    store = app.extensions["recommendation_service"].batch_store
+    store = components(app).batch_store
     first = store.current()
     assert first.users == 3_000
 
     write_job(tmp_path / "job" / "part-002.json.out.gz", [f"user{i}" for i in range(2000, 3000)],
               lambda i: ["1111"])
     upload_job(s3, tmp_path / "job", "out/job-1/")  # a new ETag for one file: a new version of the job
-    loader = app.extensions["recommendation_service"].batch.loader
+    loader = components(app).batch.loader
     loader.grace = 0
     loader.check()
     assert store.current().id != first.id
     assert read(store, "user2999") == ["1111"] and read(store, "user0") == ["1000"]
+
+
+def test_a_redis_down_at_start_does_not_stop_the_service(make_app: Callable[..., Flask], tmp_path: Path) -> None:
+    write_folder(tmp_path / "job", 5, 1, lambda i: ["1740"])
+    app = make_app(cache_redis_url=f"redis://127.0.0.1:{free_port()}/0", recommendations_uri=str(tmp_path / "job"))
+
+    warm_up(app)  # the answer cache and the batch store are out of reach: the fallbacks answer
+
+    response = app.test_client().get("/recommendations?user_id=user1")
+    assert response.status_code == 200 and response.headers["X-Recommendations-Source"] == "fallback"
