@@ -112,9 +112,9 @@ def _load_part(part: Part, stream: Counted, writer: Writer, report: LoadReport, 
     def flush() -> None:
         writer.put(pending)
         report.users += len(pending)
-        bar.advance(len(pending))
         read = done_bytes + stream.count
-        bar.estimate(int(report.users * total_bytes / read) if read else 0)
+        bar.estimate(int(report.users * total_bytes / read) if read else 0)  # before the line advance may write
+        bar.advance(len(pending))
         pending.clear()
 
     for number, line in enumerate(iter_lines(part.uri, stream, part.uri.lower().endswith(".gz")), start=1):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from flask import Flask
 from app.catalog import files as file_module
 from app.components import components
 from app.catalog.files import FileError, LocalFiles, iter_lines, open_files
+from app.commands.progress import Progress
 from app.sources.batch import decode, parse_line, store_key
 from app.sources.batch_load import BatchLoader, LoadBusy, job_version, load_job
 from app.sources.batch_store import SQLiteBatchStore, Version
@@ -338,3 +340,22 @@ def test_a_job_loaded_by_hand_stays_until_the_services_own_job_changes(tmp_path:
     write_job(own, ["ann", "bob"], lambda i: SET_A)
     loader.check()
     assert answer(store, "ann") == SET_A  # the service's own job changed: it is loaded and served
+
+
+def test_a_load_away_from_a_terminal_writes_progress_lines_with_rate_and_time_left(tmp_path: Path) -> None:
+    folder = tmp_path / "job"
+    write_folder(folder, 12_000, 3, lambda i: SET_A)
+    out = io.StringIO()
+
+    def progress(total: int) -> Progress:
+        return Progress("load-batch", total, "users", stream=out, terminal=False, line_seconds=0)
+
+    load_job(LocalFiles(str(folder)), store_in(tmp_path), grace=0, progress=progress)
+
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 3  # one a chunk here (line_seconds=0), then the summary
+    assert all("users/s" in line for line in lines)
+    first = re.match(r"load-batch: 4,000/([\d,]+) users \((\d+)%\), [\d,.]+ users/s, about .* left$", lines[0])
+    assert first is not None, lines[0]
+    assert 10_000 <= int(first.group(1).replace(",", "")) <= 14_000  # estimated from the bytes read so far
+    assert lines[-1].startswith("load-batch: 12,000 users in ")
