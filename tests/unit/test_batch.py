@@ -359,3 +359,18 @@ def test_a_load_away_from_a_terminal_writes_progress_lines_with_rate_and_time_le
     assert first is not None, lines[0]
     assert 10_000 <= int(first.group(1).replace(",", "")) <= 14_000  # estimated from the bytes read so far
     assert lines[-1].startswith("load-batch: 12,000 users in ")
+
+
+def test_an_estimated_total_moves_the_bar_only_when_it_changed_enough() -> None:
+    stream = io.StringIO()
+    with Progress("load-batch", 0, stream=stream, terminal=True) as bar:
+        bar.advance(100)
+        bar.estimate(1_000)
+        assert bar.total == 1_000
+        bar.estimate(1_020)  # within 5%: rich would forget the rate (and the time left) on every new total
+        assert bar.total == 1_000
+        bar.estimate(2_000)
+        assert bar.total == 2_000
+        bar.advance(2_100)  # the estimate fell short: the bar ends full
+
+    assert "2200/2200" in stream.getvalue()
