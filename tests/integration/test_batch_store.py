@@ -1,6 +1,7 @@
 """The batch store for real: the tests' own Redis, SQLite files shared by several processes, an S3 prefix (moto)."""
 from __future__ import annotations
 
+import gzip
 import multiprocessing
 import os
 import random
@@ -11,15 +12,16 @@ from typing import Any
 
 import pytest
 import redis
+import responses
 from flask import Flask
 
-from app.catalog.files import LocalFiles, S3Files
+from app.catalog.files import LocalFiles, S3Files, open_files
 from app import warm_up
 from app.components import components
 from app.sources.batch import decode, store_key
 from app.sources.batch_load import LoadBusy, load_job
 from app.sources.batch_store import RedisBatchStore, SQLiteBatchStore
-from tests.batch_files import write_folder, write_job
+from tests.batch_files import job_line, write_folder, write_job
 from tests.conftest import FakeAws
 from tests.integration.conftest import BUCKET
 from tests.redis_server import free_port
@@ -213,3 +215,16 @@ def test_a_redis_down_at_start_does_not_stop_the_service(make_app: Callable[...,
 
     response = app.test_client().get("/recommendations?user_id=user1")
     assert response.status_code == 200 and response.headers["X-Recommendations-Source"] == "fallback"
+
+
+def test_an_https_job_file_is_streamed_and_versioned_by_its_etag(tmp_path: Path) -> None:
+    body = gzip.compress(b"".join(job_line(f"user{i}", SET_A) + b"\n" for i in range(50)))
+    url = "https://exports.example.com/out/job.json.out.gz"
+    store = SQLiteBatchStore(str(tmp_path / "batch"))
+    with responses.RequestsMock() as web:
+        web.get(url, body=body, headers={"ETag": '"v1"', "Content-Length": str(len(body))})
+        files = open_files(url, lambda: None)
+
+        assert [(part.version, part.size) for part in files.parts()] == [('"v1"', len(body))]
+        assert load_job(files, store, grace=0).users == 50
+    assert read(store, "user49") == SET_A
