@@ -16,11 +16,11 @@ from app.caching.answers import AnswerCache, cache_config
 from app.caching.redis import SharedRedis, shared_redis
 from app.caching.singleflight import SingleFlight
 from app.commands import register_commands
-from app.catalog.files import FileError, Reloadable, open_file
+from app.catalog.files import FileError, Reloadable, open_file, open_files
 from app.catalog.items import Catalog, parse_catalog, parse_item_list, reload_check
 from app.components import EXTENSION, Components, components
 from app.docs.openapi import bp as docs_bp
-from app.errors import register_error_handlers
+from app.errors import ServiceError, register_error_handlers
 from app.events.forwarder import EventForwarder
 from app.events.putevents import PutEventsSender
 from app.events.queue import EventQueue, RedisEventQueue, SQLiteEventQueue
@@ -37,7 +37,9 @@ from app.recommendations.service import RecommendationService
 from app.recommendations.views import bp
 from app.server.proxies import TrustedProxies
 from app.settings import ConfigError, Settings
-from app.sources.batch import BatchRecommender, parse_batch_output
+from app.sources.batch import BatchRecommender
+from app.sources.batch_load import BatchLoader
+from app.sources.batch_store import BatchStore, RedisBatchStore, SQLiteBatchStore
 from app.sources.guard import GuardedRecommender
 from app.sources.personalize import PersonalizeRecommender
 from app.sources.popularity import RecentlyRecommended, RedisCounts, SQLiteCounts
@@ -50,6 +52,7 @@ from app.telemetry.metrics import bp as metrics_bp
 
 log = logging.getLogger(__name__)
 BRAZE_TIMEOUT_MS = 2000  # Connected Content gives up after 2 s (README, "Never the reason an email goes out broken")
+BATCH_WAIT_SECONDS = 2.0  # warm_up waits this long for a batch job to load: a small one is served at once
 
 __all__ = ["ConfigError", "create_app", "start_background", "warm_up"]
 
@@ -85,11 +88,14 @@ def create_app(
     _prepare_data_folders(settings)
     aws = aws or AwsClients(settings.aws_region, _personalize_timeouts(settings), settings.transformer_timeout_ms / 1000)
     metrics = Metrics()
-    # The one Redis client of the process (None without CACHE_REDIS_URL): answers, locks, counts, events.
+    # The one Redis client of the process (None without CACHE_REDIS_URL): answers, locks, counts, batch, events.
     shared = shared_redis(settings.cache_redis_url, settings.cache_redis_cluster, settings.cache_redis_tls_ca_file,
                           settings.cache_redis_tls_verify)
+    redis_client = lock_client or shared
+    batch_store = _batch_store(settings, redis_client)
+    batch = _batch(settings, aws, http_session, batch_store, metrics)
     service = _recommendation_service(settings, app, metrics, aws, recommender, answer_backend, shared,
-                                      lock_client, http_session)
+                                      redis_client, batch, http_session)
     presenter = Presenter(settings.link_query, settings.link_tracking)
     store = recommender_store or build_store(settings.recommender_store, settings.recommender_db_path,
                                              settings.recommender_table, aws.dynamodb)
@@ -107,9 +113,11 @@ def create_app(
                                     settings.recommender_refresh_seconds, observe=metrics.observe_personalize,
                                     enabled=recommenders_served(settings)),
         store=store,
-        events=_event_forwarder(settings, aws, metrics, event_queue, lock_client or shared),
+        events=_event_forwarder(settings, aws, metrics, event_queue, redis_client),
         request_log=RequestLog(settings.log_user_id_key, enabled=settings.log_level in ("DEBUG", "INFO"),
                                flush_seconds=settings.log_flush_ms / 1000),
+        batch_store=batch_store,
+        batch=batch,
     )
     _register_blueprints(app)
     register_commands(app)
@@ -130,9 +138,10 @@ def warm_up(app: Flask) -> None:
     if parts.settings.personalize_campaign_arn or parts.settings.admin_api_on:
         if not parts.aws.check_credentials() and service.recommender.name == "personalize":
             service.recommender.note_error("upstream_credentials")  # /readyz says why before the first call
-    service.check_ready()
-    if service.batch is not None:
-        service.batch.check_ready()
+    if parts.batch is None:
+        service.check_ready()
+    else:
+        _start_batch_loader(parts.batch)
     if service.popular is not None:
         service.popular.load()
     elif not service.current_catalog().popular:
@@ -149,6 +158,27 @@ def start_background(app: Flask) -> None:
         events.start()
 
 
+def _start_batch_loader(batch: BatchRecommender) -> None:
+    """Start this worker's batch loader and give it a moment, so a small job is served from the first request.
+
+    A job that cannot be read stops the start (as a catalog does); a big one goes on loading in the background
+    while /readyz answers 503, and a job already in the store is served at once.
+    """
+    batch.loader.start()
+    batch.loader.attempted.wait(BATCH_WAIT_SECONDS)
+    try:
+        if batch.version() is not None:
+            return
+    except ServiceError:  # the store is out of reach (Redis down): serve the fallbacks, as for the answer cache
+        log.warning("The batch store (%s) cannot be read: requests are answered from the fallbacks until it can.",
+                    batch.store.kind)
+        return
+    if batch.loader.source_error is not None:
+        raise FileError(batch.loader.source_error)
+    log.warning("The batch job is still loading into the %s store: /readyz answers 503 until it is complete, and "
+                "requests are answered from the fallbacks meanwhile.", batch.store.kind)
+
+
 def _prepare_data_folders(settings: Settings) -> None:
     """Create the folders and files the service will keep (0700/0600), refusing ones others could write."""
     used: list[tuple[str, str, Callable[[str, str], str]]] = []
@@ -157,6 +187,8 @@ def _prepare_data_folders(settings: Settings) -> None:
         used.append((recent_counts_path(settings), "DATA_DIR", private_file))
     if settings.personalize_tracking_id and not settings.cache_redis_url:
         used.append((events_path(settings), "DATA_DIR", private_file))
+    if settings.recommendations_uri and not settings.cache_redis_url:
+        used.append((batch_folder(settings), "DATA_DIR", private_folder))
     if settings.recommender_store == "sqlite" and recommenders_served(settings):
         used.append((settings.recommender_db_path, "RECOMMENDER_DB_PATH", private_file))
     for path, variable, prepare in used:
@@ -194,6 +226,32 @@ def _event_forwarder(settings: Settings, aws: AwsClients, metrics: Metrics, queu
                           on_depth=metrics.events_queued.set)
 
 
+def batch_folder(settings: Settings) -> str:
+    """Return the folder of the batch jobs' SQLite files, when Redis is not the cache."""
+    return os.path.join(settings.data_dir, "batch")
+
+
+def _batch_store(settings: Settings, redis_client: redis.Redis | SharedRedis | None) -> BatchStore:
+    """Return where batch jobs are loaded: the cache's Redis when there is one, else SQLite files in DATA_DIR."""
+    if redis_client is not None:
+        return RedisBatchStore(redis_client)
+    return SQLiteBatchStore(batch_folder(settings), "DATA_DIR")
+
+
+def _batch(settings: Settings, aws: AwsClients, http_session: Any, store: BatchStore, metrics: Metrics
+           ) -> BatchRecommender | None:
+    """Return the source answering from RECOMMENDATIONS_URI's job in the store, and the loader keeping it there."""
+    if not settings.recommendations_uri:
+        return None
+    try:
+        files = open_files(settings.recommendations_uri, aws.s3, http_session)
+    except FileError as exc:
+        raise ConfigError(f"RECOMMENDATIONS_URI: {exc}") from exc
+    loader = BatchLoader(files, store, settings.catalog_refresh_seconds,
+                         on_load=metrics.loader("batch recommendations"))
+    return BatchRecommender(store, loader, settings.recommendations_uri)
+
+
 def _settings(config: Settings | Mapping[str, Any] | None) -> Settings:
     if isinstance(config, Settings):
         return config
@@ -222,7 +280,8 @@ def _guard(settings: Settings) -> Callable[..., GuardedRecommender]:
 
 def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aws: AwsClients,
                             recommender: Recommender | None, answer_backend: BaseCache | None,
-                            shared: SharedRedis | None, lock_client: redis.Redis | SharedRedis | None,
+                            shared: SharedRedis | None, redis_client: redis.Redis | SharedRedis | None,
+                            batch: BatchRecommender | None,
                             http_session: Any) -> RecommendationService:
     """Build GET /recommendations' service: the files it reads, the answer cache, the source and its guard."""
 
@@ -246,9 +305,6 @@ def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aw
     catalog: Reloadable[Catalog] | None = reloadable("CATALOG_URI", settings.catalog_uri, parse, "catalog",
                                                      check=reload_check(settings.catalog_max_shrink))
     assert catalog is not None  # Settings requires CATALOG_URI
-    batch_answers = reloadable("RECOMMENDATIONS_URI", settings.recommendations_uri, parse_batch_output,
-                               "batch recommendations")
-    batch = BatchRecommender(batch_answers) if batch_answers is not None else None
     primary = recommender or _personalize(settings, aws, metrics) or batch
     assert primary is not None  # Settings requires PERSONALIZE_CAMPAIGN_ARN or RECOMMENDATIONS_URI
     answers = AnswerCache(
@@ -260,7 +316,6 @@ def _recommendation_service(settings: Settings, app: Flask, metrics: Metrics, aw
         on_error=metrics.answer_cache_error,
         on_failing=metrics.answer_cache_changed,
     )
-    redis_client = lock_client or shared
     return RecommendationService(
         _guard(settings)(primary, on_state_change=metrics.breaker_changed),
         catalog,

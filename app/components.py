@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from app.recommendations.query import QueryParser
     from app.recommendations.service import RecommendationService
     from app.settings import Settings
+    from app.sources.batch import BatchRecommender
+    from app.sources.batch_store import BatchStore
     from app.telemetry.logs import RequestLog
     from app.telemetry.metrics import Metrics
 
@@ -38,6 +40,8 @@ class Components:
     configured: ConfiguredRecommenders  # ?recommender=ID and the /v1/recommenders API
     store: RecommenderStore
     request_log: RequestLog
+    batch_store: BatchStore  # where batch jobs' answers are loaded (load-batch) and read
+    batch: BatchRecommender | None = None  # RECOMMENDATIONS_URI's job, primary source or fallback
     openapi: dict[str, Any] | None = None  # /openapi.json, built on first request
     events: EventForwarder | None = None  # POST /events; None without PERSONALIZE_TRACKING_ID
 

@@ -5,9 +5,11 @@ from flask import Flask
 
 from app.commands.check_send import check_send
 from app.commands.import_pinpoint import import_pinpoint
+from app.commands.load_batch import load_batch
 
 
 def register_commands(app: Flask) -> None:
     """Add the operator commands to `flask --app wsgi`."""
     app.cli.add_command(check_send)
     app.cli.add_command(import_pinpoint)
+    app.cli.add_command(load_batch)
