@@ -228,3 +228,35 @@ def test_an_https_job_file_is_streamed_and_versioned_by_its_etag(tmp_path: Path)
         assert [(part.version, part.size) for part in files.parts()] == [('"v1"', len(body))]
         assert load_job(files, store, grace=0).users == 50
     assert read(store, "user49") == SET_A
+
+
+# --- a Redis Cluster --------------------------------------------------------------------------------------------
+
+
+def test_a_job_is_served_and_switched_on_a_redis_cluster(make_app: Callable[..., Flask], cluster_url: str,
+                                                         tmp_path: Path) -> None:
+    """The service's own client on a 3-node cluster: load under the lock, serve, switch, delete the old by name."""
+    from redis.cluster import RedisCluster
+
+    in_catalog = ["1740", "1333", "1000"]
+    write_folder(tmp_path / "a", 300, 2, lambda i: in_catalog)
+    app = make_app(cache_redis_url=cluster_url, recommendations_uri=str(tmp_path / "a"))
+    client = app.test_client()
+    answers = [client.get(f"/recommendations?user_id=user{n}&num_results=3") for n in (0, 150, 299)]
+    assert [r.headers["X-Recommendations-Source"] for r in answers] == ["batch"] * 3
+    assert [[item["id"] for item in r.get_json()] for r in answers] == [in_catalog] * 3
+    store = components(app).batch_store
+    first = store.current().id
+
+    second = load_job(job(tmp_path / "b", SET_B, users=300, files=1), store, grace=0)
+
+    assert read(store, "user7") == SET_B and second.removed == [first]
+    cluster = RedisCluster.from_url(cluster_url, socket_timeout=1)
+    try:
+        keys = cluster.keys(target_nodes=RedisCluster.ALL_NODES)
+        buckets = {key for key in keys if key.startswith(b"recs:batch:") and b":meta" not in key}
+        assert not [key for key in keys if first.encode() in key]  # the old version's keys are gone
+        nodes = {cluster.get_node_from_key(key).name for key in buckets}
+        assert len(nodes) == 3  # the buckets are spread over every node, not pinned to one by a hash tag
+    finally:
+        cluster.close()
