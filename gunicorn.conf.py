@@ -42,7 +42,12 @@ threads = whole_number("WEB_THREADS", DEFAULT_WEB_THREADS)
 # Braze gives up after 2 s; a request still running after this is stuck, not slow.
 timeout = whole_number("WORKER_TIMEOUT", 30)
 graceful_timeout = whole_number("GRACEFUL_TIMEOUT", 20)
-keepalive = 5
+# How long an idle keep-alive connection stays open. Behind a load balancer it must outlast the balancer's own
+# idle timeout (an AWS ALB's is 60 s: set 65), or the balancer reuses a connection gunicorn is closing and
+# answers that request 502. Idle connections wait in the worker's event loop, not on threads (app/server/worker.py).
+keepalive = whole_number("KEEPALIVE_SECONDS", 5, most=3600)
+# Connections one worker holds at once (idle keep-alive ones included); beyond this gunicorn stops accepting.
+worker_connections = whole_number("WORKER_CONNECTIONS", 1000)
 # Each worker listens on a socket of its own and the kernel spreads new connections over them. With the one
 # shared socket, whichever worker woke first took them: a burst of 64 connections split 60/4 at times, and
 # the worker with 4 left half its threads idle while the other queued (README, Benchmark).
@@ -126,12 +131,15 @@ def clear_metrics_folder() -> None:
 
 
 def worker_exit(server, worker):
-    """Write the request log lines still pending in the worker (app/telemetry/logs.py writes a few at a time)."""
+    """Write the request log lines still pending in the worker (app/telemetry/logs.py writes a few at a time) and
+    stop its events drainer between two PutEvents calls."""
     from app.components import EXTENSION
 
     parts = getattr(getattr(worker, "wsgi", None), "extensions", {}).get(EXTENSION)
     if parts is not None:
         parts.request_log.flush()
+        if parts.events is not None:
+            parts.events.stop()  # the PutEvents call in flight ends and its events leave the queue
 
 
 def child_exit(server, worker):
@@ -148,11 +156,13 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    """Load the catalog before the worker takes requests; a worker that cannot load it stops gunicorn."""
-    from app import warm_up
+    """Load the catalog before the worker takes requests; a worker that cannot load it stops gunicorn. Then start
+    the worker's background work (the events drainer)."""
+    from app import start_background, warm_up
 
     try:
         warm_up(worker.wsgi)
     except Exception as exc:  # noqa: BLE001 - any failure here means the service cannot serve
         worker.log.error("Cannot start: %s", exc)
         sys.exit(3)  # gunicorn's WORKER_BOOT_ERROR: the arbiter halts instead of respawning forever
+    start_background(worker.wsgi)

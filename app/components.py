@@ -9,12 +9,15 @@ from flask import Flask, Request, current_app
 
 if TYPE_CHECKING:
     from app.aws import AwsClients
+    from app.events.forwarder import EventForwarder
     from app.pinpoint.configs import RecommenderStore
     from app.pinpoint.serving import ConfiguredRecommenders
     from app.recommendations.presentation import Presenter
     from app.recommendations.query import QueryParser
     from app.recommendations.service import RecommendationService
     from app.settings import Settings
+    from app.sources.batch import BatchRecommender
+    from app.sources.batch_store import BatchStore
     from app.telemetry.logs import RequestLog
     from app.telemetry.metrics import Metrics
 
@@ -37,7 +40,10 @@ class Components:
     configured: ConfiguredRecommenders  # ?recommender=ID and the /v1/recommenders API
     store: RecommenderStore
     request_log: RequestLog
+    batch_store: BatchStore  # where batch jobs' answers are loaded (load-batch) and read
+    batch: BatchRecommender | None = None  # RECOMMENDATIONS_URI's job, primary source or fallback
     openapi: dict[str, Any] | None = None  # /openapi.json, built on first request
+    events: EventForwarder | None = None  # POST /events; None without PERSONALIZE_TRACKING_ID
 
 
 def components(app: Flask | None = None) -> Components:

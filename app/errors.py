@@ -8,6 +8,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from app.json import json_response
+from app.telemetry.logs import Occasional, held_back
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,12 @@ def with_http_headers(response: Response, exc: HTTPException) -> Response:
 def register_error_handlers(app: Flask) -> None:
     """Answer every error, including unknown routes and crashes, with the JSON error shape."""
 
+    occasional = Occasional()
+
     @app.errorhandler(ServiceError)
     def handle_service_error(exc: ServiceError) -> Response:
-        if exc.status >= 500:
-            log.warning("%s: %s", exc.code, exc.message)
+        if exc.status >= 500 and (count := occasional.due(exc.code)) is not None:
+            log.warning("%s: %s%s", exc.code, exc.message, held_back(count))
         response = error_response(exc.status, exc.code, exc.message, exc.errors)
         if exc.retry_after is not None:
             response.headers["Retry-After"] = str(exc.retry_after)
@@ -112,5 +115,6 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_crash(exc: Exception) -> Response:
-        log.exception("unhandled error")
+        if (count := occasional.due(f"crash:{type(exc).__name__}")) is not None:
+            log.exception("unhandled error%s", held_back(count))
         return error_response(500, "internal_error", "The service failed unexpectedly; the error is logged.")

@@ -6,10 +6,14 @@ import ipaddress
 import json
 import os
 import re
+import ssl
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.connection import parse_url as parse_redis_url
 
 # arn:PARTITION:personalize:REGION:ACCOUNT:campaign/NAME or .../recommender/NAME
 ARN_PATTERN = re.compile(
@@ -23,11 +27,18 @@ MAX_NUM_RESULTS = 100
 # README's Benchmark section.
 DEFAULT_WEB_THREADS = 16
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# CACHE_REDIS_TLS_VERIFY: the certificate and the host name; the certificate only; nothing.
+TLS_VERIFY_MODES = ("full", "ca", "none")
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Query parameters of GET /recommendations; a LINK_QUERY placeholder may not reuse one.
 RESERVED_PARAMETERS = frozenset({"user_id", "item_id", "num_results", "filter", "fields", "format", "recommender"})
+# The query parameters LINK_TRACKING adds to item urls (app/recommendations/presentation.py): fixed names, since
+# ingest-currents reads them back from clicked urls.
+ITEM_PARAMETER = "recs_item"
+ANSWER_PARAMETER = "recs_rid"
+TRACKING_PARAMETERS = frozenset({ITEM_PARAMETER, ANSWER_PARAMETER})
 
 
 class ConfigError(Exception):
@@ -183,6 +194,8 @@ def _link_query(query: str | None) -> str | None:
     if bad:
         raise ConfigError(f"LINK_QUERY: placeholder(s) {', '.join(bad)} must be lowercase names other than "
                           f"{', '.join(sorted(RESERVED_PARAMETERS))}.")
+    if tracked := sorted({pair.partition("=")[0] for pair in query.split("&")} & TRACKING_PARAMETERS):
+        raise ConfigError(f"LINK_QUERY: {', '.join(tracked)} is LINK_TRACKING's own parameter; name yours otherwise.")
     return query
 
 
@@ -217,6 +230,13 @@ def _currents_event_types(raw: Any) -> dict[str, str]:
                               "characters (empty turns the type off).")
         mapping[name] = event_type.strip()
     return {name: event_type for name, event_type in mapping.items() if event_type}
+
+
+def _tracking_id(tracking_id: str | None) -> str | None:
+    if tracking_id is not None and not re.fullmatch(r"[A-Za-z0-9-]{1,256}", tracking_id):
+        raise ConfigError("PERSONALIZE_TRACKING_ID must be the event tracker's tracking id (letters, digits and -, "
+                          "as the Personalize console shows it under Event trackers).")
+    return tracking_id
 
 
 def _user_id_key(key: str | None) -> str | None:
@@ -264,6 +284,65 @@ def fraction(name: str, raw: Any, default: float) -> float:
 RECOMMENDER_STORES = ("sqlite", "dynamodb")
 
 
+def _optional_flag(variable: str, raw: Any) -> bool | None:
+    """Convert true/false like _flag, keeping absent (or blank) as None: "not said"."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    return _flag(variable, raw)
+
+
+def redacted_url(url: str) -> str:
+    """Return a Redis URL with its password replaced by ***, fit for a log line or an error sentence."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _check_redis_settings(settings: Settings) -> None:
+    """Refuse Redis settings that cannot work together, naming the variable (never the password)."""
+    url = settings.cache_redis_url
+    if not url:
+        given = [name for name, value in (("CACHE_REDIS_CLUSTER", settings.cache_redis_cluster),
+                                          ("CACHE_REDIS_TLS_CA_FILE", settings.cache_redis_tls_ca_file))
+                 if value is not None]
+        if given:
+            raise ConfigError(f"{given[0]} is set but CACHE_REDIS_URL is not: set CACHE_REDIS_URL to your Redis "
+                              "(e.g. rediss://user:password@my-cache.serverless.use1.cache.amazonaws.com:6379) "
+                              f"or unset {given[0]}.")
+        return
+    shown = redacted_url(url)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"CACHE_REDIS_URL must start with redis://, rediss:// (TLS) or unix://, got {shown!r}.")
+    try:
+        parsed = parse_redis_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"CACHE_REDIS_URL is not a Redis URL ({exc}): {shown!r}.") from None
+    if settings.cache_redis_cluster and url.startswith("unix://"):
+        raise ConfigError("CACHE_REDIS_CLUSTER=true needs a redis:// or rediss:// CACHE_REDIS_URL: a Redis Cluster is "
+                          "reached over TCP, not a unix socket.")
+    if settings.cache_redis_cluster and parsed.get("db", 0) != 0:
+        raise ConfigError(f"CACHE_REDIS_URL names database {parsed['db']}, but a Redis Cluster (CACHE_REDIS_CLUSTER="
+                          "true) has only database 0: end the URL with /0 or nothing.")
+    if settings.cache_redis_tls_verify not in TLS_VERIFY_MODES:
+        raise ConfigError(f"CACHE_REDIS_TLS_VERIFY must be one of {', '.join(TLS_VERIFY_MODES)}, got "
+                          f"{settings.cache_redis_tls_verify!r}.")
+    tls = url.startswith("rediss://")
+    if not tls and (settings.cache_redis_tls_ca_file or settings.cache_redis_tls_verify != "full"):
+        variable = "CACHE_REDIS_TLS_CA_FILE" if settings.cache_redis_tls_ca_file else "CACHE_REDIS_TLS_VERIFY"
+        raise ConfigError(f"{variable} applies to TLS, but CACHE_REDIS_URL does not use it: start the URL with "
+                          "rediss:// (ElastiCache Serverless requires TLS), or unset " + variable + ".")
+    if settings.cache_redis_tls_ca_file:
+        try:
+            ssl.create_default_context(cafile=settings.cache_redis_tls_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ConfigError(f"CACHE_REDIS_TLS_CA_FILE: cannot read PEM certificates from "
+                              f"{settings.cache_redis_tls_ca_file!r} ({reason}).") from None
+
+
 def _check_recommender_settings(settings: Settings) -> None:
     """Check the recommender configuration store settings."""
     if settings.recommender_store not in RECOMMENDER_STORES:
@@ -284,7 +363,11 @@ class Settings:
     aws_region: str | None = None
     default_num_results: int = 10
     cache_ttl_seconds: int = 300
-    cache_redis_url: str | None = None
+    # Repr shows the URL without its password (the settings object may be logged).
+    cache_redis_url: str | None = field(default=None, repr=False)
+    cache_redis_cluster: bool | None = None  # None: ask the server (INFO cluster)
+    cache_redis_tls_ca_file: str | None = None
+    cache_redis_tls_verify: str = "full"
     # The folder the service keeps its files in (app/storage.py: 0700, its user's only). Relative to the working
     # directory, like Prometheus's data/: ./data for `make run`, /srv/data in the Docker image.
     data_dir: str = field(default_factory=lambda: os.path.abspath("data"))
@@ -331,9 +414,12 @@ class Settings:
     recommender_table: str | None = None
     recommender_refresh_seconds: float = 30.0
     transformer_timeout_ms: int = 500
-    # Events back to Personalize (PutEvents) and what ingest-currents sends from Braze Currents.
-    personalize_tracking_id: str | None = None
-    put_events_max_tps: float = 1000.0
+    # Events back to Personalize (README, "Teaching Personalize what happened").
+    link_tracking: bool = False  # recs_item and recs_rid on every item url
+    personalize_tracking_id: str | None = None  # POST /events is off without it
+    put_events_max_tps: float = 100.0  # PutEvents calls a second from one host, shared by its workers
+    web_concurrency: int = 2  # gunicorn's workers (gunicorn.conf.py reads the same variable): they share the cap
+    # What ingest-currents sends from Braze Currents (README, "From Braze Currents: ingest-currents").
     currents_event_types: dict[str, str] = field(default_factory=lambda: dict(CURRENTS_DEFAULT_EVENT_TYPES))
     currents_dedup_days: int = 7  # how long sent Currents event ids are remembered, against a late re-delivery
 
@@ -412,6 +498,9 @@ class Settings:
             default_num_results=conv("default_num_results", 1, MAX_NUM_RESULTS),
             cache_ttl_seconds=conv("cache_ttl_seconds", 1, 7 * 24 * 3600),
             cache_redis_url=_text(raw.get("cache_redis_url")),
+            cache_redis_cluster=_optional_flag("CACHE_REDIS_CLUSTER", raw.get("cache_redis_cluster")),
+            cache_redis_tls_ca_file=_text(raw.get("cache_redis_tls_ca_file")),
+            cache_redis_tls_verify=(_text(raw.get("cache_redis_tls_verify")) or "full").lower(),
             cache_threshold=conv("cache_threshold", 0, 10**9),
             cache_local_seconds=conv("cache_local_seconds", 0, 3600),
             cache_local_items=conv("cache_local_items", 0, 10**7),
@@ -454,17 +543,16 @@ class Settings:
             cache_dir=_text(raw.get("cache_dir")) or "",
             recommender_db_path=_text(raw.get("recommender_db_path")) or "",
             serve_recommenders=_flag("SERVE_RECOMMENDERS", raw.get("serve_recommenders")),
-            personalize_tracking_id=_text(raw.get("personalize_tracking_id")),
+            link_tracking=_flag("LINK_TRACKING", raw.get("link_tracking")),
+            personalize_tracking_id=_tracking_id(_text(raw.get("personalize_tracking_id"))),
             put_events_max_tps=conv("put_events_max_tps", 0.1, 100_000),
+            web_concurrency=conv("web_concurrency", 1, 1000),
             currents_event_types=_currents_event_types(raw.get("currents_event_types")),
             currents_dedup_days=conv("currents_dedup_days", 1, 365),
         )
         if settings.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}.")
-        if settings.cache_redis_url and not settings.cache_redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(
-                f"CACHE_REDIS_URL must start with redis://, rediss:// or unix://, got {settings.cache_redis_url!r}."
-            )
+        _check_redis_settings(settings)
         _check_recommender_settings(settings)
         return settings
 

@@ -1,6 +1,6 @@
 """Benchmark the service as production runs it: gunicorn + Redis cache + Personalize (stand-in) over HTTP.
 
-    python -m loadtest.bench [--duration 10] [--only NAME ...] [--latency-ms 50]
+    python -m loadtest.bench [--duration 10] [--only NAME ...] [--latency-ms 50] [--redis node|cluster]
     python -m loadtest.bench --serve 300      # just the stand-in + service, for locust or py-spy
 
 One run starts, on this machine only (127.0.0.1): the Personalize stand-in (a process of its own, run by
@@ -19,6 +19,14 @@ each scenario for --duration seconds (after a 1 s warm-up, except the upstream-f
     slow       misses with the stand-in at 1500 ms, 64             -> bare Flask; non-2xx, p99 vs budget
     failing    misses with the stand-in answering 500, 64          -> bare Flask; non-2xx, p99 vs budget
     memory     a 1,000,000-item catalog: load time and gunicorn's total RSS / PSS
+    events     the Braze mix again while POST /events takes 20 requests of 10 events a second, forwarded to a
+               PutEvents stand-in (10 ms) -> mix: recommendation p99 within +10%; every event arrives
+    batch-load load-batch of 1,000,000 users x 25 items in 3 gzipped files, into Redis and into SQLite:
+               users/s, store bytes per user (Redis INFO used_memory; the SQLite file)
+    batch-serve that job served from Redis and from SQLite, 64 connections   -> cache hits; start -> ready;
+               then a 40-user job served, for its workers' RSS
+    batch-10m  10,000,000 users (--batch-users) loaded into SQLite and served; each worker's RSS beside a
+               40-user job's (heavy: minutes, about 2 GB of disk; only run when named with --only)
     currents   ingest-currents of 1,000,000 email clicks in 20 Avro files into the PutEvents stand-in (10 ms):
                events/s, calls of 10, each event once, the peak calls a second against PUT_EVENTS_MAX_TPS
                (loadtest/currents.py, which also runs alone)
@@ -31,8 +39,11 @@ when something else on the machine takes CPU), req/s as a ratio to its yardstick
 came from (X-Recommendations-Source, counted by sources.lua), for mix the stand-in's calls against the
 distinct users mix.lua made, for slow and failing the non-2xx count and p99 against REQUEST_BUDGET_MS + 100.
 Then every target with PASS or FAIL (a scenario not run shows "-"); besides the issue's targets, misses and
-mix must be answered by Personalize, not by the fallback. The exit status is 1 when a target that ran failed. Needs Redis on 127.0.0.1:6379 (uses database 13, flushed) and wrk.
+mix must be answered by Personalize, not by the fallback. The exit status is 1 when a target that ran failed. Needs redis-server (the bench starts its own on free ports, never using 6379) and wrk.
 Scenario knobs for mix.lua (UNKNOWN_SHARE, QA_EVERY, ...) pass through the environment.
+
+--redis cluster runs the service against a 3-node Redis Cluster the bench starts on loopback ports
+(tests/redis_server.py's RedisClusterServers, no replicas) instead of one redis-server; the targets are the same.
 """
 from __future__ import annotations
 
@@ -50,7 +61,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,17 +69,28 @@ from typing import Any
 import redis
 
 from loadtest import currents
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterServers, RedisServer
 from tests.standin.personalize import Control
+from tests.standin.personalize_events import EventsControl
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/bench"
 HIT_USERS = 100  # the users hits.lua asks for
 CATALOG_ROWS = 1_000_000
-SCENARIOS = ("baseline", "proxy", "hits", "misses", "mix", "slow", "failing", "memory", "currents")
+SCENARIOS = ("baseline", "proxy", "hits", "misses", "mix", "events", "slow", "failing", "memory", "batch-load",
+             "batch-serve", "batch-10m", "currents")
 NEEDS = {"hits": {"baseline"}, "misses": {"proxy"}, "mix": {"baseline"}, "slow": {"baseline"},
-         "failing": {"baseline"}}
+         "failing": {"baseline"}, "events": {"baseline", "mix"}, "batch-serve": {"hits", "batch-load"},
+         "batch-10m": {"hits"}}
+HEAVY = {"batch-10m"}  # run only when named with --only
+EVENTS_TRACKING_ID = "bench-tracker"
+EVENT_REQUESTS_PER_SECOND = 20  # each with EVENTS_PER_REQUEST events: 200 events a second
+EVENTS_PER_REQUEST = 10
+BATCH_USERS = 1_000_000  # batch-load and batch-serve
+BATCH_ITEMS = 25
+BATCH_FILES = 3
+BATCH_10M = 10_000_000
 
 
 # -- processes -------------------------------------------------------------------------------------------------
@@ -152,10 +174,11 @@ def proc_kib(pid: int, name: str, file: str = "status") -> int:
 class Bench:
     """The processes of one run: the stand-in, the yardsticks, and a fresh service per scenario."""
 
-    def __init__(self, args: argparse.Namespace, logs: Path, redis_url: str) -> None:
+    def __init__(self, args: argparse.Namespace, logs: Path, redis_server: RedisServer | RedisClusterServers) -> None:
         self.args = args
         self.logs = logs
-        self.redis_url = redis_url
+        self.redis_server = redis_server
+        self.redis_url = redis_server.url
         self.gunicorn = str(Path(sys.executable).with_name("gunicorn"))
         self.settings = gunicorn_settings()
         self.budget_ms = int(os.environ.get("REQUEST_BUDGET_MS", "800"))
@@ -189,6 +212,17 @@ class Bench:
         else:
             self.control.set_fault("latency", latency_ms=latency_ms if latency_ms is not None else self.args.latency_ms)
 
+    def start_events_standin(self) -> EventsControl:
+        """Start the PutEvents stand-in (10 ms a call) as a process; return its control client."""
+        standin = subprocess.Popen(
+            [sys.executable, "-m", "tests.standin.personalize_events", "--port", "0", "--latency-ms", "10",
+             "--tracking-id", EVENTS_TRACKING_ID],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log("events-standin"),
+        )
+        self.processes.append(standin)
+        assert standin.stdout is not None
+        return EventsControl("http://" + standin.stdout.readline().decode().split()[1])
+
     def calls(self) -> int:
         assert self.control is not None
         return int(self.control.calls()["total"])
@@ -217,11 +251,19 @@ class Bench:
         return env
 
     @contextlib.contextmanager
-    def service(self, name: str, **extra: str) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
-        """Run `gunicorn wsgi:app` as production does, on an empty Redis cache, until the block ends."""
-        redis.Redis.from_url(self.redis_url).flushdb()  # the bench's own redis-server
+    def service(self, name: str, flush: bool = True, unset: tuple[str, ...] = (), **extra: str
+                ) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
+        """Run `gunicorn wsgi:app` as production does, on an empty Redis cache, until the block ends.
+
+        flush=False keeps what Redis holds (a batch job loaded before); unset removes variables from its env.
+        """
+        if flush:
+            self.empty_redis()
         port = free_port()
-        process = subprocess.Popen([self.gunicorn, "wsgi:app"], cwd=ROOT, env=self.env(port, **extra),
+        env = self.env(port, **extra)
+        for name_ in unset:
+            env.pop(name_, None)
+        process = subprocess.Popen([self.gunicorn, "wsgi:app"], cwd=ROOT, env=env,
                                    stdout=subprocess.DEVNULL, stderr=self.log(f"service-{name}"))
         url = f"http://127.0.0.1:{port}"
         try:
@@ -230,6 +272,13 @@ class Bench:
             yield url, process
         finally:
             stop(process)
+
+    def empty_redis(self) -> None:
+        """Empty the bench's own redis-server (or every node of its cluster)."""
+        if isinstance(self.redis_server, RedisClusterServers):
+            self.redis_server.flush()
+        else:
+            redis.Redis.from_url(self.redis_url).flushdb()
 
     def yardstick(self, module: str) -> str:
         """Start loadtest.baseline or loadtest.proxy once, under the production worker settings."""
@@ -308,6 +357,8 @@ class Runner:
         self.rows: dict[str, Row] = {}
         self.memory: dict[str, Any] | None = None
         self.run = 0
+        self.batch: dict[str, dict[str, Any]] = {}  # store kind -> what load_batch measured
+        self.workdir = Path(tempfile.mkdtemp(prefix="bench-batch-"))
 
     def drive(self, url: str, script: str | None, connections: int, warm_up: bool, fault: str = "ok",
               latency_ms: int | None = None) -> tuple[dict[str, Any], int]:
@@ -332,14 +383,14 @@ class Runner:
         return figures, calls
 
     def add(self, key: str, label: str, connections: int, figures: dict[str, Any], yardstick: str | None,
-            calls: int | None = None, note: str = "") -> None:
+            calls: int | None = None, note: str = "", expected: str = "personalize") -> None:
         per_request = None if calls is None else calls / max(figures["requests"], 1)
         answered = figures.get("sources", {})
         if answered and not answered.get("none"):  # the service says where each answer came from
-            other = {k: v for k, v in answered.items() if k != "personalize" and v}
+            other = {k: v for k, v in answered.items() if k != expected and v}
             share = sum(other.values()) / max(sum(answered.values()), 1)
-            served = ("all from Personalize" if not other else
-                      f"{share:.0%} not from Personalize (" + ", ".join(f"{k} {v}" for k, v in other.items()) + ")")
+            served = (f"all from {expected}" if not other else
+                      f"{share:.0%} not from {expected} (" + ", ".join(f"{k} {v}" for k, v in other.items()) + ")")
             note = f"{note}; {served}" if note else served
         self.rows[key] = Row(key, label, connections, figures, yardstick, note, per_request,
                              {"calls_total": calls})
@@ -382,6 +433,32 @@ class Runner:
         self.add("mix", "Braze mix", 64, figures, "baseline", calls, note)
         self.rows["mix"].extra.update(users=users, calls_settled=settled)
 
+    def events(self) -> None:
+        """The Braze mix with POST /events alongside, at a steady rate from a thread of this process."""
+        events = self.bench.start_events_standin()
+        with self.bench.service("events", PERSONALIZE_TRACKING_ID=EVENTS_TRACKING_ID,
+                                AWS_ENDPOINT_URL_PERSONALIZE_EVENTS=events.url) as (url, _):
+            poster = EventPoster(url)
+            poster.start()
+            try:
+                figures, calls = self.drive(url, "mix.lua", 64, warm_up=True)
+            finally:
+                poster.stop()
+            expected = poster.accepted * EVENTS_PER_REQUEST
+            deadline = time.monotonic() + 30
+            while len(events.calls()["event_ids"]) < expected and time.monotonic() < deadline:
+                time.sleep(0.25)
+            arrived = events.calls()
+        counts = arrived["event_ids"]
+        stats = figures.get("mix", {})
+        note = (f"POST /events: {poster.accepted} accepted of {poster.sent} ({poster.accepted * EVENTS_PER_REQUEST} "
+                f"events, p99 {poster.p99():.0f} ms), {len(counts)} arrived, {sum(counts.values()) - len(counts)} "
+                f"twice, calls of <= {max(arrived['call_sizes'], default=0)}")
+        self.add("events", "Braze mix + POST /events", 64, figures, "baseline", calls, note)
+        self.rows["events"].extra.update(users=stats.get("users", 0), expected=expected, arrived=len(counts),
+                                         twice=sum(counts.values()) - len(counts), posted=poster.sent,
+                                         accepted=poster.accepted)
+
     def slow(self) -> None:
         self._fault("slow", "misses, upstream 1500 ms", "ok", 1500)
 
@@ -399,13 +476,86 @@ class Runner:
     def memory_scenario(self) -> None:
         self.memory = measure_memory(self.bench, self.args.catalog_rows)
 
+    def batch_load(self) -> None:
+        """Load a generated job of BATCH_USERS users into Redis, then into SQLite, with load-batch."""
+        job = self.batch_job(BATCH_USERS)
+        self.batch["redis"] = load_batch(self.bench, job, BATCH_USERS, "redis", self.workdir / "data-redis")
+        self.batch["sqlite"] = load_batch(self.bench, job, BATCH_USERS, "sqlite", self.workdir / "data-sqlite")
+
+    def batch_serve(self) -> None:
+        """Serve the job batch-load loaded, from each store, to random users: req/s beside the cache hits.
+
+        A second yardstick: cache hits without the process's own copy (CACHE_LOCAL_SECONDS=0), i.e. one Redis
+        round trip per request, as a batch answer from Redis takes.
+        """
+        with self.bench.service("hits-redis", flush=False, CACHE_LOCAL_SECONDS="0") as (url, _):
+            for n in range(HIT_USERS):
+                urllib.request.urlopen(f"{url}/recommendations?user_id=bench-hit-{n}", timeout=5).read()
+            figures, calls = self.drive(url, "hits.lua", 64, warm_up=True)
+        self.add("hits-redis", "cache hits, no process copy", 64, figures, "hits", calls)
+        for kind in ("redis", "sqlite"):
+            loaded = self.batch[kind]
+            key = f"batch-{kind}"
+            with self.batch_service(key, kind, loaded["job"], loaded["data_dir"]) as (url, ready_s, workers):
+                os.environ["BATCH_USERS"] = str(loaded["users"])
+                figures, _ = self.drive(url + "/recommendations", "batch.lua", 64, warm_up=True)
+                rss = [proc_kib(pid, "VmRSS") / 1024 for pid in workers()]
+            remote = figures["rps"] / self.rows["hits-redis"].figures["rps"]
+            self.add(key, f"batch answers ({kind})", 64, figures, "hits", None,
+                     f"{remote:.2f}x hits-redis; ready {ready_s:.1f} s after start; worker RSS "
+                     f"{', '.join(f'{r:.0f}' for r in rss)} MiB", expected="batch")
+            self.rows[key].extra.update(ready_s=ready_s, rss=rss)
+        self.batch_users(40, "batch-40")  # the worker RSS of a tiny job, beside which batch-10m's is read
+
+    def batch_10m(self) -> None:
+        """Load args.batch_users users into SQLite and serve them; each worker's RSS beside a 40-user job's."""
+        if "batch-40" not in self.rows:
+            self.batch_users(40, "batch-40")
+        self.batch_users(self.args.batch_users, "batch-10m", files=10)
+
+    def batch_users(self, users: int, key: str, files: int = BATCH_FILES) -> None:
+        """Load a job of users into SQLite with load-batch, serve it, and record each worker's RSS after."""
+        loaded = load_batch(self.bench, self.batch_job(users, key, files), users, "sqlite", self.workdir / f"data-{key}")
+        with self.batch_service(key, "sqlite", loaded["job"], loaded["data_dir"]) as (url, ready_s, workers):
+            os.environ["BATCH_USERS"] = str(users)
+            figures, _ = self.drive(url + "/recommendations", "batch.lua", 64, warm_up=True)
+            rss = [proc_kib(pid, "VmRSS") / 1024 for pid in workers()]
+        self.add(key, f"batch {users:,} users (sqlite)", 64, figures, "hits", None,
+                 f"ready {ready_s:.1f} s; worker RSS {', '.join(f'{r:.0f}' for r in rss)} MiB", expected="batch")
+        self.rows[key].extra.update(ready_s=ready_s, rss=rss, load=loaded)
+
+    def batch_job(self, users: int, name: str = "job", files: int = BATCH_FILES) -> Path:
+        """Write a job of users x BATCH_ITEMS sample catalog items in gzipped files (timed, printed)."""
+        from tests.batch_files import write_folder
+
+        ids = [line.split(",", 1)[0] for line in (ROOT / "sample" / "catalog.csv").read_text().splitlines()[1:]]
+        folder = self.workdir / name
+        started = time.monotonic()
+        write_folder(folder, users, files, lambda i: [ids[(i + k) % len(ids)] for k in range(BATCH_ITEMS)])
+        size = sum(path.stat().st_size for path in folder.iterdir())
+        print(f"  wrote {users:,} users x {BATCH_ITEMS} items in {files} gzipped files ({size / 1e6:.0f} MB) in "
+              f"{time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+        return folder
+
+    @contextlib.contextmanager
+    def batch_service(self, name: str, kind: str, job: Path, data_dir: Path
+                      ) -> Iterator[tuple[str, float, Callable[[], list[int]]]]:
+        """Start gunicorn serving job from a store that already holds it; yield url, seconds to ready and what
+        lists its workers (after the run: the second worker may still be booting when the first is ready)."""
+        started = time.monotonic()
+        unset = ("PERSONALIZE_CAMPAIGN_ARN",) + (("CACHE_REDIS_URL",) if kind == "sqlite" else ())
+        with self.bench.service(name, flush=False, unset=unset, RECOMMENDATIONS_URI=str(job),
+                                DATA_DIR=str(data_dir)) as (url, process):
+            yield url, time.monotonic() - started, lambda: children(process.pid)
+
     # -- report ------------------------------------------------------------------------------------------------
     def report(self) -> int:
         s, args = self.bench.settings, self.args
         print(f"\nwrk -t2 -d{args.duration:g}s (+1 s warm-up); Personalize stand-in latency {args.latency_ms} ms; "
               f"WEB_CONCURRENCY={s['workers']} WEB_THREADS={s['threads']} worker_class={s['worker_class']} "
               f"reuse_port={s['reuse_port']}; "
-              f"REQUEST_BUDGET_MS={self.bench.budget_ms}\n")
+              f"REQUEST_BUDGET_MS={self.bench.budget_ms}; Redis: "
+              f"{'a 3-node cluster' if args.redis == 'cluster' else 'one node'}\n")
         header = (f"{'scenario':27} {'conns':>5} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
                   f"{'calls/req':>9} {'CPU us/req':>10} {'× yardstick':>18}  note")
         print(header)
@@ -430,6 +580,12 @@ class Runner:
                       f"peak VmHWM {hwm / 1024:7.0f} MiB")
             print(f"  total: VmRSS {m['rss_kib'] / 1024:.0f} MiB, PSS {m['pss_kib'] / 1024:.0f} MiB "
                   f"(peak VmHWM sum {m['hwm_kib'] / 1024:.0f} MiB)" + (f"; {m['problem']}" if m.get("problem") else ""))
+        for loaded in [*self.batch.values(), *(row.extra["load"] for row in self.rows.values()
+                                               if "load" in row.extra and row.extra["load"]["users"] > 1000)]:
+            print(f"\nload-batch of {loaded['users']:,} users into {loaded['kind']}: {loaded['rate']:,.0f} users/s "
+                  f"(the command's own figure; {loaded['wall_s']:.1f} s wall with the process start); "
+                  f"{loaded['bytes_per_user']:.0f} bytes per user in the store ({loaded['store_mb']:.0f} MB)"
+                  f"; two versions during a switch: {2 * loaded['store_mb']:.0f} MB")
         return self.targets()
 
     def targets(self) -> int:
@@ -468,6 +624,14 @@ class Runner:
         check("misses and mix: every answer from Personalize (no fallback)", ["misses-64", "misses-256", "mix"],
               lambda: all(unpersonalized(k) == 0 for k in ("misses-64", "misses-256", "mix")),
               lambda: ", ".join(f"{k} {unpersonalized(k)}" for k in ("misses-64", "misses-256", "mix")))
+        check("events: mix p99 within +10% with POST /events; every event once", ["events", "mix"],
+              lambda: (fig("events", "p99") <= fig("mix", "p99") * 1.10 and fig("events", "errors") == 0
+                       and rows["events"].extra["arrived"] == rows["events"].extra["expected"] > 0
+                       and rows["events"].extra["twice"] == 0
+                       and rows["events"].extra["accepted"] == rows["events"].extra["posted"]),
+              lambda: (f"p99 {fig('events', 'p99'):.1f} ms vs {fig('mix', 'p99'):.1f} ms "
+                       f"({fig('events', 'p99') / fig('mix', 'p99') - 1:+.0%}); "
+                       f"{rows['events'].extra['arrived']}/{rows['events'].extra['expected']} events arrived"))
         for key in ("slow", "failing"):
             check(f"{key}: 0 non-2xx/socket errors, p99 <= budget + 100 = {budget + 100} ms", [key],
                   lambda key=key: fig(key, "errors") == 0 and fig(key, "p99") <= budget + 100,
@@ -481,6 +645,23 @@ class Runner:
                        None if m is None else max(m["rss_kib"], m["pss_kib"]) * 1024 < 1e9 and not m.get("problem"),
                        "not run" if m is None else f"RSS {m['rss_kib'] * 1024 / 1e9:.2f} GB, "
                                                    f"PSS {m['pss_kib'] * 1024 / 1e9:.2f} GB"))
+        for kind in ("redis", "sqlite"):
+            loaded = self.batch.get(kind)
+            checks.append((f"batch-load: >= 50,000 users/s into {kind}", None if loaded is None else
+                           loaded["rate"] >= 50_000, "not run" if loaded is None else f"{loaded['rate']:,.0f} users/s"))
+            key = f"batch-{kind}"
+            check(f"batch-serve ({kind}): >= 0.8x cache hits req/s, p99 < 50 ms", [key, "hits"],
+                  lambda key=key: rows[key].figures["rps"] >= 0.8 * rows["hits"].figures["rps"] and fig(key, "p99") < 50,
+                  lambda key=key: f"{rows[key].figures['rps'] / rows['hits'].figures['rps']:.2f}x, "
+                                  f"p99 {fig(key, 'p99'):.1f} ms")
+            check(f"batch-serve ({kind}): ready < 5 s with the job in the store", [key],
+                  lambda key=key: rows[key].extra["ready_s"] < 5,
+                  lambda key=key: f"{rows[key].extra['ready_s']:.1f} s")
+        check("batch-10m: each worker's RSS < 250 MB, as with 40 users", ["batch-10m", "batch-40"],
+              lambda: max(rows["batch-10m"].extra["rss"]) * 1.048576 < 250
+              and max(rows["batch-10m"].extra["rss"]) < max(rows["batch-40"].extra["rss"]) + 25,
+              lambda: (f"{max(rows['batch-10m'].extra['rss']):.0f} MiB (40 users: "
+                       f"{max(rows['batch-40'].extra['rss']):.0f} MiB)"))
         print("\ntargets")
         failed = False
         for name, ok, detail in checks:
@@ -488,6 +669,49 @@ class Runner:
             failed |= ok is False
             print(f"  {verdict:4}  {name:58} {detail}")
         return 1 if failed else 0
+
+
+class EventPoster:
+    """POST /events EVENT_REQUESTS_PER_SECOND times a second from a thread, each request a new user's events."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url + "/events"
+        self.sent = self.accepted = 0
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def p99(self) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[int(len(ordered) * 0.99)] * 1000 if ordered else float("nan")
+
+    def _run(self) -> None:
+        import orjson  # the service's own JSON library, installed with it
+        interval = 1 / EVENT_REQUESTS_PER_SECOND
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            body = orjson.dumps({"user_id": f"bench-events-{self.sent}", "events": [
+                {"event_type": "click", "item_id": str(1000 + i), "recommendation_id": "bench-rid",
+                 "impression": [str(1000 + j) for j in range(5)]} for i in range(EVENTS_PER_REQUEST)]})
+            request = urllib.request.Request(self.url, data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+            started = time.monotonic()
+            self.sent += 1
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - a local URL
+                    self.accepted += response.status == 202
+            except OSError:
+                pass
+            self.latencies.append(time.monotonic() - started)
+            next_at += interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
 
 
 # -- catalog scale ---------------------------------------------------------------------------------------------
@@ -591,6 +815,35 @@ def measure_memory(bench: Bench, rows: int) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# -- batch jobs ------------------------------------------------------------------------------------------------
+def load_batch(bench: Bench, job: Path, users: int, kind: str, data_dir: Path) -> dict[str, Any]:
+    """Run `flask --app wsgi load-batch JOB` into Redis (emptied first) or SQLite files; return its figures."""
+    client = redis.Redis.from_url(bench.redis_url)
+    env = bench.env(0, RECOMMENDATIONS_URI=str(job), DATA_DIR=str(data_dir))
+    env.pop("PERSONALIZE_CAMPAIGN_ARN", None)
+    if kind == "redis":
+        bench.empty_redis()
+        before = int(client.info("memory")["used_memory"])
+    else:
+        env.pop("CACHE_REDIS_URL", None)
+    started = time.monotonic()
+    done = subprocess.run([str(Path(sys.executable).with_name("flask")), "--app", "wsgi", "load-batch", str(job),
+                           "--grace", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    wall_s = time.monotonic() - started
+    with bench.log(f"load-batch-{kind}-{users}") as log:
+        log.write((done.stdout + done.stderr).encode())
+    if done.returncode != 0:
+        raise SystemExit(f"load-batch into {kind} failed:\n{done.stdout}{done.stderr[-2000:]}")
+    rate = float(re.search(r"\(([\d,]+)/s\)", done.stdout).group(1).replace(",", ""))
+    if kind == "redis":
+        store_bytes = int(client.info("memory")["used_memory"]) - before
+    else:
+        store_bytes = sum(path.stat().st_size for path in (data_dir / "batch").glob("*.sqlite3"))
+    print(f"  {done.stdout.strip()}", file=sys.stderr, flush=True)
+    return {"kind": kind, "users": users, "job": job, "data_dir": data_dir, "rate": rate, "wall_s": wall_s,
+            "store_mb": store_bytes / 1e6, "bytes_per_user": store_bytes / users}
+
+
 # -- main ------------------------------------------------------------------------------------------------------
 def serve(bench: Bench, seconds: float) -> None:
     """Keep the stand-in and one service up for seconds (for locust or py-spy), printing where they are."""
@@ -609,13 +862,16 @@ def main() -> int:
                         help=f"run only these scenarios (and their yardsticks): {', '.join(SCENARIOS)}")
     parser.add_argument("--latency-ms", type=int, default=50, help="the stand-in's Personalize latency (50)")
     parser.add_argument("--catalog-rows", type=int, default=CATALOG_ROWS, help="items in the memory scenario")
+    parser.add_argument("--redis", choices=("node", "cluster"), default="node",
+                        help="the service's Redis: one redis-server (default) or a 3-node Redis Cluster")
+    parser.add_argument("--batch-users", type=int, default=BATCH_10M, help="users in the batch-10m scenario")
     parser.add_argument("--serve", type=float, metavar="SECONDS",
                         help="only start the stand-in and the service, print their URLs, stop after SECONDS")
     args = parser.parse_args()
     only = {name.strip() for value in args.only for name in value.split(",") if name.strip()}
     if unknown := only - set(SCENARIOS):
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose among {', '.join(SCENARIOS)}")
-    wanted = set(only or SCENARIOS)
+    wanted = set(only or set(SCENARIOS) - HEAVY)
     wanted |= {need for name in list(wanted) for need in NEEDS.get(name, ())}
     currents_ok = True
     if "currents" in wanted:  # no service, no wrk: the command against the PutEvents stand-in
@@ -626,9 +882,12 @@ def main() -> int:
     if shutil.which("wrk") is None and args.serve is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    redis_server = RedisServer(logs / "redis.log").start()  # never the Redis other programs share on 6379
-    bench = Bench(args, logs, redis_server.url)
+    # Never the Redis other programs share on 6379.
+    redis_server = (RedisClusterServers(logs / "redis-cluster") if args.redis == "cluster"
+                    else RedisServer(logs / "redis.log")).start()
+    bench = Bench(args, logs, redis_server)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    runner: Runner | None = None
     try:
         bench.start_standin()
         if args.serve is not None:
@@ -638,9 +897,11 @@ def main() -> int:
         print(f"logs in {logs}", file=sys.stderr, flush=True)
         for name in SCENARIOS:
             if name in wanted:
-                getattr(runner, "memory_scenario" if name == "memory" else name)()
+                getattr(runner, "memory_scenario" if name == "memory" else name.replace("-", "_"))()
         return max(runner.report(), 0 if currents_ok else 1)
     finally:
+        if runner is not None:
+            shutil.rmtree(runner.workdir, ignore_errors=True)  # the generated batch jobs and their stores
         bench.close()
         redis_server.stop()
 

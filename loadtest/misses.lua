@@ -2,12 +2,9 @@
 -- Answers are counted by X-Recommendations-Source (see sources.lua): a miss should be answered by Personalize.
 package.path = debug.getinfo(1, "S").source:match("^@(.*/)") .. "?.lua;" .. package.path
 local sources = require("sources")
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-  thread:set("tid", #threads)
-end
+setup = sources.setup
+response = sources.response
+done = sources.finish
 
 function init(args)
   n = 0
@@ -18,10 +15,4 @@ end
 request = function()
   n = n + 1
   return wrk.format("GET", "/recommendations?user_id=" .. prefix .. n)
-end
-
-response = sources.response
-
-function done(summary, latency, requests)
-  sources.done(threads)
 end

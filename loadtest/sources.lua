@@ -4,6 +4,19 @@
 local sources = {}
 local names = { "personalize", "stale", "batch", "fallback", "none" }
 
+-- The threads wrk made (in its main Lua state), numbered into each thread's `tid`: `setup = sources.setup`.
+sources.threads = {}
+
+function sources.setup(thread)
+  table.insert(sources.threads, thread)
+  thread:set("tid", #sources.threads)
+end
+
+-- `done = sources.finish`: print the counts of every thread sources.setup saw.
+function sources.finish()
+  sources.done(sources.threads)
+end
+
 function sources.init()
   for _, name in ipairs(names) do
     _G["src_" .. name] = 0

@@ -17,11 +17,13 @@ from flask.testing import FlaskClient
 from app import create_app
 from app.aws import AwsClients
 from app.sources.recommender import NO_OPTIONS, Options, Recommendation
-from tests.redis_server import RedisServer, RedisUnavailable, given_redis_url, must_fail
+from tests.redis_server import (RedisClusterServers, RedisServer, RedisUnavailable, Tls, given_redis_url,
+                                must_fail)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CATALOG = ROOT / "sample" / "catalog.csv"
 SAMPLE_BATCH = ROOT / "sample" / "batch-output.json.out"
+TEST_REDIS_PASSWORD = "s3cr:t/p@ss%"  # characters a URL must escape: the rediss:// URL carries it percent-encoded
 
 
 class FakeRecommender:
@@ -128,17 +130,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if (given := given_redis_url()) is not None:
         yield given
         return
-    server = RedisServer(tmp_path_factory.mktemp("redis") / "redis.log")
-    try:
-        server.start()
-    except RedisUnavailable as exc:
-        if must_fail():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    try:
+    with _running(RedisServer(tmp_path_factory.mktemp("redis") / "redis.log")) as server:
         yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -147,6 +140,68 @@ def redis_url(redis_server: str) -> Iterator[str]:
     client = redis.Redis.from_url(redis_server, socket_connect_timeout=1)
     client.flushdb()
     yield redis_server
+    client.flushdb()
+    client.close()
+
+
+@contextmanager
+def _running(server: Any) -> Iterator[Any]:
+    """Start a test server, yield it and stop it; fail under CI=true, else skip, when it cannot start."""
+    try:
+        server.start()
+    except RedisUnavailable as exc:
+        if must_fail():
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """Yield a 3-node Redis Cluster of the tests' own (started once per session, on free loopback ports)."""
+    with _running(RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisClusterServers) -> Iterator[str]:
+    """Yield the URL of the tests' cluster, every node running and empty, emptied again after the test."""
+    for node in redis_cluster.nodes:
+        if node.process is None or node.process.poll() is not None:  # a test killed it
+            node.start()
+    redis_cluster.wait_until_ok()
+    redis_cluster.flush()
+    yield redis_cluster.url
+    redis_cluster.flush()
+
+
+@pytest.fixture(scope="session")
+def tls_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """Yield a 3-node Redis Cluster speaking only TLS, with one ACL user and password: ElastiCache Serverless's way."""
+    folder = tmp_path_factory.mktemp("redis-tls-cluster")
+    with _running(RedisClusterServers(folder, tls=Tls.make(folder / "tls"), user="recs",
+                                      password=TEST_REDIS_PASSWORD)) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Yield a redis-server speaking only TLS, with a certificate made for it and one ACL user with a password."""
+    folder = tmp_path_factory.mktemp("redis-tls")
+    with _running(RedisServer(folder / "redis.log", tls=Tls.make(folder / "tls"), user="recs",
+                              password=TEST_REDIS_PASSWORD)) as server:
+        yield server
+
+
+@pytest.fixture
+def tls_redis_url(tls_redis: RedisServer) -> Iterator[str]:
+    """Yield the rediss:// URL (user and password in it) of the TLS server, emptied before and after the test."""
+    client = tls_redis.client()
+    client.flushdb()
+    yield tls_redis.url
     client.flushdb()
     client.close()
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # What a cache backend raises when it is down, full or unwritable: the cache is then skipped, never fatal.
 CACHE_FAILURES = (RedisError, OSError)
+LOG_CHANGES_SECONDS = 60.0  # "answer cache failing" and "works again" are each logged at most this often
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,15 @@ class DataSerializer(BaseSerializer):
 
 
 class DataRedisCache(RedisCache):
-    """flask-caching's RedisCache keeping bytes, never pickles."""
+    """flask-caching's RedisCache keeping bytes, never pickles, on the client app/caching/redis.py builds
+    (one node or a cluster, TLS, short timeouts) rather than one of its own from CACHE_REDIS_URL."""
 
     serializer = DataSerializer()
+
+    @classmethod
+    def factory(cls, app: Any, config: dict[str, Any], args: list[Any], kwargs: dict[str, Any]) -> DataRedisCache:
+        """Build the backend on the client cache_config put in CACHE_OPTIONS (flask-caching's would make its own)."""
+        return cls(*args, key_prefix=config.get("CACHE_KEY_PREFIX"), **kwargs)  # kwargs: CACHE_OPTIONS' host
 
 
 class DataFileSystemCache(FileSystemCache):
@@ -181,15 +188,14 @@ class DataFileSystemCache(FileSystemCache):
         return True
 
 
-def cache_config(redis_url: str | None, cache_dir: str, threshold: int, ttl: int) -> dict[str, Any]:
-    """Return flask-caching settings: Redis when a URL is given, else files shared by the host's workers."""
-    if redis_url:
+def cache_config(redis_client: Any, cache_dir: str, threshold: int, ttl: int) -> dict[str, Any]:
+    """Return flask-caching settings: Redis when a client is given (app/caching/redis.py's, with its short
+    timeouts), else files shared by the host's workers."""
+    if redis_client is not None:
         return {
             "CACHE_TYPE": f"{__name__}.DataRedisCache",
-            "CACHE_REDIS_URL": redis_url,
             "CACHE_DEFAULT_TIMEOUT": ttl,
-            # A Redis that hangs must cost a request milliseconds, not the whole budget.
-            "CACHE_OPTIONS": {"socket_timeout": 0.25, "socket_connect_timeout": 0.25, "health_check_interval": 30},
+            "CACHE_OPTIONS": {"host": redis_client},
         }
     return {
         "CACHE_TYPE": f"{__name__}.DataFileSystemCache",
@@ -218,6 +224,8 @@ class AnswerCache:
         # Answers are kept past their TTL for stale-if-error, but only served fresh within it.
         self.keep_seconds = max(ttl, stale_seconds)
         self._failing = {"read": False, "write": False}
+        self._next_log: dict[int, float] = {}  # log level -> when a change of state may be logged again
+        self._unlogged = 0
         self._malformed = False
         self._on_error = on_error or (lambda operation: None)
         self._on_failing = on_failing or (lambda failing: None)
@@ -305,11 +313,28 @@ class AnswerCache:
         was_failing = any(self._failing.values())
         self._failing[operation] = exc is not None
         if exc is not None and not was_failing:
-            log.error("answer cache failing (%s), serving without it: %s", operation, _reason(exc))
+            self._log_change(logging.ERROR, f"answer cache failing ({operation}), serving without it: {_reason(exc)}")
             self._on_failing(True)
         elif was_failing and not any(self._failing.values()):
-            log.warning("answer cache works again")
+            self._log_change(logging.WARNING, "answer cache works again")
             self._on_failing(False)
+
+    def _log_change(self, level: int, message: str) -> None:
+        """Log a change of state, each kind at most once a LOG_CHANGES_SECONDS, counting the changes left out.
+
+        A cache that fails for some keys only (one Redis Cluster node down) changes state on nearly every
+        request; one line a change would be thousands a second.
+        """
+        now = time.monotonic()
+        if now < self._next_log.get(level, 0.0):
+            self._unlogged += 1
+            return
+        self._next_log[level] = now + LOG_CHANGES_SECONDS
+        if self._unlogged:
+            message += (f" ({self._unlogged} more changes between failing and working were not logged since: some "
+                        "calls fail and others work, e.g. one Redis Cluster node is down)")
+            self._unlogged = 0
+        log.log(level, message)
 
     def _report_malformed(self, malformed: bool) -> None:
         if malformed:

@@ -7,9 +7,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, BinaryIO, Generic, Protocol, TypeVar
 from urllib.parse import unquote, urlparse
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,188 @@ def open_file(uri: str, s3_client_factory: Callable[[], Any], http_session: Any 
     if scheme in ("https", "http"):
         return HttpFile(uri, http_session)
     raise FileError(f"{uri}: unsupported scheme {scheme!r}; use a path, file://, s3:// or https://.")
+
+
+# -- many files read as one, streamed: the output of a batch inference job --------------------------------------
+
+JOB_SUFFIXES = (".out", ".jsonl")  # with .json.out; each optionally .gz
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Part:
+    """One file of a job: where it is, its size as stored (compressed) and its version (mtime, ETag...)."""
+
+    uri: str
+    size: int
+    version: str
+
+
+class FileSet(Protocol):
+    """The files a job wrote: one file, a folder or an S3 prefix, listed (cheaply) and then streamed."""
+
+    uri: str
+
+    def parts(self) -> list[Part]:
+        """Return the job's files in name order; raise FileError when there are none or they cannot be listed."""
+
+    def open(self, part: Part) -> BinaryIO:
+        """Return the stored (possibly gzipped) bytes of one part as a stream."""
+
+
+def is_job_file(name: str) -> bool:
+    """Say whether a file name is one a batch inference job writes (*.out, *.json.out, *.jsonl, optionally .gz)."""
+    name = name.lower().removesuffix(".gz")
+    return name.endswith(JOB_SUFFIXES)
+
+
+class LocalFiles:
+    """One local file, or the job files in a local folder (not its subfolders)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.path = unquote(urlparse(uri).path) if uri.startswith("file://") else uri
+
+    def parts(self) -> list[Part]:
+        try:
+            if not os.path.isdir(self.path):
+                stat = os.stat(self.path)
+                return [Part(self.path, stat.st_size, f"{stat.st_mtime_ns}:{stat.st_size}")]
+            found = []
+            for entry in sorted(os.scandir(self.path), key=lambda e: e.name):
+                if entry.is_file() and is_job_file(entry.name):
+                    stat = entry.stat()
+                    found.append(Part(entry.path, stat.st_size, f"{stat.st_mtime_ns}:{stat.st_size}"))
+        except OSError as exc:
+            raise FileError(f"{self.uri}: {exc.strerror or exc}.") from exc
+        return _some(self.uri, found)
+
+    def open(self, part: Part) -> BinaryIO:
+        try:
+            return open(part.uri, "rb")
+        except OSError as exc:
+            raise FileError(f"{part.uri}: {exc.strerror or exc}.") from exc
+
+
+class S3Files:
+    """One S3 object, or the job files under an S3 prefix (s3://bucket/prefix/), listed page by page."""
+
+    def __init__(self, uri: str, client_factory: Callable[[], Any]) -> None:
+        parsed = urlparse(uri)
+        if not parsed.netloc:
+            raise FileError(f"{uri}: an S3 URI must name a bucket, s3://bucket/prefix/ or s3://bucket/key.")
+        self.uri = uri
+        self.bucket = parsed.netloc
+        self.key = parsed.path.lstrip("/")
+        self._client_factory = client_factory
+
+    def parts(self) -> list[Part]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self._client_factory()
+        try:
+            if self.key and not self.key.endswith("/") and is_job_file(self.key):
+                head = client.head_object(Bucket=self.bucket, Key=self.key)
+                return [Part(self.uri, head["ContentLength"], head["ETag"])]
+            found = []
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.key):
+                for obj in page.get("Contents", []):
+                    if is_job_file(obj["Key"]):
+                        found.append(Part(f"s3://{self.bucket}/{obj['Key']}", obj["Size"], obj["ETag"]))
+        except ClientError as exc:
+            raise FileError(f"{self.uri}: S3 answered {exc.response.get('Error', {}).get('Code', 'error')}.") from exc
+        except BotoCoreError as exc:
+            raise FileError(f"{self.uri}: {exc}.") from exc
+        return _some(self.uri, sorted(found, key=lambda part: part.uri))
+
+    def open(self, part: Part) -> BinaryIO:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = urlparse(part.uri).path.lstrip("/")
+        try:
+            return self._client_factory().get_object(Bucket=self.bucket, Key=key)["Body"]  # type: ignore[no-any-return]
+        except (BotoCoreError, ClientError) as exc:
+            raise FileError(f"{part.uri}: cannot be read ({exc}).") from exc
+
+
+class HttpFiles:
+    """One file on a web server, streamed; its version is its ETag or Last-Modified header."""
+
+    def __init__(self, uri: str, session: Any = None) -> None:
+        import requests
+
+        self.uri = uri
+        self._session = session if session is not None else requests.Session()
+
+    def parts(self) -> list[Part]:
+        # A GET whose body is not read, not a HEAD: a presigned S3 URL is signed for GET only.
+        with self._get() as response:
+            version = response.headers.get("ETag") or response.headers.get("Last-Modified") or ""
+            return [Part(self.uri, int(response.headers.get("Content-Length") or 0), version)]
+
+    def open(self, part: Part) -> BinaryIO:
+        response = self._get()
+        response.raw.decode_content = True  # a Content-Encoding the server added; a .gz file stays gzipped
+        return response.raw  # type: ignore[no-any-return]
+
+    def _get(self) -> Any:
+        import requests
+
+        try:
+            response = self._session.get(self.uri, timeout=HTTP_TIMEOUT_SECONDS, stream=True)
+        except requests.RequestException as exc:
+            raise FileError(f"{self.uri}: {exc}.") from exc
+        if response.status_code != 200:
+            response.close()
+            raise FileError(f"{self.uri}: the server answered HTTP {response.status_code}.")
+        return response
+
+
+def _some(uri: str, found: list[Part]) -> list[Part]:
+    if not found:
+        raise FileError(f"{uri}: no batch inference output in it (files named *.out, *.json.out or *.jsonl, "
+                        "optionally .gz).")
+    return found
+
+
+def open_files(uri: str, s3_client_factory: Callable[[], Any], http_session: Any = None) -> FileSet:
+    """Pick the lister of a job's files by the URI's scheme: a path or folder, s3://bucket/prefix/, https://."""
+    scheme = urlparse(uri).scheme.lower() if "://" in uri else ""
+    if scheme in ("", "file"):
+        return LocalFiles(uri)
+    if scheme == "s3":
+        return S3Files(uri, s3_client_factory)
+    if scheme in ("https", "http"):
+        return HttpFiles(uri, http_session)
+    raise FileError(f"{uri}: unsupported scheme {scheme!r}; use a path, file://, s3:// or https://.")
+
+
+class Counted:
+    """A stream that counts the bytes read from it, for a progress bar over compressed input."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.count += len(data)
+        return data
+
+
+def iter_lines(uri: str, stream: Any, gzipped: bool) -> Iterator[bytes]:
+    """Yield the lines of a stream (gunzipped on the fly), a megabyte read at a time: never the whole file."""
+    reader = gzip.GzipFile(fileobj=stream, mode="rb") if gzipped else stream
+    rest = b""
+    try:
+        while chunk := reader.read(CHUNK_BYTES):
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            yield from lines
+    except (OSError, EOFError) as exc:
+        raise FileError(f"{uri}: not a valid gzip file ({exc}).") from exc
+    if rest:
+        yield rest
 
 
 T = TypeVar("T")

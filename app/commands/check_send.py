@@ -47,6 +47,7 @@ NOT_UTF8 = "not valid UTF-8"
 FIRST_PROBLEMS = 5
 REPORT_COLUMNS = ("user_id", "source", "cache", "fallback_reason", "items", "backfilled", "ms")
 ITEM_SEPARATOR = "|"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 PLACEHOLDER_USER = "check-send"  # checks the options once, before any user id is read
 
 
@@ -295,6 +296,12 @@ def _options_problem(exc: InvalidParameterError) -> str:
                      for name, problems in sorted((exc.errors or {}).items()))
 
 
+def spreadsheet_safe(cell: str) -> str:
+    """Return a cell a spreadsheet shows as text: ids come from a Braze export and the batch file, and a cell
+    starting with = + - @ (or a tab or CR) would run as a formula when QA opens the report (CSV injection)."""
+    return "'" + cell if cell[:1] in FORMULA_STARTS else cell
+
+
 @contextmanager
 def _report_file(path: Path | None) -> Iterator[Callable[[str, Outcome, float], None]]:
     """Yield what writes one recipient's line to the report (0600: user ids are personal data); or nothing."""
@@ -311,8 +318,8 @@ def _report_file(path: Path | None) -> Iterator[Callable[[str, Outcome, float], 
         writer.writerow(REPORT_COLUMNS)
 
         def write(user_id: str, outcome: Outcome, ms: float) -> None:
-            writer.writerow([user_id, outcome.source, outcome.cache, outcome.fallback_reason or "",
-                             ITEM_SEPARATOR.join(outcome.item_ids), outcome.backfilled, f"{ms:.1f}"])
+            writer.writerow([spreadsheet_safe(user_id), outcome.source, outcome.cache, outcome.fallback_reason or "",
+                             spreadsheet_safe(ITEM_SEPARATOR.join(outcome.item_ids)), outcome.backfilled, f"{ms:.1f}"])
 
         yield write
 

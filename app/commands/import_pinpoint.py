@@ -3,7 +3,8 @@ printed, each with its original Id, so templates and scripts that name it keep w
 
 Rerunning it changes nothing: a stored record identical to the file's is "unchanged"; one that differs is a
 conflict, reported and left alone unless --replace. Exit status: 0 everything is stored as the file says,
-1 a configuration conflicted or was invalid (the others were imported), 2 the file is not such a listing
+1 a configuration conflicted or was invalid (the others were imported), or the listing has a NextToken (more pages
+to import), 2 the file is not such a listing
 (nothing was imported), 3 the store failed.
 """
 from __future__ import annotations
@@ -49,14 +50,16 @@ class Outcome:
     detail: str = ""
 
 
-def configurations(listing: Any) -> list[Any]:
-    """Return the Item list of a ListRecommenderConfigurationsResponse, with or without its outer key."""
+def configurations(listing: Any) -> tuple[list[Any], str | None]:
+    """Return the Item list of a ListRecommenderConfigurationsResponse (with or without its outer key) and its
+    NextToken: the CLI does not page through get-recommender-configurations, so a listing may be one page."""
     if isinstance(listing, Mapping) and "ListRecommenderConfigurationsResponse" in listing:
         listing = listing["ListRecommenderConfigurationsResponse"]
     if not isinstance(listing, Mapping) or not isinstance(listing.get("Item"), list):
         raise NotAListingError('Not what "aws pinpoint get-recommender-configurations" prints: give its JSON, '
                                '{"ListRecommenderConfigurationsResponse": {"Item": [...]}} or {"Item": [...]}.')
-    return listing["Item"]
+    token = listing.get("NextToken")
+    return listing["Item"], (token if isinstance(token, str) and token else None)
 
 
 def imported_record(item: Any, schema: RecommenderConfigurationSchema) -> dict[str, Any]:
@@ -126,7 +129,7 @@ def import_pinpoint(file: IO[bytes], replace: bool) -> None:
     """Recreate the configurations `aws pinpoint get-recommender-configurations` printed (FILE, - for stdin)
     in RECOMMENDER_STORE, each with its original Id."""
     try:
-        items = configurations(orjson.loads(file.read()))
+        items, next_token = configurations(orjson.loads(file.read()))
     except (orjson.JSONDecodeError, NotAListingError) as exc:
         click.echo(f"{file.name}: {exc}", err=True)
         raise SystemExit(EXIT_NOT_A_LISTING) from None
@@ -138,5 +141,9 @@ def import_pinpoint(file: IO[bytes], replace: bool) -> None:
     for outcome in outcomes:
         click.echo(f"{outcome.status} {outcome.config_id}" + (f": {outcome.detail}" if outcome.detail else ""))
     click.echo(summary(outcomes))
-    if any(o.status in ("conflict", "invalid") for o in outcomes):
+    if next_token is not None:
+        click.echo("This listing is one page: Pinpoint has more configurations. Save the next page with "
+                   f"aws pinpoint get-recommender-configurations --token '{next_token}' > next.json, import it too, "
+                   "and repeat while the output has a NextToken.", err=True)
+    if next_token is not None or any(o.status in ("conflict", "invalid") for o in outcomes):
         raise SystemExit(EXIT_INCOMPLETE)

@@ -24,10 +24,10 @@ from typing import Any
 
 import click
 import orjson
-import redis
 from flask import current_app
 from flask.cli import with_appcontext
 
+from app.caching.redis import shared_redis
 from app.catalog.files import FileError
 from app.commands.progress import Progress
 from app.components import components
@@ -251,8 +251,10 @@ def files_to_do(ledger: Ledger, files: Sequence[CurrentsFile]) -> list[CurrentsF
 
 def build_ledger(settings: Settings) -> Ledger:
     """Return the ledger: Redis when CACHE_REDIS_URL is set (every host sees it), else SQLite in DATA_DIR."""
-    if settings.cache_redis_url:
-        return RedisLedger(redis.Redis.from_url(settings.cache_redis_url), settings.currents_dedup_days)
+    shared = shared_redis(settings.cache_redis_url, settings.cache_redis_cluster, settings.cache_redis_tls_ca_file,
+                          settings.cache_redis_tls_verify)
+    if shared is not None:  # one node or a Redis Cluster, with TLS and a user if set: as the service reaches it
+        return RedisLedger(shared, settings.currents_dedup_days)
     return SQLiteLedger(f"{settings.data_dir}/currents.sqlite3", settings.currents_dedup_days)
 
 

@@ -21,6 +21,7 @@ from rich.progress import Progress as RichProgress
 from rich.text import Text
 
 LINE_SECONDS = 10.0  # away from a terminal (a CI log, a pipe): one line this often
+ESTIMATE_SHARE = 0.05  # a new estimated total moves the bar only when it differs by more than this share
 
 
 class RateColumn(ProgressColumn):
@@ -81,6 +82,19 @@ class Progress:
             self.stream.write(self.line(now) + "\n")
             self.stream.flush()
 
+    def estimate(self, total: int) -> None:
+        """Change the total when it is only estimated as the work goes (e.g. lines of files read so far).
+
+        The bar takes a new total only when it moved by more than ESTIMATE_SHARE: rich forgets the rate (and
+        so the time left) each time a task's total changes.
+        """
+        total = max(total, self.done)
+        if self._bar is not None and self._task is not None:
+            if abs(total - self.total) <= ESTIMATE_SHARE * max(self.total, 1):
+                return
+            self._bar.update(self._task, total=total)
+        self.total = total
+
     def line(self, now: float) -> str:
         """Return the progress so far: count, share, rate and time left."""
         elapsed = max(now - self._started, 1e-9)
@@ -98,6 +112,8 @@ class Progress:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._bar is not None:
+            if self._task is not None and self.done > self.total:  # an estimate fell short: end the bar full
+                self._bar.update(self._task, total=self.done)
             self._bar.stop()
         self.stream.write(self.summary() + "\n")
         self.stream.flush()

@@ -14,6 +14,8 @@ from marshmallow import fields as ma
 
 from app.catalog.items import ITEM_FIELDS
 from app.components import components
+from app.events.body import MAX_EVENTS_PER_REQUEST, EventsBodySchema
+from app.events.views import MAX_BODY_BYTES as MAX_EVENTS_BODY_BYTES
 from app.json import json_response
 from app.pinpoint.configs import MAX_PAGE_SIZE, RecommenderConfigurationSchema
 from app.preview.views import MAX_USERS as MAX_PREVIEW_USERS
@@ -46,13 +48,15 @@ class Error(Schema):
     error = ma.Nested(ErrorBody, required=True)
 
 
-def _item_schema(extra_fields: tuple[str, ...]) -> dict[str, Any]:
+def _item_schema(extra_fields: tuple[str, ...], link_tracking: bool = False) -> dict[str, Any]:
     """Return the JSON schema of an item; `fields` may narrow it, so no property is required."""
     text = {"type": ["string", "null"]}
+    tracked = (" and recs_item (the item id) and recs_rid (the answer's id) for POST /events and ingest-currents"
+               if link_tracking else "")
     properties: dict[str, Any] = {
         "id": {"type": "string", "description": "The item id Personalize and the catalog share."},
         "name": {"type": "string"},
-        "url": {"type": "string", "description": "The item's page, with LINK_QUERY added when set."},
+        "url": {"type": "string", "description": f"The item's page, with LINK_QUERY added when set{tracked}."},
         "price": {"type": ["number", "null"]},
         "image": {"type": ["string", "null"]},
     }
@@ -103,7 +107,7 @@ def build_spec(settings: Settings, source: str) -> dict[str, Any]:
         info={"description": "Called by Braze Connected Content at send time: a user's recommended catalog items."},
     )
     spec.components.schema("Error", schema=Error)
-    spec.components.schema("Item", _item_schema(settings.catalog_extra_fields))
+    spec.components.schema("Item", _item_schema(settings.catalog_extra_fields, settings.link_tracking))
     item_list = {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}
     spec.components.schema("RecommendationAttributes", {
         "type": "object",
@@ -157,6 +161,8 @@ def build_spec(settings: Settings, source: str) -> dict[str, Any]:
         metrics["responses"]["401"] = _error("No valid API key came with the request.")
     spec.path("/metrics", operations={"get": metrics})
     spec.path("/preview", operations={"get": _preview_operation(settings, security)})
+    spec.components.schema("EventsBody", schema=EventsBodySchema)
+    spec.path("/events", operations={"post": _events_operation(settings, security)})
     if settings.admin_api_on:  # documented when it is on, as it answers only then
         _admin_paths(spec)
     document = spec.to_dict()
@@ -253,6 +259,38 @@ def _preview_operation(settings: Settings, security: list[dict[str, list[str]]])
                         "schema": {"type": "array", "items": {"type": "string"}}}],
         "responses": {"200": {"description": "The page.", **page},
                       "400": {"description": f"More than {MAX_PREVIEW_USERS} user ids: the page says so.", **page}},
+    }
+    if security:
+        operation["security"] = security
+        operation["responses"]["401"] = _error("No valid API key came with the request (unauthorized).")
+    if settings.allowed_cidrs:
+        operation["responses"]["403"] = _error("The caller's address is not in ALLOWED_CIDRS (forbidden).")
+    return operation
+
+
+def _events_operation(settings: Settings, security: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """Describe POST /events (app/events): a user's interactions, queued for Personalize's PutEvents."""
+    off = "" if settings.personalize_tracking_id else " Off on this deployment: PERSONALIZE_TRACKING_ID is not set."
+    operation: dict[str, Any] = {
+        "summary": "Tell Personalize what a user did",
+        "description": f"One user's events (1-{MAX_EVENTS_PER_REQUEST}, a body of at most {MAX_EVENTS_BODY_BYTES} "
+                       "bytes), checked against PutEvents' limits and queued durably; a background sender forwards "
+                       "them with PutEvents. Ids left out are derived from the event, so a retried request is not "
+                       "counted twice." + off,
+        "tags": ["events"],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/EventsBody"}}}},
+        "responses": {
+            "202": _json("Sent or queued: nothing more to do.", {
+                "type": "object", "required": ["received", "queued", "deduplicated"], "properties": {
+                    "received": {"type": "integer"}, "queued": {"type": "integer"},
+                    "deduplicated": {"type": "integer", "description": "Events seen within the hour (a retry)."}}}),
+            "400": _error("A field is wrong: errors names each one, e.g. events[2].impression (invalid_parameter)."),
+            "413": _error("The body is too large (payload_too_large): send fewer events a request."),
+            "429": _error("This worker is taking its most event requests at once (too_many_requests): retry."),
+            "503": _error("events_off: PERSONALIZE_TRACKING_ID is not set; events_queue_unavailable: the queue's "
+                          "store cannot be written, nothing was kept: retry."),
+        },
     }
     if security:
         operation["security"] = security

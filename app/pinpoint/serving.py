@@ -27,6 +27,7 @@ from app.settings import Settings
 from app.sources.guard import GuardedRecommender
 from app.sources.personalize import PersonalizeRecommender
 from app.sources.recommender import Recommender
+from app.telemetry.logs import Occasional, held_back
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class ConfiguredRecommenders:
         self._refreshing: set[str] = set()
         self._in_background = in_background or _thread
         self._transformer_failing: dict[str, str] = {}  # function -> error code, to log once per change
+        self._crashes = Occasional()  # a crashing transformer logs its traceback once a minute, not per request
 
     def answer(self, query: Query, started: float, probe: bool = False) -> tuple[Result, bytes]:
         """Return the result and the response body for a request with ?recommender=ID (probe: see recommend)."""
@@ -128,8 +130,10 @@ class ConfiguredRecommenders:
                     log.warning("%s: %s Answering the attributes from the catalog until it answers again.",
                                 exc.code, exc.message)
                 result = dataclasses.replace(result, max_age=0, fallback_reason=exc.code)
-            except Exception:  # a bug must not blank an email either; it is logged with its traceback
-                log.exception("transformer call crashed; answering the attributes from the catalog")
+            except Exception as exc:  # a bug must not blank an email either; logged with its traceback, once a minute
+                if (count := self._crashes.due(f"{config.transformer}:{type(exc).__name__}")) is not None:
+                    log.exception("transformer call crashed; answering the attributes from the catalog%s",
+                                  held_back(count))
                 result = dataclasses.replace(result, max_age=0, fallback_reason=TransformerError.code)
         return result, orjson.dumps(recommendation_attributes(result.item_ids, result.catalog, config.attributes))
 

@@ -1,25 +1,47 @@
 """Shape the joined items for the caller: tracking query on links, chosen fields, array or object."""
 from __future__ import annotations
 
+import hashlib
 from urllib.parse import quote
 
 import orjson
 
 from app.catalog.items import Item
+from app.events.body import MAX_RECOMMENDATION_ID  # PutEvents' limit on the id a click names
 from app.recommendations.query import Query
 from app.recommendations.service import Result
+from app.settings import ANSWER_PARAMETER, ITEM_PARAMETER
+
+
+def tracking_id(result: Result, user_id: str | None) -> str:
+    """Return the id a tracked link names its answer by: Personalize's recommendationId (kept by the cache),
+    else one derived from the answer, the same for every render of it, so a click on a batch or fallback answer
+    is told from one on a live answer and two renders of one answer name it alike.
+
+    batch-<hash of the user and the batch line's ids>: stable for one batch output; a new batch job's line
+    gives a new id. fallback-<hash of the ids served>: the popular list, the same for every user shown it.
+    """
+    if result.recommendation_id:
+        return result.recommendation_id
+    if result.source == "fallback":
+        prefix, material = "fallback-", "\x1f".join(result.item_ids)
+    else:  # only a batch output answers without an id (a stale copy of one included)
+        prefix, material = "batch-", "\x1f".join((user_id or "", *result.answered))
+    digest = hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
+    return prefix + digest[:MAX_RECOMMENDATION_ID - len(prefix)]
 
 
 class Presenter:
     """Turn a Result into the response body a Braze template reads."""
 
-    def __init__(self, link_query: str | None) -> None:
+    def __init__(self, link_query: str | None, link_tracking: bool = False) -> None:
         # LINK_QUERY as (name, value template) pairs, kept as written (already URL-encoded by its author).
         self.link_pairs = [pair.partition("=")[::2] for pair in (link_query or "").split("&") if pair]
+        self.link_tracking = link_tracking
 
     def render(self, result: Result, query: Query) -> bytes:
         """Return the JSON body: the bare array (the default contract) or {items, recommendation_id, source}."""
-        if self.link_pairs or query.fields is not None:
+        if self.link_pairs or self.link_tracking or query.fields is not None:
             items = self._shaped(result, query)
             if query.format == "object":
                 return orjson.dumps({"items": items, "recommendation_id": result.recommendation_id,
@@ -34,7 +56,12 @@ class Presenter:
 
     def _shaped(self, result: Result, query: Query) -> list[Item]:
         items = result.items
-        if self.link_pairs:
+        if self.link_tracking:  # per item: the answer's own id, so the body is right for this answer only
+            suffix = self.link_suffix(query.link_values)
+            answer = f"{ANSWER_PARAMETER}={quote(tracking_id(result, query.user_id), safe='')}"
+            items = [with_query(item, "&".join(filter(None, (
+                suffix, f"{ITEM_PARAMETER}={quote(item['id'], safe='')}", answer)))) for item in items]
+        elif self.link_pairs:
             suffix = self.link_suffix(query.link_values)
             items = [with_query(item, suffix) for item in items]
         if query.fields is not None:

@@ -90,7 +90,10 @@ class RecommendationService:
         deadline = (started or time.monotonic()) + self.budget_seconds
         catalog = self.current_catalog()
         key = self.answer_key(recommender, user_id, num_results, options)
-        cached = self.cache.get(key)
+        # A batch job's answers are already in the shared store: a second copy in the answer cache would cost a
+        # write per user and would go on serving the old job after load-batch switched to a new one.
+        precomputed = getattr(recommender, "precomputed", False)
+        cached = None if precomputed else self.cache.get(key)
         if cached is not None and self.cache.is_fresh(cached) and not probe:
             return self._result(catalog, cached.recommendation, num_results, "HIT", self.cache.max_age(cached),
                                 recommender.name)
@@ -99,7 +102,7 @@ class RecommendationService:
             return recommender.recommend(user_id, num_results, timeout=remaining, options=options)
 
         try:
-            if probe:  # neither the single-flight lock nor its cache write: one check asks once per user
+            if probe or precomputed:  # neither the single-flight lock nor its cache write
                 recommendation = fetch(deadline - time.monotonic())
             else:
                 recommendation = self.flights.run(key, fetch, deadline)
@@ -112,7 +115,7 @@ class RecommendationService:
             log.exception("recommendation source crashed; serving the fallback")
             return self._fallback(catalog, cached.recommendation if cached else None, user_id, num_results,
                                   UpstreamError("The recommendation source failed.", code="internal_error"), options)
-        if self.recent is not None and not probe:
+        if self.recent is not None and not probe and not precomputed:
             self.recent.count(recommendation.item_ids)  # misses only: a hit stays a read, a join, a serialisation
         return self._result(catalog, recommendation, num_results, "MISS", self.cache.ttl, recommender.name)
 

@@ -46,6 +46,8 @@ class GuardedRecommender:
         self.inner = inner
         self.name = inner.name
         self.key = inner.key
+        # answers already in a shared store (a batch job): not cached again nor counted (service.recommend)
+        self.precomputed: bool = getattr(inner, "precomputed", False)
         self.recovery_seconds = recovery_seconds
         self.breaker = CircuitBreaker(
             failure_threshold=failure_threshold,

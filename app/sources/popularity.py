@@ -21,6 +21,7 @@ from typing import Protocol
 import redis
 from redis.exceptions import RedisError
 
+from app.caching.redis import SharedRedis, hash_tagged
 from app.settings import ConfigError
 from app.storage import SQLiteFile
 
@@ -43,9 +44,12 @@ class CountStore(Protocol):
 
 
 class RedisCounts:
-    """Hourly sorted sets in Redis (`recs:recent:HOUR`), each expiring after the window."""
+    """Hourly sorted sets in Redis (`{recs:recent}:HOUR`), each expiring after the window.
 
-    def __init__(self, client: redis.Redis, prefix: str = "recs:recent:") -> None:
+    The keys share a hash tag, so on a Redis Cluster they live on one node and ZUNIONSTORE may combine them.
+    """
+
+    def __init__(self, client: redis.Redis | SharedRedis, prefix: str = hash_tagged("recs:recent") + ":") -> None:
         self.client = client
         self.prefix = prefix
 

@@ -88,6 +88,35 @@ class GunicornLogger(_GunicornLogger):
         super().info(msg, *args, **kwargs)
 
 
+class Occasional:
+    """Let a repeated log line through at most once every `seconds` per key, counting the ones held back.
+
+    In a send a failure repeats with every request, millions of times; one line a minute per kind says as much.
+    """
+
+    def __init__(self, seconds: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}  # key -> (when its last line went out, lines held back since)
+
+    def due(self, key: str) -> int | None:
+        """Return how many lines were held back for key since its last one if a line may go out now, else None."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last[0] < self.seconds:
+                self._last[key] = (last[0], last[1] + 1)
+                return None
+            self._last[key] = (now, 0)
+            return 0 if last is None else last[1]
+
+
+def held_back(count: int) -> str:
+    """Return the suffix that says how many repeats of a line were not logged."""
+    return f" ({count} more like it in the last minute were not logged)" if count else ""
+
+
 def configure_logging(level: str) -> None:
     """Send every log record to stderr as JSON at the given level; keep libraries that log secrets quiet."""
     root = logging.getLogger()

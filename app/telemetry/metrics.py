@@ -68,6 +68,15 @@ class Metrics:
         self.answer_cache_failing = Gauge("recs_answer_cache_failing",
                                           "1 while the answer cache (Redis or CACHE_DIR) fails, else 0",
                                           multiprocess_mode="livemax", registry=r)
+        # Events back to Personalize (POST /events, ingest-currents), by source and outcome.
+        self.events = Counter("recs_events", "Events by source (api, currents) and outcome: received, queued, "
+                              "deduplicated, sent, failed (kept to retry), rejected (refused by Personalize), "
+                              "skipped", ["source", "outcome"], registry=r)
+        self.events_skipped = Counter("recs_events_skipped", "Events not sent on purpose, by source and reason",
+                                      ["source", "reason"], registry=r)
+        # Every worker reads the same shared queue: the most recent reading is the depth.
+        self.events_queued = Gauge("recs_events_queue_depth", "Events waiting in the queue for PutEvents",
+                                   multiprocess_mode="livemostrecent", registry=r)
         # Label children looked up once, so a request costs a dict lookup per metric, not a labels() call.
         self._request_children: dict[tuple[str, int], Any] = {}
         self._cache_children = {result: self.cache.labels(result) for result in CACHE_RESULTS}
@@ -94,6 +103,20 @@ class Metrics:
             return
         self._personalize_error.observe(seconds)
         self.personalize_errors.labels(error_code).inc()
+
+    def event_counter(self, source: str) -> Callable[[str, int], None]:
+        """Return a callback that counts events of a source by outcome (the sender's and the queue's)."""
+
+        def observe(outcome: str, count: int) -> None:
+            if count:
+                self.events.labels(source, outcome).inc(count)
+
+        return observe
+
+    def events_skipped_by(self, source: str, reason: str, count: int = 1) -> None:
+        """Count events of a source not sent on purpose (a bot click, an unmapped event type, ...)."""
+        self.events_skipped.labels(source, reason).inc(count)
+        self.events.labels(source, "skipped").inc(count)
 
     def breaker_changed(self, state: str) -> None:
         """Record the circuit breaker's state (closed, half_open or open)."""

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,34 @@ def warm_workers(server: Gunicorn, standin: StandinHandle) -> int:
     return len(workers)
 
 
+@contextmanager
+def clients_asking(url: str, users: Sequence[str], threads: int, spread: int) -> Iterator[list[Outcome]]:
+    """Keep `threads` clients (keep-alive sessions) asking for users in turn, each starting `spread` users after
+    the last, until the block ends; yield the list of outcomes they fill."""
+    outcomes: list[Outcome] = []
+    outcomes_lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(offset: int) -> None:
+        with requests.Session() as session:
+            n = offset
+            while not stop.is_set():
+                outcome = fetch(session, url, users[n % len(users)])
+                with outcomes_lock:
+                    outcomes.append(outcome)
+                n += 1
+
+    workers = [threading.Thread(target=client, args=(n * spread,), name=f"client-{n}") for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield outcomes
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=10)
+
+
 def failures(outcomes: Sequence[Outcome]) -> list[str]:
     bad = [o for o in outcomes if o.status != 200]
     return [f"{o.user_id}: {o.status} {o.error or str(o.body)[:200]}" for o in bad[:10]]
@@ -253,23 +282,7 @@ def test_redis_killed_mid_run_costs_no_request_and_hits_resume_once_it_is_back(
     # Without the per-process copy every hit is a Redis read, so the outage is really felt (and proven below).
     server = gunicorn_factory(CACHE_REDIS_URL=private_redis.url, CACHE_LOCAL_SECONDS="0")
     users = [f"redis-user-{n:02d}" for n in range(20)]  # repeated, so the healthy phase has hits
-    outcomes: list[Outcome] = []
-    outcomes_lock = threading.Lock()
-    stop = threading.Event()
-
-    def client(offset: int) -> None:
-        with requests.Session() as session:
-            n = offset
-            while not stop.is_set():
-                outcome = fetch(session, server.url, users[n % len(users)])
-                with outcomes_lock:
-                    outcomes.append(outcome)
-                n += 1
-
-    threads = [threading.Thread(target=client, args=(n * 5,), name=f"redis-client-{n}") for n in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
+    with clients_asking(server.url, users, threads=4, spread=5) as outcomes:
         time.sleep(1.0)  # healthy
         killing = time.monotonic()
         private_redis.kill(signal.SIGKILL)
@@ -279,10 +292,6 @@ def test_redis_killed_mid_run_costs_no_request_and_hits_resume_once_it_is_back(
         private_redis.start()  # same port, empty
         restarted = time.monotonic()
         time.sleep(1.0)  # back
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=10)
 
     phases = {
         "before": [o for o in outcomes if o.started + o.seconds < killing],

@@ -271,17 +271,22 @@ def test_a_crafted_redis_entry_does_not_run(make_app: Callable[..., Flask], redi
 
 def test_recently_recommended_counts_are_shared_through_redis(redis_url: str, redis_client: redis.Redis) -> None:
     """Two workers (or hosts) count their own misses; either one reads the sum."""
+    assert two_workers_count(lambda: redis.Redis.from_url(redis_url)) == ["1037", "1000", "1074"]
+    buckets = [k for k in redis_client.scan_iter("\\{recs:recent\\}:[0-9]*")]
+    assert len(buckets) == 1 and 24 * 3600 < redis_client.ttl(buckets[0]) <= 25 * 3600  # gone after the window
+
+
+def two_workers_count(make_client: Callable[[], Any]) -> list[str]:
+    """Let two workers, each with a client of its own, count answers; return the top list both then read."""
     from app.sources.popularity import RecentlyRecommended, RedisCounts
 
-    workers = [RecentlyRecommended(RedisCounts(redis.Redis.from_url(redis_url)), start_flusher=False, top_seconds=0)
-               for _ in range(2)]
+    workers = [RecentlyRecommended(RedisCounts(make_client()), start_flusher=False, top_seconds=0) for _ in range(2)]
     workers[0].count(["1000", "1037"])
     workers[0].count(["1000"])
     workers[1].count(["1037", "1074"])
     workers[1].count(["1037"])
     for worker in workers:
         worker.flush()
-
-    assert workers[0].top() == workers[1].top() == ["1037", "1000", "1074"]
-    buckets = [k for k in redis_client.scan_iter("recs:recent:[0-9]*")]
-    assert len(buckets) == 1 and 24 * 3600 < redis_client.ttl(buckets[0]) <= 25 * 3600  # gone after the window
+    tops = [worker.top() for worker in workers]
+    assert tops[0] == tops[1] and not any(worker._failing for worker in workers)
+    return tops[0]

@@ -5,6 +5,7 @@ answers, the sample catalog and batch output, and every option that adds a param
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -19,7 +20,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from app.components import components
 from tests.conftest import FakeRecommender
+from tests.standin.personalize_events import start_events_standin
 
 FILTER_ARN = "arn:aws:personalize:us-east-1:123456789012:filter/by-category"
 KEY = "schemathesis-key-0123456789"
@@ -47,3 +50,34 @@ def test_answers_match_the_document(api_schema: schemathesis.BaseSchema, path: s
         case.call_and_validate(headers={"X-API-Key": KEY}, checks=CHECKS)
 
     check()
+
+
+def test_events_accepted_are_events_putevents_accepts(make_app: Callable[..., Flask], dummy_aws: None,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generated POST /events bodies: answers as documented, and whatever is accepted PutEvents accepts too."""
+    with start_events_standin(["tracker-1"]) as standin:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_PERSONALIZE_EVENTS", standin.url)
+        app = make_app(personalize_tracking_id="tracker-1", aws_region="us-east-1", api_keys=KEY)
+        operation = schemathesis.openapi.from_wsgi("/openapi.json", app)["/events"]["POST"]
+        accepted: list[int] = []
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=EXAMPLES // 2, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+        def check(case: schemathesis.Case) -> None:
+            response = case.call_and_validate(headers={"X-API-Key": KEY}, checks=CHECKS)
+            if response.status_code == 202:
+                accepted.append(response.json()["queued"])
+
+        try:
+            check()
+            forwarder = components(app).events
+            deadline = time.monotonic() + 10
+            while forwarder.queue.depth() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            components(app).events.stop()
+        calls = standin.calls()
+    assert sum(accepted) > 0, "no generated body was accepted"
+    assert calls["rejected"] == 0
+    assert len(calls["event_ids"]) == sum(accepted)

@@ -325,3 +325,16 @@ def test_progress_on_a_terminal_is_a_bar_with_count_and_rate() -> None:
     output = stream.getvalue()
     assert "3/3" in output and "users/s" in output
     assert "check-send: 3 users in " in output.splitlines()[-1]  # after the escape that shows the cursor again
+
+
+def test_report_cells_a_spreadsheet_would_run_as_formulas_are_kept_as_text(make_app: Callable[..., Flask],
+                                                                          tmp_path: Path) -> None:
+    fake = FakeRecommender({"=HYPERLINK(\"http://x\")": ["1000"], "+1": ["1037"], "plain": ["1111"]})
+    users, report = tmp_path / "users.txt", tmp_path / "report.csv"
+    users.write_text('=HYPERLINK("http://x")\n+1\nplain\n')
+
+    result = run(make_app({"recommender": fake}), str(users), "--report", str(report), "--tps", "1000")
+
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(report.read_text(encoding="utf-8"))))
+    assert [row["user_id"] for row in rows] == ["'=HYPERLINK(\"http://x\")", "'+1", "plain"]

@@ -1,6 +1,8 @@
 """GET /recommendations?recommender=ID: the configuration's ARN, count, attributes and transformer."""
 from __future__ import annotations
 
+import logging
+
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -413,7 +415,8 @@ def test_a_bare_function_name_is_called_in_aws_region(make_app: Callable[..., Fl
 
 def test_a_crashing_transformer_client_still_falls_back(make_app: Callable[..., Flask],
                                                         fake_recommender: FakeRecommender,
-                                                        store: CountingStore, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                        store: CountingStore, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     fake_recommender.answers["u1"] = ["1000", "1037", "1074"]
     app = make_app({"recommender": fake_recommender, "recommender_store": store,
                     "aws": FakeAws(personalize=lambda role, region: None,  # never reached: see below
@@ -422,10 +425,15 @@ def test_a_crashing_transformer_client_still_falls_back(make_app: Callable[..., 
     config_id = configure(store, RecommendationTransformerUri="t", Attributes={"Title": "Title"})
     configured = components(app).configured
     monkeypatch.setattr(configured, "source_for", lambda config: components(app).service.recommender)  # the fake
-    response = app.test_client().get(f"/recommendations?user_id=u1&recommender={config_id}&format=attributes")
+    with caplog.at_level(logging.ERROR, logger="app.pinpoint.serving"):
+        responses = [app.test_client().get(f"/recommendations?user_id=u{n}&recommender={config_id}"
+                                           "&format=attributes") for n in range(1, 4)]
+    response = responses[0]
     assert response.status_code == 200
     assert response.get_json() == {"Title": [NAMES["1000"], NAMES["1037"], "Waterproof Hiking Jacket"]}
-    assert response.headers["X-Fallback-Reason"] == "transformer_failed"
+    assert [r.headers["X-Fallback-Reason"] for r in responses] == ["transformer_failed"] * 3
+    crashes = [r for r in caplog.records if r.getMessage().startswith("transformer call crashed")]
+    assert len(crashes) == 1 and crashes[0].exc_info is not None  # with its traceback, not once per request
 
 
 def test_a_malformed_stored_configuration_is_a_503_not_a_crash(serving: FlaskClient, store: CountingStore) -> None:

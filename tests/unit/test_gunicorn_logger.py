@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import runpy
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,18 @@ def test_gunicorns_own_lines_are_json(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in err if line.startswith("{")]
     assert [(line["logger"], line["level"], line["message"]) for line in lines] == [
         ("gunicorn.error", "ERROR", "Worker (pid:42) was sent SIGKILL!")]
+
+
+def test_keep_alive_and_connections_are_settings_checked_at_start(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setenv("KEEPALIVE_SECONDS", "65")
+    monkeypatch.setenv("WORKER_CONNECTIONS", "4000")
+    settings = runpy.run_path("gunicorn.conf.py")
+    assert (settings["keepalive"], settings["worker_connections"]) == (65, 4000)
+    monkeypatch.delenv("KEEPALIVE_SECONDS")
+    assert runpy.run_path("gunicorn.conf.py")["keepalive"] == 5
+    monkeypatch.setenv("KEEPALIVE_SECONDS", "1h")
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path("gunicorn.conf.py")
+    assert str(stopped.value) == "Cannot start: KEEPALIVE_SECONDS must be a whole number of at least 1 and at most 3600, got '1h'."

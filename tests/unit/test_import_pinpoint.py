@@ -103,6 +103,17 @@ def test_the_listing_without_its_outer_key_is_read_too(run: Callable[..., Result
     assert [r["Id"] for r in stored(store)] == IDS
 
 
+def test_a_listing_with_a_next_token_is_imported_and_says_a_page_is_left(run: Callable[..., Result],
+                                                                        store: SQLiteStore) -> None:
+    listing = json.loads(SAVED_LISTING)
+    listing["ListRecommenderConfigurationsResponse"]["NextToken"] = "page-2-token"
+    result = run(listing)
+    assert result.exit_code == EXIT_INCOMPLETE
+    assert [r["Id"] for r in stored(store)] == IDS
+    assert "--token 'page-2-token'" in result.stderr
+    assert result.stdout.splitlines()[-1] == "created 2, unchanged 0, replaced 0, conflict 0, invalid 0"
+
+
 def test_a_conflicting_id_is_reported_and_left_alone_unless_replace(run: Callable[..., Result],
                                                                     store: SQLiteStore) -> None:
     mine = new_record({"RecommendationProviderUri": "arn:aws:personalize:us-east-1:123456789012:campaign/other",

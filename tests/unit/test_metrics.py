@@ -141,3 +141,18 @@ def test_metrics_need_an_api_key_when_keys_are_set_but_not_an_allowed_address(
 @pytest.mark.parametrize("path", ["/metrics", "/healthz"])
 def test_without_api_keys_metrics_are_open_like_the_health_checks(client: FlaskClient, path: str) -> None:
     assert client.get(path).status_code == 200
+
+
+def test_events_are_counted_by_source_and_outcome(client: FlaskClient) -> None:
+    """The counters POST /events and ingest-currents share: outcomes, skipped events by reason."""
+    metrics = client.application.extensions["recommendation_service"].metrics
+    metrics.event_counter("api")("sent", 10)
+    metrics.event_counter("api")("failed", 0)  # nothing to count: no sample appears
+    metrics.events_skipped_by("currents", "bot_click", 3)
+    metrics.events_queued.set(7)
+    samples = scrape(client)
+    assert samples[("recs_events_total", (("outcome", "sent"), ("source", "api")))] == 10
+    assert ("recs_events_total", (("outcome", "failed"), ("source", "api"))) not in samples
+    assert samples[("recs_events_skipped_total", (("reason", "bot_click"), ("source", "currents")))] == 3
+    assert samples[("recs_events_total", (("outcome", "skipped"), ("source", "currents")))] == 3
+    assert samples[("recs_events_queue_depth", ())] == 7

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -200,6 +201,67 @@ def test_bad_redis_url_scheme_is_rejected(url: str) -> None:
 @pytest.mark.parametrize("url", ["redis://cache:6379/0", "rediss://:secret@cache:6380/1", "unix:///run/redis.sock"])
 def test_good_redis_urls_are_accepted(url: str) -> None:
     assert Settings.from_env(env(CACHE_REDIS_URL=url)).cache_redis_url == url
+
+
+# --- Redis Cluster and TLS --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), ("true", True), ("false", False),
+                                                 ("yes", True), ("0", False)])
+def test_cache_redis_cluster_is_true_false_or_unset(value: str | None, expected: bool | None) -> None:
+    extra = {} if value is None else {"CACHE_REDIS_CLUSTER": value}
+    settings = Settings.from_env(env(CACHE_REDIS_URL="redis://cache:6379", **extra))
+    assert settings.cache_redis_cluster is expected
+
+
+PASSWORD = "pa55-w0rd-never-shown"
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ({"CACHE_REDIS_URL": "redis://cache:6379", "CACHE_REDIS_CLUSTER": "maybe"},
+     "CACHE_REDIS_CLUSTER must be true or false, got 'maybe'."),
+    ({"CACHE_REDIS_CLUSTER": "true"},
+     "CACHE_REDIS_CLUSTER is set but CACHE_REDIS_URL is not: set CACHE_REDIS_URL"),
+    ({"CACHE_REDIS_URL": "unix:///run/redis.sock", "CACHE_REDIS_CLUSTER": "true"},
+     "CACHE_REDIS_CLUSTER=true needs a redis:// or rediss:// CACHE_REDIS_URL"),
+    ({"CACHE_REDIS_URL": f"rediss://app:{PASSWORD}@cache:6379/3", "CACHE_REDIS_CLUSTER": "true"},
+     "CACHE_REDIS_URL names database 3, but a Redis Cluster (CACHE_REDIS_CLUSTER=true) has only database 0"),
+    ({"CACHE_REDIS_URL": f"redis://app:{PASSWORD}@cache:6379", "CACHE_REDIS_TLS_CA_FILE": "/etc/ssl/ca.pem"},
+     "CACHE_REDIS_TLS_CA_FILE applies to TLS, but CACHE_REDIS_URL does not use it: start the URL with rediss://"),
+    ({"CACHE_REDIS_URL": "redis://cache:6379", "CACHE_REDIS_TLS_VERIFY": "none"},
+     "CACHE_REDIS_TLS_VERIFY applies to TLS, but CACHE_REDIS_URL does not use it"),
+    ({"CACHE_REDIS_URL": "rediss://cache:6379", "CACHE_REDIS_TLS_VERIFY": "sometimes"},
+     "CACHE_REDIS_TLS_VERIFY must be one of full, ca, none, got 'sometimes'."),
+    ({"CACHE_REDIS_URL": "rediss://cache:6379", "CACHE_REDIS_TLS_CA_FILE": "/no/such/ca.pem"},
+     "CACHE_REDIS_TLS_CA_FILE: cannot read PEM certificates from '/no/such/ca.pem' (No such file or directory)."),
+    ({"CACHE_REDIS_TLS_CA_FILE": "/etc/ssl/ca.pem"}, "CACHE_REDIS_TLS_CA_FILE is set but CACHE_REDIS_URL is not"),
+    ({"CACHE_REDIS_URL": f"rediss://app:{PASSWORD}@cache:port"},
+     "CACHE_REDIS_URL is not a Redis URL"),
+    ({"CACHE_REDIS_URL": f"http://app:{PASSWORD}@cache:6379"},
+     "CACHE_REDIS_URL must start with redis://, rediss:// (TLS) or unix://, got 'http://app:***@cache:6379'."),
+])
+def test_redis_settings_that_cannot_work_stop_start_up_with_a_sentence(values: dict[str, str], expected: str) -> None:
+    message = config_error(env(**values))
+    assert expected in message
+    assert PASSWORD not in message
+
+
+def test_a_ca_file_that_is_not_pem_is_refused(tmp_path: Any) -> None:
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate")
+    message = config_error(env(CACHE_REDIS_URL="rediss://cache:6379", CACHE_REDIS_TLS_CA_FILE=str(garbage)))
+    assert message.startswith("CACHE_REDIS_TLS_CA_FILE: cannot read PEM certificates from")
+
+
+def test_the_settings_repr_never_shows_the_redis_password() -> None:
+    settings = Settings.from_env(env(CACHE_REDIS_URL=f"rediss://app:{PASSWORD}@cache:6379"))
+    assert PASSWORD not in repr(settings)
+
+
+def test_redis_urls_for_elasticache_serverless_are_accepted() -> None:
+    url = f"rediss://app:{PASSWORD}@my-cache-abc123.serverless.use1.cache.amazonaws.com:6379"
+    settings = Settings.from_env(env(CACHE_REDIS_URL=url, CACHE_REDIS_CLUSTER="true"))
+    assert (settings.cache_redis_url, settings.cache_redis_cluster, settings.cache_redis_tls_verify) == (url, True, "full")
 
 
 # --- create_app checks the URIs' scheme and format -----------------------------------------------
