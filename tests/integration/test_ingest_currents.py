@@ -18,13 +18,13 @@ import pytest
 import redis
 from click.testing import Result
 from flask import Flask
-from moto import mock_aws
 
 from app.events import dispatch
 from app.events.currents import BOT, NO_ITEM
 from app.events.putevents import Event, PutEventsSender, SendError
 from app.events.wire import SignedPutEvents
 from tests.conftest import ROOT, SAMPLE_BATCH, SAMPLE_CATALOG
+from tests.integration.conftest import BUCKET
 from tests.currents_files import CARD_CLICK, EMAIL_CLICK, PURCHASE, record, write_currents
 from tests.standin.personalize_events import EventsStandinHandle, start_events_standin
 
@@ -34,11 +34,7 @@ TRACKED = "https://shop.example.com/p/1740/trail-mix-variety-pack?utm_source=bra
 
 
 @pytest.fixture
-def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[EventsStandinHandle]:
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+def standin(dummy_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[EventsStandinHandle]:
     with start_events_standin([TRACKER]) as handle:
         monkeypatch.setenv("AWS_ENDPOINT_URL_PERSONALIZE_EVENTS", handle.url)
         yield handle
@@ -152,21 +148,18 @@ def test_a_dry_run_prints_the_calls_and_sends_and_remembers_nothing(
     assert standin.calls()["event_ids"] == dict.fromkeys(expected, 1)
 
 
-def test_an_s3_prefix_is_read_recursively(ingest: Callable[..., Result], standin: EventsStandinHandle,
+def test_an_s3_prefix_is_read_recursively(ingest: Callable[..., Result], standin: EventsStandinHandle, s3: Any,
                                           tmp_path: Path) -> None:
     expected = write_send(tmp_path / "currents")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket="braze-currents")
-        for path in (tmp_path / "currents").rglob("*.avro"):
-            s3.upload_file(str(path), "braze-currents", "exports/" + path.relative_to(tmp_path / "currents").as_posix())
-        s3.put_object(Bucket="braze-currents", Key="elsewhere/event_type=users.behaviors.Purchase/x.avro", Body=b"")
+    for path in (tmp_path / "currents").rglob("*.avro"):
+        s3.upload_file(str(path), BUCKET, "exports/" + path.relative_to(tmp_path / "currents").as_posix())
+    s3.put_object(Bucket=BUCKET, Key="elsewhere/event_type=users.behaviors.Purchase/x.avro", Body=b"")
 
-        result = ingest("s3://braze-currents/exports/", "--processes", "1")
+    result = ingest(f"s3://{BUCKET}/exports/", "--processes", "1")
 
     assert result.exit_code == 0, result.output
     assert standin.calls()["event_ids"] == dict.fromkeys(expected, 1)
-    assert "4 Currents files under s3://braze-currents/exports/" in result.stderr
+    assert f"4 Currents files under s3://{BUCKET}/exports/" in result.stderr
 
 
 def test_with_redis_the_ledger_is_shared_and_an_overlap_in_a_later_delivery_is_sent_once(
