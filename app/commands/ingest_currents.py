@@ -71,11 +71,12 @@ class Tally:
 
 
 class Ingest:
-    """Read files one after another, send their events with `concurrency` calls in flight, remember what was sent.
+    """Read files one after another, hand their calls to the dispatcher, remember what was sent.
 
     dispatcher: sends calls (threads or sender processes), or None for a dry run, which sends and records
-    nothing and shows the calls instead (show). Dedup: an id seen earlier in the same file, or sent before (the ledger,
-    which every call's ids reach before the next file is read), is a duplicate.
+    nothing and shows the calls instead (show). Dedup: an id seen earlier in the same file, or sent before (the
+    ledger, which every call's ids reach before the next file is read), is a duplicate. stop: set by a signal,
+    ends the run after the calls in flight.
     """
 
     def __init__(self, ledger: Ledger, translator: Translator, s3: Callable[[], Any],
