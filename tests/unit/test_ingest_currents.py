@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections import Counter
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -13,13 +14,14 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from app.commands.ingest_currents import UNMAPPED, Ingest, files_to_do
+from app.commands.ingest_currents import UNMAPPED, Ingest, Tally, count_events, files_to_do
 from app.commands.progress import Progress
 from app.events.currents import BOT, INVALID, NO_ITEM, NO_USER, Translator, list_files, page_of
 from app.events.dispatch import ThreadDispatcher
 from app.events.ledger import DAY, SQLiteLedger
 from app.events.putevents import Event, PutEventsSender
 from app.settings import ConfigError, Settings
+from app.telemetry.metrics import Metrics
 from tests.currents_files import CARD_CLICK, EMAIL_CLICK, PURCHASE, record, write_currents
 
 PAGES = {page_of("https://shop.example.com/p/1333/fleece-pullover"): "1333"}
@@ -210,3 +212,18 @@ def test_a_sender_process_that_dies_stops_the_run_and_leaves_its_file_to_do(tmp_
     assert ingest.stop_error is not None and ingest.stop_error.code == "BrokenProcessPool"
     assert ingest.files_done == []
     assert files_to_do(ledger, list_files(str(root), lambda: None)) != []
+
+
+def test_a_run_s_counts_join_the_events_metrics_under_source_currents() -> None:
+    metrics = Metrics()
+    clicks = Tally("click", read=7, sent=4, duplicates=1)
+    clicks.skipped.update({BOT: 1, NO_ITEM: 1})
+    count_events(metrics, [clicks, Tally(None, read=2, skipped=Counter({UNMAPPED: 2}))])
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"source": "currents", **labels})
+
+    assert [value("recs_events_total", outcome=o) for o in ("received", "sent", "deduplicated", "skipped")] == [
+        9, 4, 1, 4]
+    assert value("recs_events_skipped_total", reason=UNMAPPED) == 2
+    assert value("recs_events_skipped_total", reason=BOT) == 1
