@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from app.caching.answers import AnswerCache
 from app.errors import UpstreamError
@@ -40,6 +40,8 @@ class SingleFlight:
     Within a process the first caller fetches and the others wait on an event. With a Redis client,
     the caller first takes a short Redis lock (SET NX, expiring with the budget, so a dead worker cannot
     hold it); a worker that finds the lock taken polls the cache for the answer the holder writes.
+    A miss costs two round trips besides its first read: the lock with a second read, and the answer's
+    write with the lock's release (each a pipeline; the keys share a hash tag, so Redis Cluster takes them).
     Nobody waits past the deadline: they get UpstreamError and the caller falls back.
     The lock is a plain SET NX with a random token and a token-checked delete: redis-py's Lock does the
     same with a uuid1 token and per-call bookkeeping, more CPU per miss.
@@ -83,24 +85,60 @@ class SingleFlight:
         remaining = deadline - time.monotonic()
         if self.lock_client is None:
             return self._fetch_and_store(key, fetch, remaining)
-        lock_key, token = f"{key}:lock", os.urandom(8)
+        lock_key, token = f"{key}:lock", os.urandom(8)  # the key's {hash tag} puts both in one Cluster slot
+        shared = self.cache.redis_key(key)
         try:
-            acquired = self.lock_client.set(lock_key, token, nx=True, px=max(int(remaining * 1000), 50))
+            # One round trip takes the lock and reads the answer again: a worker that held the lock since this
+            # caller's miss may have written it, and then nobody asks the source twice.
+            pipe = self.lock_client.pipeline(transaction=False)
+            pipe.set(lock_key, token, nx=True, px=max(int(remaining * 1000), 50))
+            if shared is not None:
+                pipe.get(shared)
+            acquired, *landed = pipe.execute()
         except RedisError as exc:
             log.debug("single-flight lock unavailable, fetching without it: %s", exc)
             return self._fetch_and_store(key, fetch, deadline - time.monotonic())
+        cached = self.cache.accept(key, landed[0]) if landed else None
+        if cached is not None:
+            if acquired:
+                self._unlock(lock_key, token)
+            return cached.recommendation
         if not acquired:
             return self._wait_for_answer(key, lock_key, deadline)
         try:
             # Taking the lock spent part of the budget.
-            return self._fetch_and_store(key, fetch, deadline - time.monotonic())
-        finally:
+            answer = fetch(deadline - time.monotonic())
+        except BaseException:
             self._unlock(lock_key, token)
+            raise
+        self._store_and_unlock(key, shared, lock_key, token, answer)
+        return answer
 
     def _fetch_and_store(self, key: str, fetch: Fetch, remaining: float) -> Recommendation:
         answer = fetch(remaining)
         self.cache.put(key, answer)
         return answer
+
+    def _store_and_unlock(self, key: str, shared: str | None, lock_key: str, token: bytes,
+                          answer: Recommendation) -> None:
+        """Write the answer and release the lock, in one round trip when the answers live in this Redis."""
+        if shared is None:  # another backend keeps the answers
+            self.cache.put(key, answer)
+            self._unlock(lock_key, token)
+            return
+        assert self._release is not None and self.lock_client is not None
+        data = self.cache.remember(key, answer)
+        pipe = self.lock_client.pipeline(transaction=False)
+        pipe.set(shared, data, ex=self.cache.keep_seconds or None)
+        pipe.evalsha(self._release.sha, 1, lock_key, token)
+        try:
+            stored, released = pipe.execute(raise_on_error=False)
+        except RedisError as exc:  # Redis went away: the lock expires anyway
+            self.cache.written(exc)
+            return
+        self.cache.written(stored if isinstance(stored, RedisError) else None)
+        if isinstance(released, NoScriptError):  # the first release on this Redis: the script loads it
+            self._unlock(lock_key, token)
 
     def _unlock(self, lock_key: str, token: bytes) -> None:
         assert self._release is not None

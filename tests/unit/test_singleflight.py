@@ -20,7 +20,7 @@ from app.errors import UpstreamError
 from app.sources.recommender import Recommendation
 from tests.conftest import FakeRecommender
 
-KEY = "recs:v1:test-key"
+KEY = "recs:v1:{test-key}"
 WAIT = 5.0  # upper bound on any wait for another thread; never reached when the code works
 
 
@@ -426,3 +426,61 @@ def test_a_request_is_served_when_the_redis_cache_and_lock_are_down(make_app: Ca
     assert [item["id"] for item in response.get_json()] == ["1000", "1037"]
     assert response.headers["X-Recommendations-Source"] == "fake"
     assert fake.calls == [("u1", 2)]
+
+
+class CountingConnection(redis.Connection):
+    """A redis-py connection that counts the request thread's round trips: a command, or a whole pipeline, is one
+    send (the recently-recommended counts are flushed by a thread of their own)."""
+
+    trips = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if threading.current_thread() is threading.main_thread():
+            type(self).trips += 1
+        super().send_packed_command(command, check_health)
+
+
+def test_a_miss_costs_three_redis_round_trips(make_app: Callable[..., Any], redis_url: str,
+                                              redis_client: redis.Redis) -> None:
+    """The first read, then the lock with a second read, then the write with the lock's release (not four)."""
+    lock = redis.Redis(connection_pool=redis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection))
+    fake = FakeRecommender({"u0": ["1000"], "u1": ["1037", "1074"]})
+    app = make_app({"recommender": fake, "lock_client": lock}, cache_redis_url=redis_url)
+    backend = components(app).service.cache.backend
+    backend._read_client = backend._write_client = lock  # the answer cache's trips are counted too (one Redis)
+    http = app.test_client()
+    http.get("/recommendations?user_id=u0")  # the release script's first use on this Redis loads it
+    CountingConnection.trips = 0
+
+    assert http.get("/recommendations?user_id=u1").headers["X-Cache"] == "MISS"
+
+    assert CountingConnection.trips == 3
+    service = components(app).service
+    key = service.answer_key(service.recommender, "u1", 10)
+    stored = redis_client.get(service.cache.redis_key(key))
+    assert stored is not None and b'"1037"' in stored
+    assert redis_client.exists(f"{key}:lock") == 0
+    assert http.get("/recommendations?user_id=u1").headers["X-Cache"] == "HIT" and len(fake.calls) == 2
+    lock.close()
+
+
+def test_an_answer_and_its_lock_share_a_cluster_slot(redis_cache: PolledCache) -> None:
+    from redis.crc import key_slot
+
+    key = AnswerCache.key("source", "u1", {"num_results": 10})
+    answer_key = redis_cache.redis_key(key)
+    assert answer_key is not None and answer_key != key  # the backend's prefix is in it
+    assert key_slot(answer_key.encode()) == key_slot(f"{key}:lock".encode())
+    assert key_slot(AnswerCache.key("source", "u2", {"num_results": 10}).encode()) != key_slot(key.encode())
+
+
+def test_an_answer_written_since_the_miss_is_served_without_a_fetch(
+    redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis], redis_client: redis.Redis
+) -> None:
+    """Another worker stored the answer and released its lock between this caller's miss and its lock."""
+    redis_cache.put(KEY, Recommendation(["1000"], "rid-other"))
+    fetches = Fetches()
+    answer = SingleFlight(redis_cache, lock_clients()).run(KEY, fetches.for_("A"), deadline())
+    assert answer == Recommendation(["1000"], "rid-other")
+    assert fetches.calls == []
+    assert redis_client.exists(f"{KEY}:lock") == 0
