@@ -246,15 +246,21 @@ class AnswerCache:
 
     def get(self, key: str) -> CachedAnswer | None:
         """Return the stored answer, or None on a miss, a backend failure or an entry that is not an answer."""
-        if self._local is not None:
-            with self._local_lock:
-                answer = self._local.get(key)
-            if answer is not None and self.is_fresh(answer):
-                return answer
+        answer = self.local(key)
+        if answer is not None:
+            return answer
         answer = self._read(key, decode_answer)
         if answer is not None:
             self._remember(key, answer)
         return answer
+
+    def local(self, key: str) -> CachedAnswer | None:
+        """Return this process's fresh copy of the answer (CACHE_LOCAL_SECONDS), or None."""
+        if self._local is None:
+            return None
+        with self._local_lock:
+            answer = self._local.get(key)
+        return answer if answer is not None and self.is_fresh(answer) else None
 
     def put(self, key: str, recommendation: Recommendation) -> None:
         """Store an answer (kept past its TTL for stale-if-error); a failure only costs a later miss."""
@@ -275,15 +281,20 @@ class AnswerCache:
         self._report("write", exc)
 
     def accept(self, key: str, data: Any) -> CachedAnswer | None:
-        """Return a fresh answer from bytes the caller read from the backend (kept in this process too), else None."""
+        """Return the answer in bytes the caller read from the backend (fresh ones are kept in this process too),
+        or None for none or an entry that is not an answer; the read itself worked."""
+        self._report("read", None)
         if data is None:
             return None
         answer = decode_answer(data)
         self._report_malformed(answer is None)
-        if answer is None or not self.is_fresh(answer):
-            return None
-        self._remember(key, answer)
+        if answer is not None:
+            self._remember(key, answer)
         return answer
+
+    def read_failed(self, exc: Exception) -> None:
+        """Take note of a read made by the caller that failed."""
+        self._report("read", exc)
 
     def get_attributes(self, key: str, item_ids: list[str]) -> dict[str, list[str]] | None:
         """Return a transformer's attributes stored within the TTL for exactly these item ids, else None."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import redis
 from redis.exceptions import NoScriptError, RedisError
 
-from app.caching.answers import AnswerCache
+from app.caching.answers import AnswerCache, CachedAnswer
 from app.errors import UpstreamError
 from app.sources.recommender import Recommendation
 
@@ -21,6 +21,13 @@ Fetch = Callable[[float], Recommendation]  # given the seconds left, fetch an an
 
 # Delete the lock only if it is still ours (it may have expired and been taken by another worker).
 RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# Read the answer (KEYS[1]); when there is none, take its lock (KEYS[2]) for ARGV[2] ms with token ARGV[1].
+READ_OR_LOCK = """
+local answer = redis.call('get', KEYS[1])
+if answer then return {answer, 0} end
+if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, 1} end
+return {false, 0}
+"""
 
 
 @dataclass
@@ -54,9 +61,35 @@ class SingleFlight:
         self._flights: dict[str, _Flight] = {}
         self._mutex = threading.Lock()
         self._release = lock_client.register_script(RELEASE_LOCK) if lock_client is not None else None
+        self._read_or_lock = lock_client.register_script(READ_OR_LOCK) if lock_client is not None else None
 
-    def run(self, key: str, fetch: Fetch, deadline: float) -> Recommendation:
-        """Return the answer for key, fetched by this caller or by the one already fetching it."""
+    def lookup(self, key: str, deadline: float) -> tuple[CachedAnswer | None, bytes | None]:
+        """Return the cached answer (fresh or not) and, when there was none, this caller's claim on fetching it.
+
+        With the answers in the lock's Redis, one round trip reads the answer and, only if there is none, takes
+        the lock (a script; the keys share a hash tag): a miss costs no separate lock. The claim (the lock's
+        token) goes to run(). Otherwise: the answer cache's own read, and no claim.
+        """
+        shared = self.cache.redis_key(key)
+        if self._read_or_lock is None or shared is None:
+            return self.cache.get(key), None
+        local = self.cache.local(key)
+        if local is not None:
+            return local, None
+        token = os.urandom(8)
+        lock_ms = max(int((deadline - time.monotonic()) * 1000), 50)
+        try:
+            data, locked = self._read_or_lock(keys=[shared, f"{key}:lock"], args=[token, lock_ms])
+        except RedisError as exc:
+            self.cache.read_failed(exc)
+            return None, None
+        return self.cache.accept(key, data), token if locked else None
+
+    def run(self, key: str, fetch: Fetch, deadline: float, claim: bytes | None = None) -> Recommendation:
+        """Return the answer for key, fetched by this caller or by the one already fetching it.
+
+        claim: the lock lookup() took for this caller, if it did.
+        """
         with self._mutex:
             flight = self._flights.get(key)
             leader = flight is None
@@ -64,6 +97,8 @@ class SingleFlight:
                 flight = self._flights[key] = _Flight()
         assert flight is not None
         if not leader:
+            if claim is not None:  # this process's leader fetches: the lock lookup took is not needed
+                self._unlock(f"{key}:lock", claim)
             if not flight.done.wait(max(0.0, deadline - time.monotonic())):
                 raise _timeout()
             if flight.error is not None:
@@ -71,7 +106,7 @@ class SingleFlight:
             assert flight.result is not None
             return flight.result
         try:
-            flight.result = self._across_workers(key, fetch, deadline)
+            flight.result = self._across_workers(key, fetch, deadline, claim)
             return flight.result
         except BaseException as exc:
             flight.error = exc
@@ -81,12 +116,14 @@ class SingleFlight:
                 del self._flights[key]
             flight.done.set()
 
-    def _across_workers(self, key: str, fetch: Fetch, deadline: float) -> Recommendation:
+    def _across_workers(self, key: str, fetch: Fetch, deadline: float, claim: bytes | None) -> Recommendation:
         remaining = deadline - time.monotonic()
         if self.lock_client is None:
             return self._fetch_and_store(key, fetch, remaining)
-        lock_key, token = f"{key}:lock", os.urandom(8)  # the key's {hash tag} puts both in one Cluster slot
+        lock_key, token = f"{key}:lock", claim or os.urandom(8)  # the key's {hash tag}: one Cluster slot for both
         shared = self.cache.redis_key(key)
+        if claim is not None:
+            return self._fetch_locked(key, fetch, deadline, shared, lock_key, token)
         try:
             # One round trip takes the lock and reads the answer again: a worker that held the lock since this
             # caller's miss may have written it, and then nobody asks the source twice.
@@ -99,12 +136,16 @@ class SingleFlight:
             log.debug("single-flight lock unavailable, fetching without it: %s", exc)
             return self._fetch_and_store(key, fetch, deadline - time.monotonic())
         cached = self.cache.accept(key, landed[0]) if landed else None
-        if cached is not None:
+        if cached is not None and self.cache.is_fresh(cached):
             if acquired:
                 self._unlock(lock_key, token)
             return cached.recommendation
         if not acquired:
             return self._wait_for_answer(key, lock_key, deadline)
+        return self._fetch_locked(key, fetch, deadline, shared, lock_key, token)
+
+    def _fetch_locked(self, key: str, fetch: Fetch, deadline: float, shared: str | None, lock_key: str,
+                      token: bytes) -> Recommendation:
         try:
             # Taking the lock spent part of the budget.
             answer = fetch(deadline - time.monotonic())

@@ -90,7 +90,8 @@ class RecommendationService:
         deadline = (started or time.monotonic()) + self.budget_seconds
         catalog = self.current_catalog()
         key = self.answer_key(recommender, user_id, num_results, options)
-        cached = self.cache.get(key)
+        # A check reads without a claim on fetching; a request's miss also takes the single-flight lock.
+        cached, claim = (self.cache.get(key), None) if probe else self.flights.lookup(key, deadline)
         if cached is not None and self.cache.is_fresh(cached) and not probe:
             return self._result(catalog, cached.recommendation, num_results, "HIT", self.cache.max_age(cached),
                                 recommender.name)
@@ -102,7 +103,7 @@ class RecommendationService:
             if probe:  # neither the single-flight lock nor its cache write: one check asks once per user
                 recommendation = fetch(deadline - time.monotonic())
             else:
-                recommendation = self.flights.run(key, fetch, deadline)
+                recommendation = self.flights.run(key, fetch, deadline, claim)
         except InvalidParameterError:
             raise  # Personalize rejected the request itself: the caller must see it, not a fallback
         except ServiceError as exc:

@@ -13,7 +13,7 @@ import redis
 from cachelib import SimpleCache
 
 from app.caching import singleflight
-from app.caching.answers import AnswerCache, CachedAnswer
+from app.caching.answers import AnswerCache, CachedAnswer, encode_answer
 from app.caching.singleflight import SingleFlight
 from app.components import components
 from app.errors import UpstreamError
@@ -440,9 +440,10 @@ class CountingConnection(redis.Connection):
         super().send_packed_command(command, check_health)
 
 
-def test_a_miss_costs_three_redis_round_trips(make_app: Callable[..., Any], redis_url: str,
-                                              redis_client: redis.Redis) -> None:
-    """The first read, then the lock with a second read, then the write with the lock's release (not four)."""
+def test_a_miss_costs_two_redis_round_trips_and_a_hit_one(make_app: Callable[..., Any], redis_url: str,
+                                                          redis_client: redis.Redis) -> None:
+    """The read that takes the lock when there is no answer, then the write with the lock's release (not four:
+    GET, SET NX, SET, release); a hit only reads, and takes no lock."""
     lock = redis.Redis(connection_pool=redis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection))
     fake = FakeRecommender({"u0": ["1000"], "u1": ["1037", "1074"]})
     app = make_app({"recommender": fake, "lock_client": lock}, cache_redis_url=redis_url)
@@ -454,13 +455,16 @@ def test_a_miss_costs_three_redis_round_trips(make_app: Callable[..., Any], redi
 
     assert http.get("/recommendations?user_id=u1").headers["X-Cache"] == "MISS"
 
-    assert CountingConnection.trips == 3
+    assert CountingConnection.trips == 2
     service = components(app).service
     key = service.answer_key(service.recommender, "u1", 10)
     stored = redis_client.get(service.cache.redis_key(key))
     assert stored is not None and b'"1037"' in stored
     assert redis_client.exists(f"{key}:lock") == 0
+    components(app).service.cache._local = None  # this process's copy off: the hit goes to Redis
+    CountingConnection.trips = 0
     assert http.get("/recommendations?user_id=u1").headers["X-Cache"] == "HIT" and len(fake.calls) == 2
+    assert CountingConnection.trips == 1 and redis_client.exists(f"{key}:lock") == 0
     lock.close()
 
 
@@ -484,3 +488,18 @@ def test_an_answer_written_since_the_miss_is_served_without_a_fetch(
     assert answer == Recommendation(["1000"], "rid-other")
     assert fetches.calls == []
     assert redis_client.exists(f"{KEY}:lock") == 0
+
+
+def test_lookup_claims_a_miss_but_not_a_stale_answer(redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis],
+                                                     redis_client: redis.Redis) -> None:
+    flights = SingleFlight(redis_cache, lock_clients())
+    answer, claim = flights.lookup(KEY, deadline())
+    assert answer is None and claim is not None and redis_client.get(f"{KEY}:lock") == claim
+    assert flights.lookup(KEY, deadline()) == (None, None)  # taken: the second caller has no claim
+    assert flights.run(KEY, Fetches().for_("A"), deadline(), claim).recommendation_id == "rid-1-A"
+    assert redis_client.exists(f"{KEY}:lock") == 0
+
+    stale = CachedAnswer(Recommendation(["1000"], "old"), time.time() - redis_cache.ttl - 1)
+    redis_client.set(redis_cache.redis_key(KEY), encode_answer(stale))
+    answer, claim = SingleFlight(redis_cache, lock_clients()).lookup(KEY, deadline())
+    assert answer == stale and claim is None  # kept for stale-if-error; run() takes the lock itself
