@@ -71,7 +71,7 @@ def main() -> None:
         if args.profile:
             profile = cProfile.Profile()
             profile.runcall(lambda: [hit() for _ in range(CALLS)])
-            pstats.Stats(profile).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "20")))
+            pstats.Stats(profile).sort_stats("tottime").print_stats(20)
         components(service).request_log.flush()
     redis_server.stop()
 

@@ -47,8 +47,10 @@ class SingleFlight:
     Within a process the first caller fetches and the others wait on an event. With a Redis client,
     the caller first takes a short Redis lock (SET NX, expiring with the budget, so a dead worker cannot
     hold it); a worker that finds the lock taken polls the cache for the answer the holder writes.
-    A miss costs two round trips besides its first read: the lock with a second read, and the answer's
-    write with the lock's release (each a pipeline; the keys share a hash tag, so Redis Cluster takes them).
+    A miss costs two round trips: lookup's script, which reads the answer and takes the lock when there is
+    none, and the answer's write with the lock's release (a pipeline). The keys share a hash tag, so Redis
+    Cluster takes both. Without a claim from lookup (a stale answer, a lock already taken), run() takes the lock
+    with a second read in one pipeline.
     Nobody waits past the deadline: they get UpstreamError and the caller falls back.
     The lock is a plain SET NX with a random token and a token-checked delete: redis-py's Lock does the
     same with a uuid1 token and per-call bookkeeping, more CPU per miss.
@@ -96,9 +98,11 @@ class SingleFlight:
             if leader:
                 flight = self._flights[key] = _Flight()
         assert flight is not None
+        if not leader and claim is not None:
+            # This caller holds the cross-worker lock, so it fetches: the leader here came without the lock and
+            # waits for the holder's answer in Redis (joining it would leave both waiting for each other).
+            return self._fetch_locked(key, fetch, deadline, self.cache.redis_key(key), f"{key}:lock", claim)
         if not leader:
-            if claim is not None:  # this process's leader fetches: the lock lookup took is not needed
-                self._unlock(f"{key}:lock", claim)
             if not flight.done.wait(max(0.0, deadline - time.monotonic())):
                 raise _timeout()
             if flight.error is not None:

@@ -503,3 +503,21 @@ def test_lookup_claims_a_miss_but_not_a_stale_answer(redis_cache: PolledCache, l
     redis_client.set(redis_cache.redis_key(KEY), encode_answer(stale))
     answer, claim = SingleFlight(redis_cache, lock_clients()).lookup(KEY, deadline())
     assert answer == stale and claim is None  # kept for stale-if-error; run() takes the lock itself
+
+
+def test_the_caller_holding_the_lock_fetches_even_when_another_thread_leads_here(
+    redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis], redis_client: redis.Redis
+) -> None:
+    """Thread A's lookup took the lock; thread B, without it, reached run() first and polls Redis for the
+    holder's answer. A must fetch it rather than wait for B (each would wait for the other until the deadline)."""
+    flights = SingleFlight(redis_cache, lock_clients())
+    _, claim = flights.lookup(KEY, deadline())
+    assert claim is not None
+    fetches = Fetches()
+    with ThreadPoolExecutor(1) as pool:
+        b = pool.submit(flights.run, KEY, fetches.for_("B"), deadline())
+        assert redis_cache.polled.wait(WAIT)  # B leads here, found the lock taken and polls for the answer
+        a = flights.run(KEY, fetches.for_("A"), deadline(), claim)
+        assert b.result(WAIT) == a == Recommendation(["1000", "1037"], "rid-1-A")
+    assert fetches.calls == ["A"]
+    assert redis_client.exists(f"{KEY}:lock") == 0
