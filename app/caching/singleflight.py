@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from app.caching.answers import AnswerCache, CachedAnswer
 from app.errors import UpstreamError
@@ -27,6 +27,13 @@ local answer = redis.call('get', KEYS[1])
 if answer then return {answer, 0} end
 if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, 1} end
 return {false, 0}
+"""
+# Write the answer (KEYS[1] = ARGV[1], expiring after ARGV[3] s unless 0) and release its lock (KEYS[2]) if it is
+# still ours (ARGV[2]). One script rather than a pipeline: redis-py refuses scripts in a Redis Cluster pipeline.
+STORE_AND_RELEASE = """
+if ARGV[3] == '0' then redis.call('set', KEYS[1], ARGV[1]) else redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[3]) end
+if redis.call('get', KEYS[2]) == ARGV[2] then redis.call('del', KEYS[2]) end
+return 1
 """
 
 
@@ -48,7 +55,7 @@ class SingleFlight:
     the caller first takes a short Redis lock (SET NX, expiring with the budget, so a dead worker cannot
     hold it); a worker that finds the lock taken polls the cache for the answer the holder writes.
     A miss costs two round trips: lookup's script, which reads the answer and takes the lock when there is
-    none, and the answer's write with the lock's release (a pipeline). The keys share a hash tag, so Redis
+    none, and the answer's write with the lock's release (one script as well). The keys share a hash tag, so Redis
     Cluster takes both. Without a claim from lookup (a stale answer, a lock already taken), run() takes the lock
     with a second read in one pipeline.
     Nobody waits past the deadline: they get UpstreamError and the caller falls back.
@@ -64,6 +71,7 @@ class SingleFlight:
         self._mutex = threading.Lock()
         self._release = lock_client.register_script(RELEASE_LOCK) if lock_client is not None else None
         self._read_or_lock = lock_client.register_script(READ_OR_LOCK) if lock_client is not None else None
+        self._store_release = lock_client.register_script(STORE_AND_RELEASE) if lock_client is not None else None
 
     def lookup(self, key: str, deadline: float) -> tuple[CachedAnswer | None, bytes | None]:
         """Return the cached answer (fresh or not) and, when there was none, this caller's claim on fetching it.
@@ -171,19 +179,14 @@ class SingleFlight:
             self.cache.put(key, answer)
             self._unlock(lock_key, token)
             return
-        assert self._release is not None and self.lock_client is not None
+        assert self._store_release is not None
         data = self.cache.remember(key, answer)
-        pipe = self.lock_client.pipeline(transaction=False)
-        pipe.set(shared, data, ex=self.cache.keep_seconds or None)
-        pipe.evalsha(self._release.sha, 1, lock_key, token)
         try:
-            stored, released = pipe.execute(raise_on_error=False)
-        except RedisError as exc:  # Redis went away: the lock expires anyway
+            self._store_release(keys=[shared, lock_key], args=[data, token, self.cache.keep_seconds or 0])
+        except RedisError as exc:  # Redis went away (the lock expires anyway) or refused the write
             self.cache.written(exc)
             return
-        self.cache.written(stored if isinstance(stored, RedisError) else None)
-        if isinstance(released, NoScriptError):  # the first release on this Redis: the script loads it
-            self._unlock(lock_key, token)
+        self.cache.written(None)
 
     def _unlock(self, lock_key: str, token: bytes) -> None:
         assert self._release is not None
