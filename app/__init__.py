@@ -31,7 +31,7 @@ from app.pinpoint.configs import RecommenderStore, build_store
 from app.pinpoint.serving import build_configured, recommenders_served
 from app.preview.views import bp as preview_bp
 from app.recommendations.auth import build_guard
-from app.recommendations.presentation import Presenter
+from app.recommendations.presentation import Presenter, RenderedAnswers
 from app.recommendations.query import QueryParser
 from app.recommendations.service import RecommendationService
 from app.recommendations.views import bp
@@ -106,6 +106,7 @@ def create_app(
         query_parser=QueryParser(settings.default_num_results, settings.filters, settings.catalog_extra_fields,
                                  settings.link_query, recent_size=settings.cache_local_items),
         presenter=presenter,
+        rendered=RenderedAnswers(settings.cache_local_seconds, settings.cache_local_items),
         auth_guard=build_guard(settings.api_keys, settings.allowed_cidrs),
         metrics_guard=build_guard(settings.api_keys, ()),
         aws=aws,

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -23,6 +24,7 @@ from botocore.credentials import (
     DeferredRefreshableCredentials,
 )
 from botocore.exceptions import NoCredentialsError, NoRegionError
+from botocore.hooks import HierarchicalEmitter
 from botocore.retries import standard
 
 from app.sources.recommender import CALL_DEADLINE
@@ -265,3 +267,39 @@ def _retry_in_time(needs_retry: Callable[..., Any], attempt: float, **kwargs: An
     if deadline is not None and delay and time.monotonic() + delay + attempt > deadline:
         return False
     return delay
+
+
+class StandardRetries:
+    """botocore's standard retries for one client's settings, asked directly instead of through the client's events.
+
+    The handlers are botocore's own, made by `standard.register_retry_handler` for the client's attempts (the
+    same retry conditions, back-off and retry quota a client gets) and kept behind refuse_late_retries'
+    deadline check, on an event emitter of their own: a caller that sends requests itself (the Personalize
+    fast path) emits botocore's needs-retry and after-call events there, with botocore's arguments.
+    """
+
+    def __init__(self, client: Any, operation: str) -> None:
+        self._events = HierarchicalEmitter()
+        meta = client.meta
+        refuse_late_retries(SimpleNamespace(meta=SimpleNamespace(
+            events=self._events, service_model=meta.service_model, config=meta.config)))
+        service = meta.service_model.service_id.hyphenize()
+        self.operation = meta.service_model.operation_model(operation)
+        self.max_attempts: int = (meta.config.retries or {}).get("total_max_attempts") or 1
+        self._needs_retry = f"needs-retry.{service}.{operation}"
+        self._after_call = f"after-call.{service}.{operation}"
+
+    def delay(self, attempts: int, context: dict[str, Any], response: tuple[Any, dict[str, Any]] | None,
+              exception: Exception | None) -> float | None:
+        """Return the seconds to wait before another attempt, or None for no retry (as botocore's endpoint asks)."""
+        for _, answer in self._events.emit(self._needs_retry, response=response, endpoint=None,
+                                           operation=self.operation, attempts=attempts,
+                                           caught_exception=exception, request_dict={"context": context}):
+            if answer is not None:
+                return None if answer is False else answer
+        return None
+
+    def succeeded(self, context: dict[str, Any], http_response: Any, parsed: dict[str, Any]) -> None:
+        """Give the retry quota back for a successful call, as botocore's after-call handler does."""
+        self._events.emit(self._after_call, http_response=http_response, parsed=parsed, model=self.operation,
+                          context=context)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from app.events.forwarder import EventForwarder
     from app.pinpoint.configs import RecommenderStore
     from app.pinpoint.serving import ConfiguredRecommenders
-    from app.recommendations.presentation import Presenter
+    from app.recommendations.presentation import Presenter, RenderedAnswers
     from app.recommendations.query import QueryParser
     from app.recommendations.service import RecommendationService
     from app.settings import Settings
@@ -35,6 +35,7 @@ class Components:
     service: RecommendationService  # GET /recommendations: cache, source, catalog join, fallbacks
     query_parser: QueryParser
     presenter: Presenter
+    rendered: RenderedAnswers  # bodies of the last seconds' answers, by query (CACHE_LOCAL_SECONDS/ITEMS)
     auth_guard: Guard | None  # API_KEYS and ALLOWED_CIDRS for /recommendations; None when both are off
     metrics_guard: Guard | None  # API_KEYS for /metrics (Prometheus scrapes from inside, not from Braze)
     configured: ConfiguredRecommenders  # ?recommender=ID and the /v1/recommenders API

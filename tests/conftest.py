@@ -10,20 +10,23 @@ from typing import Any
 import boto3
 import pytest
 import redis
+from botocore.credentials import Credentials
 from botocore.stub import Stubber
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from app.aws import AwsClients
+from app.aws import AwsClients, Timeouts
 from app.sources.recommender import NO_OPTIONS, Options, Recommendation
 from tests.redis_server import (RedisClusterServers, RedisServer, RedisUnavailable, Tls, given_redis_url,
                                 must_fail)
+from tests.wire_stub import WireStub
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CATALOG = ROOT / "sample" / "catalog.csv"
 SAMPLE_BATCH = ROOT / "sample" / "batch-output.json.out"
 TEST_REDIS_PASSWORD = "s3cr:t/p@ss%"  # characters a URL must escape: the rediss:// URL carries it percent-encoded
+TEST_CREDENTIALS = Credentials("testing", "testing", "testing")  # dummy_aws's keys
 
 
 class FakeRecommender:
@@ -71,7 +74,8 @@ class FakeAws(AwsClients):
         return self._personalize(role_arn, region)
 
     def credentials(self, role_arn: str | None = None, region: str | None = None) -> Any:
-        return None if self._personalize is not None else super().credentials(role_arn, region)
+        # The test's own client signs with dummy_aws's keys, as a client made from the environment would.
+        return TEST_CREDENTIALS if self._personalize is not None else super().credentials(role_arn, region)
 
     def lambda_(self, region: str | None = None) -> Any:
         self.asked.append(("lambda", None, region))
@@ -226,10 +230,14 @@ def stubbed(service_name: str, region: str = "us-east-1") -> Iterator[tuple[Any,
 
 
 @pytest.fixture
-def runtime(dummy_aws: None) -> Iterator[tuple[Any, Stubber]]:
-    """Yield a real personalize-runtime client under botocore's Stubber; every queued answer must be used."""
-    with stubbed("personalize-runtime") as pair:
-        yield pair
+def runtime(dummy_aws: None) -> Iterator[tuple[Any, WireStub]]:
+    """Yield a personalize-runtime client as AwsClients makes it (one attempt: every answer is queued by the test)
+    and its WireStub: requests the service signs and sends are answered on the wire; every queued answer must be
+    used."""
+    client = AwsClients("us-east-1", Timeouts(connect=1, read=1, attempts=1, pool=2)).personalize_runtime()
+    with WireStub(client) as stub:
+        yield client, stub
+        stub.assert_no_pending_responses()
 
 
 @pytest.fixture

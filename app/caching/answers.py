@@ -139,6 +139,10 @@ class DataRedisCache(RedisCache):
         """Build the backend on the client cache_config put in CACHE_OPTIONS (flask-caching's would make its own)."""
         return cls(*args, key_prefix=config.get("CACHE_KEY_PREFIX"), **kwargs)  # kwargs: CACHE_OPTIONS' host
 
+    def redis_key(self, key: str) -> str:
+        """Return the Redis key an entry is kept under (the key prefix and the key), for callers that pipeline."""
+        return f"{self._get_prefix()}{key}"
+
 
 class DataFileSystemCache(FileSystemCache):
     """flask-caching's FileSystemCache keeping bytes, never pickles, and raising OSError when a file cannot be
@@ -236,27 +240,69 @@ class AnswerCache:
 
     @staticmethod
     def key(source_key: str, user_id: str, params: Mapping[str, Any]) -> str:
-        """Return a key that differs for every source, user and parameter set (and holds no user id)."""
+        """Return a key that differs for every source, user and parameter set (and holds no user id).
+
+        The digest is a Redis hash tag ({...}): the single-flight lock key adds to it, so an answer and its
+        lock sit in one Redis Cluster slot and can share a pipeline.
+        """
         material = orjson.dumps([source_key, user_id, params], option=orjson.OPT_SORT_KEYS)
-        return "recs:v1:" + hashlib.sha256(material).hexdigest()
+        return "recs:v1:{" + hashlib.sha256(material).hexdigest() + "}"
+
+    def redis_key(self, key: str) -> str | None:
+        """Return the Redis key the backend keeps key's answer under, or None when the backend is not Redis."""
+        return self.backend.redis_key(key) if isinstance(self.backend, DataRedisCache) else None
 
     def get(self, key: str) -> CachedAnswer | None:
         """Return the stored answer, or None on a miss, a backend failure or an entry that is not an answer."""
-        if self._local is not None:
-            with self._local_lock:
-                answer = self._local.get(key)
-            if answer is not None and self.is_fresh(answer):
-                return answer
+        answer = self.local(key)
+        if answer is not None:
+            return answer
         answer = self._read(key, decode_answer)
         if answer is not None:
             self._remember(key, answer)
         return answer
 
+    def local(self, key: str) -> CachedAnswer | None:
+        """Return this process's fresh copy of the answer (CACHE_LOCAL_SECONDS), or None."""
+        if self._local is None:
+            return None
+        with self._local_lock:
+            answer = self._local.get(key)
+        return answer if answer is not None and self.is_fresh(answer) else None
+
     def put(self, key: str, recommendation: Recommendation) -> None:
         """Store an answer (kept past its TTL for stale-if-error); a failure only costs a later miss."""
+        self._write(key, self.remember(key, recommendation), self.keep_seconds)
+
+    def remember(self, key: str, recommendation: Recommendation) -> bytes:
+        """Keep a new answer in this process and return the bytes to store for keep_seconds (the caller's write).
+
+        For SingleFlight, which writes them in one Redis round trip with the lock's release; it reports
+        the write's outcome with written().
+        """
         answer = CachedAnswer(recommendation, time.time())
         self._remember(key, answer)
-        self._write(key, encode_answer(answer), self.keep_seconds)
+        return encode_answer(answer)
+
+    def written(self, exc: Exception | None) -> None:
+        """Take note of a write made by the caller: failed (exc) or done."""
+        self._report("write", exc)
+
+    def accept(self, key: str, data: Any) -> CachedAnswer | None:
+        """Return the answer in bytes the caller read from the backend (fresh ones are kept in this process too),
+        or None for none or an entry that is not an answer; the read itself worked."""
+        self._report("read", None)
+        if data is None:
+            return None
+        answer = decode_answer(data)
+        self._report_malformed(answer is None)
+        if answer is not None:
+            self._remember(key, answer)
+        return answer
+
+    def read_failed(self, exc: Exception) -> None:
+        """Take note of a read made by the caller that failed."""
+        self._report("read", exc)
 
     def get_attributes(self, key: str, item_ids: list[str]) -> dict[str, list[str]] | None:
         """Return a transformer's attributes stored within the TTL for exactly these item ids, else None."""

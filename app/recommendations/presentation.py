@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import dataclasses
+import time
+from typing import Any
 from urllib.parse import quote
 
 import orjson
 
-from app.catalog.items import Item
+from app.catalog.items import Catalog, Item
 from app.events.body import MAX_RECOMMENDATION_ID  # PutEvents' limit on the id a click names
 from app.recommendations.query import Query
 from app.recommendations.service import Result
@@ -89,3 +92,48 @@ def with_query(item: Item, suffix: str) -> Item:
     if base.endswith(("?", "&")):
         separator = ""
     return {**item, "url": f"{base}{separator}{suffix}{hash_mark}{fragment}"}
+
+
+class RenderedAnswers:
+    """The response bodies of the last few seconds, by normalised query, so a repeat is not rendered again.
+
+    Braze renders one recipient's message several times within seconds (HTML, plain text, AMP, retries):
+    the repeats are answered from the bytes the first one rendered, as cache hits. Kept: a source's fresh
+    answer only (never a fallback, which is asked again), for at most `seconds` (CACHE_LOCAL_SECONDS) and
+    never past the answer's freshness, and only while the catalog it was joined with is still the one served;
+    at most `items` (CACHE_LOCAL_ITEMS) bodies, all dropped when full (cheaper than LRU bookkeeping, and
+    thread-safe under the GIL, like QueryParser's recent queries). seconds or items 0: off.
+    """
+
+    def __init__(self, seconds: float, items: int) -> None:
+        self.seconds = seconds if items > 0 else 0
+        self.items = items
+        self._bodies: dict[tuple[Any, ...], tuple[float, Result, bytes]] = {}
+
+    def get(self, query: Query, catalog: Catalog) -> tuple[Result, bytes] | None:
+        """Return the result (as a hit, its max-age counted down) and body rendered for this query, or None."""
+        if not self.seconds:
+            return None
+        entry = self._bodies.get(_key(query))
+        if entry is None:
+            return None
+        fresh_until, result, body = entry
+        max_age = int(fresh_until - time.time())
+        if max_age < 1 or result.catalog is not catalog:
+            return None
+        return dataclasses.replace(result, cache="HIT", max_age=max_age), body
+
+    def put(self, query: Query, result: Result, body: bytes) -> None:
+        """Keep the body of a source's fresh answer (anything else is not kept)."""
+        if not self.seconds or result.fallback_reason is not None or result.max_age < 1:
+            return
+        if len(self._bodies) >= self.items:
+            self._bodies.clear()
+        now = time.time()
+        self._bodies[_key(query)] = (min(now + self.seconds, now + result.max_age), result, body)
+
+
+def _key(query: Query) -> tuple[Any, ...]:
+    """Return what makes a default-source body differ: the query's fields (a Query holds a dict, so no hash)."""
+    return (query.user_id, query.num_results, query.options, query.format, query.fields,
+            tuple(query.link_values.items()))

@@ -93,7 +93,11 @@ class RecommendationService:
         # A batch job's answers are already in the shared store: a second copy in the answer cache would cost a
         # write per user and would go on serving the old job after load-batch switched to a new one.
         precomputed = getattr(recommender, "precomputed", False)
-        cached = None if precomputed else self.cache.get(key)
+        # A check reads without a claim on fetching; a request's miss also takes the single-flight lock.
+        if precomputed:
+            cached, claim = None, None
+        else:
+            cached, claim = (self.cache.get(key), None) if probe else self.flights.lookup(key, deadline)
         if cached is not None and self.cache.is_fresh(cached) and not probe:
             return self._result(catalog, cached.recommendation, num_results, "HIT", self.cache.max_age(cached),
                                 recommender.name)
@@ -105,7 +109,7 @@ class RecommendationService:
             if probe or precomputed:  # neither the single-flight lock nor its cache write
                 recommendation = fetch(deadline - time.monotonic())
             else:
-                recommendation = self.flights.run(key, fetch, deadline)
+                recommendation = self.flights.run(key, fetch, deadline, claim)
         except InvalidParameterError:
             raise  # Personalize rejected the request itself: the caller must see it, not a fallback
         except ServiceError as exc:

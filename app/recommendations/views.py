@@ -37,9 +37,13 @@ def answer(parts: Components, query: Query, started: float, probe: bool = False)
     """
     if query.recommender is not None:  # a stored configuration (/v1/recommenders): its ARN, role and count
         result, body = parts.configured.answer(query, started, probe)
-    else:
+    elif probe or (repeat := parts.rendered.get(query, parts.service.current_catalog())) is None:
         result = parts.service.recommend(query.user_id, query.num_results, started, query.options, probe=probe)
         body = parts.presenter.render(result, query)
+        if not probe:
+            parts.rendered.put(query, result, body)
+    else:  # the same query within seconds: the bytes rendered then
+        result, body = repeat
     response = Response(body, mimetype="application/json")
     # A new response has none of these headers, so add() (set() first looks for one to replace).
     add = response.headers.add

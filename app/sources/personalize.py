@@ -1,12 +1,18 @@
 """Amazon Personalize Runtime GetRecommendations, behind a small class that raises the project's errors."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -17,8 +23,10 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from botocore.handlers import add_retry_headers
+from botocore.parsers import create_parser
 
-from app.aws import attempt_seconds
+from app.aws import StandardRetries, attempt_seconds
 from app.errors import InvalidParameterError, ServiceError, UpstreamError
 from app.sources.recommender import NO_OPTIONS, Options, Recommendation
 
@@ -53,6 +61,129 @@ def request_for(
     return params
 
 
+OPERATION = "GetRecommendations"
+
+
+class _Built(Exception):
+    """Ends request_template's call at botocore's before-sign: the request is built, nothing is signed or sent."""
+
+
+@dataclass(frozen=True)
+class RequestTemplate:
+    """What botocore puts in every GetRecommendations request of a client: where, which headers, how signed."""
+
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    signing_name: str
+    region: str
+
+
+def request_template(client: Any) -> RequestTemplate:
+    """Let the boto3 client build one GetRecommendations request, and keep it from the signing step on.
+
+    botocore resolves the endpoint (its endpoint rules, the region, AWS_ENDPOINT_URL_PERSONALIZE_RUNTIME),
+    serialises the call and writes its headers (Content-Type, its User-Agent); a before-sign handler then
+    records the request and ends the call, so no credentials are looked up and nothing is sent. The
+    signing name and region are read as botocore's RequestSigner.sign reads them.
+    """
+    seen: dict[str, Any] = {}
+
+    def record(request: AWSRequest, signing_name: str, region_name: str, signature_version: str,
+               **kwargs: Any) -> None:
+        signing = request.context.get("signing") or {}
+        seen.update(url=request.url, headers=tuple((k, str(v)) for k, v in request.headers.items()),
+                    signing_name=signing.get("signing_name") or signing_name,
+                    region=signing.get("region") or region_name, version=signature_version)
+        raise _Built
+
+    service = client.meta.service_model.service_id.hyphenize()
+    event, unique_id = f"before-sign.{service}.{OPERATION}", "braze-recommendations-template"
+    client.meta.events.register(event, record, unique_id=unique_id)
+    try:
+        arn = f"arn:aws:personalize:{client.meta.region_name}:000000000000:campaign/template"
+        client.get_recommendations(campaignArn=arn, userId="template")
+    except _Built:
+        pass
+    finally:
+        client.meta.events.unregister(event, unique_id=unique_id)
+    if seen.get("version") != "v4":
+        raise ValueError(f"the personalize-runtime client signs with {seen.get('version')!r}, not SigV4")
+    return RequestTemplate(seen["url"], seen["headers"], seen["signing_name"], seen["region"])
+
+
+class PersonalizeRuntime:
+    """GetRecommendations with botocore's pieces, without its per-call machinery (half the CPU of a boto3 call).
+
+    Built once per client (one per role and region, AwsClients): the request botocore would send
+    (request_template), signed with botocore's SigV4Auth and the credentials the client signs with (refreshed
+    by botocore, AssumeRole and instance roles included), sent on the client's own connection pool
+    (its timeouts, pool size, proxies and TLS settings), retried by botocore's standard retry handler within
+    the deadline (StandardRetries), errors parsed by botocore's rest-json parser into the ClientError a client
+    raises. Each attempt is offered to the client's before-send handlers first, as botocore's endpoint does.
+    The body is json.dumps of the parameters, as botocore's rest-json serialiser writes it; answers are
+    parsed with orjson.
+    """
+
+    def __init__(self, client: Any, credentials: Any) -> None:
+        self.template = request_template(client)
+        self.credentials = credentials  # botocore's (refreshable) credentials object, or None when there are none
+        self.attempt_seconds = attempt_seconds(client.meta.config)
+        self._retries = StandardRetries(client, OPERATION)
+        self.events = client.meta.events  # the client's: its before-send handlers see (and may answer) each attempt
+        self._before_send = f"before-send.{client.meta.service_model.service_id.hyphenize()}.{OPERATION}"
+        # botocore's own HTTP session of the client: one pool per client, as with the boto3 call. A test
+        # (tests/unit/test_personalize_wire.py) fails loudly if an upgrade moves it.
+        self._http = client._endpoint.http_session
+        self._errors = create_parser(client.meta.service_model.resolved_protocol)
+
+    def get_recommendations(self, **params: Any) -> dict[str, Any]:
+        """Return Personalize's answer as a dict; raise what a boto3 client raises (ClientError, botocore's errors)."""
+        body = json.dumps(params).encode()
+        retries = {"attempt": 1, "invocation-id": str(uuid.uuid4()), "max": self._retries.max_attempts}
+        context: dict[str, Any] = {"retries": retries}
+        while True:
+            http_response = parsed = error = None
+            try:
+                http_response = self._send(body, context)
+            except Exception as exc:  # botocore's endpoint hands every send failure to the retry handler
+                error = exc
+            else:
+                if 200 <= http_response.status_code < 300:
+                    answer = orjson.loads(http_response.content or b"{}")
+                    self._retries.succeeded(context, http_response, answer)
+                    return answer
+                parsed = self._parse_error(http_response)
+            delay = self._retries.delay(retries["attempt"], context,
+                                        None if http_response is None else (http_response, parsed), error)
+            if delay is None:
+                break
+            time.sleep(delay)
+            retries["attempt"] += 1
+        if error is not None:
+            raise error
+        raise ClientError(parsed, OPERATION)  # type: ignore[arg-type]
+
+    def _send(self, body: bytes, context: dict[str, Any]) -> Any:
+        """Sign and send one attempt; return botocore's AWSResponse."""
+        template = self.template
+        request = AWSRequest("POST", template.url, dict(template.headers), body)
+        request.context = context
+        if self.credentials is None:
+            raise NoCredentialsError()
+        SigV4Auth(self.credentials.get_frozen_credentials(), template.signing_name, template.region).add_auth(request)
+        add_retry_headers(request)
+        prepared = request.prepare()
+        for _, response in self.events.emit(self._before_send, request=prepared):
+            if response is not None:
+                return response
+        return self._http.send(prepared)
+
+    def _parse_error(self, http_response: Any) -> dict[str, Any]:
+        """Return botocore's parse of an error answer ({"Error": {"Code", "Message"}, "ResponseMetadata"})."""
+        return self._errors.parse({"status_code": http_response.status_code, "headers": http_response.headers,
+                                   "body": http_response.content}, None)
+
+
 class PersonalizeRecommender:
     """Ask a Personalize campaign or recommender for a user's items."""
 
@@ -66,7 +197,9 @@ class PersonalizeRecommender:
     ) -> None:
         self.arn = arn
         self._on_no_credentials = on_no_credentials  # says once per process that there are none (AwsClients.no_credentials)
-        self._credentials = credentials  # the botocore credentials the client signs with, to see a refresh coming
+        # The botocore credentials the client signs with (AwsClients.credentials): the calls sign with them, and
+        # ends_within looks at them to see a refresh coming. None: there are none, every call says so.
+        self._credentials = credentials
         self._observe = observe  # told each call's seconds and error code (None on success), for the metrics
         self.promotion = promotion
         # A promotion changes every answer, so answers cached without it must not be served with it.
@@ -74,21 +207,22 @@ class PersonalizeRecommender:
         if promotion:
             self.key += f"|promotion:{promotion['filterArn']}:{promotion['percentPromotedItems']}"
         self._client_factory = client_factory
-        self._client: Any = None
+        self._runtime: PersonalizeRuntime | None = None
         self._lock = threading.Lock()
 
     @property
-    def client(self) -> Any:
-        """Build the boto3 client on first use, in the worker process that uses it."""
-        if self._client is None:
+    def runtime(self) -> PersonalizeRuntime:
+        """Build the call (from the boto3 client) on first use, in the worker process that uses it."""
+        if self._runtime is None:
             with self._lock:
-                if self._client is None:
-                    self._client = self._client_factory()
-        return self._client
+                if self._runtime is None:
+                    credentials = self._credentials() if self._credentials is not None else None
+                    self._runtime = PersonalizeRuntime(self._client_factory(), credentials)
+        return self._runtime
 
     def check_ready(self) -> None:
-        """Build the client now (no network call), so a worker's first requests do not pay for it."""
-        _ = self.client
+        """Build the call now (no network call), so a worker's first requests do not pay for it."""
+        _ = self.runtime
 
     def ends_within(self, seconds: float) -> bool:
         """Whether a call is sure to end within seconds by botocore's own timeouts, so it needs no watchdog.
@@ -99,13 +233,12 @@ class PersonalizeRecommender:
         calls are watched again, until a call has refreshed them.
         """
         try:
-            config = self.client.meta.config
+            runtime = self.runtime
         except Exception:  # the client cannot be built: let the guarded call meet the same error
             return False
-        if seconds < attempt_seconds(config):
+        if seconds < runtime.attempt_seconds:
             return False
-        credentials = self._credentials() if self._credentials is not None else None
-        refresh_needed = getattr(credentials, "refresh_needed", None)
+        refresh_needed = getattr(runtime.credentials, "refresh_needed", None)
         return refresh_needed is None or not refresh_needed()
 
     def recommend(self, user_id: str | None, num_results: int, options: Options = NO_OPTIONS) -> Recommendation:
@@ -123,7 +256,7 @@ class PersonalizeRecommender:
 
     def _call(self, user_id: str | None, num_results: int, options: Options) -> Recommendation:
         try:
-            answer = self.client.get_recommendations(
+            answer = self.runtime.get_recommendations(
                 **request_for(self.arn, user_id, num_results, options, self.promotion)
             )
         except ClientError as exc:

@@ -216,22 +216,22 @@ def test_hit_max_age_never_exceeds_ttl_when_another_hosts_clock_runs_ahead(
 
 
 def test_redis_refusing_writes_is_logged_once(
-    make_app: Callable[..., Flask], redis_url: str, monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    make_app: Callable[..., Flask], redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Reads work, writes fail: a read-only replica after a failover, or maxmemory with noeviction."""
+    """Reads work, writes fail: a read-only replica after a failover, or maxmemory with noeviction.
+
+    The tests' own Redis is made to refuse every write (min-replicas-to-write with no replica), the lock's
+    and the answer's alike, whichever client or pipeline sends them.
+    """
     fake = FakeRecommender({"u1": ["1000"]})
     app = make_app({"recommender": fake}, cache_redis_url=redis_url)
-    backend = app.extensions["cache"][cache_extension]
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
-
-    monkeypatch.setattr(backend, "set", refuse)
     client = app.test_client()
-
-    with caplog.at_level(logging.WARNING):
-        statuses = [client.get("/recommendations", query_string="user_id=u1").status_code for _ in range(5)]
+    redis_client.config_set("min-replicas-to-write", 1)
+    try:
+        with caplog.at_level(logging.WARNING):
+            statuses = [client.get("/recommendations", query_string="user_id=u1").status_code for _ in range(5)]
+    finally:
+        redis_client.config_set("min-replicas-to-write", 0)
 
     assert statuses == [200] * 5
     assert len(fake.calls) == 5

@@ -61,14 +61,15 @@ def make_recommender() -> Iterator[Callable[..., PersonalizeRecommender]]:
 
     def build(arn: str = CAMPAIGN, read_timeout: float = 2.0, max_attempts: int = 1,
               connect_timeout: float = 1.0) -> PersonalizeRecommender:
+        # Production's wiring: AwsClients also keeps botocore's retries within the caller's deadline.
+        aws = AwsClients("us-east-1", Timeouts(connect_timeout, read_timeout, max_attempts, 4))
+
         def factory() -> Any:
-            # Production's wiring: AwsClients also keeps botocore's retries within the caller's deadline.
-            client = AwsClients("us-east-1", Timeouts(connect_timeout, read_timeout, max_attempts, 4)
-                                ).personalize_runtime()
+            client = aws.personalize_runtime()
             clients.append(client)
             return client
 
-        return PersonalizeRecommender(arn, factory)
+        return PersonalizeRecommender(arn, factory, credentials=aws.credentials)
 
     yield build
     for client in clients:
@@ -78,7 +79,7 @@ def make_recommender() -> Iterator[Callable[..., PersonalizeRecommender]]:
 def test_boto3_uses_the_standin_endpoint(make_recommender: Callable[..., PersonalizeRecommender],
                                          standin: StandinHandle) -> None:
     recommender = make_recommender()
-    assert recommender.client.meta.endpoint_url == standin.url
+    assert recommender.runtime.template.url == standin.url + "/recommendations"
 
 
 def test_recommend_returns_the_standin_items_in_order(make_recommender: Callable[..., PersonalizeRecommender],
@@ -215,7 +216,7 @@ def test_in_the_request_thread_a_hang_or_failure_ends_within_the_budget_without_
     inner = make_recommender(connect_timeout=0.2, read_timeout=0.5, max_attempts=2)
     guard = GuardedRecommender(inner, max_concurrency=4, failure_threshold=5, recovery_seconds=30)
     threads: list[str] = []
-    inner.client.meta.events.register("before-send.personalize-runtime",
+    inner.runtime.events.register("before-send.personalize-runtime",
                                       lambda **_: threads.append(threading.current_thread().name))
     started = time.monotonic()
 

@@ -22,6 +22,7 @@ from app.errors import UnavailableError
 from app.pinpoint.configs import SQLiteStore, StoreError, new_record
 from app.pinpoint.serving import ConfiguredRecommenders, UnknownRecommenderError
 from app.pinpoint.transformer import LambdaTransformer, TransformerError, pinpoint_event
+from tests.wire_stub import WireStub
 from tests.conftest import FakeAws, FakeRecommender, stubbed
 
 CAMPAIGN = "arn:aws:personalize:us-east-1:123456789012:campaign/movies"
@@ -70,7 +71,7 @@ def clients_asked() -> list[tuple[str | None, str | None]]:
 
 @pytest.fixture
 def serving_app(make_app: Callable[..., Flask], fake_recommender: FakeRecommender, store: CountingStore,
-                runtime: tuple[Any, Stubber], lambda_stub: tuple[Any, Stubber],
+                runtime: tuple[Any, WireStub], lambda_stub: tuple[Any, Stubber],
                 clients_asked: list[tuple[str | None, str | None]]) -> Flask:
     client, _ = runtime
 
@@ -95,7 +96,7 @@ def configure(store: SQLiteStore, **fields: Any) -> str:
 
 
 def test_the_configuration_s_arn_role_and_count_are_used(serving: FlaskClient, store: CountingStore,
-                                                        runtime: tuple[Any, Stubber],
+                                                        runtime: tuple[Any, WireStub],
                                                         fake_recommender: FakeRecommender,
                                                         clients_asked: list[Any]) -> None:
     config_id = configure(store)
@@ -110,7 +111,7 @@ def test_the_configuration_s_arn_role_and_count_are_used(serving: FlaskClient, s
 
 
 def test_num_results_in_the_request_wins(serving: FlaskClient, store: CountingStore,
-                                         runtime: tuple[Any, Stubber]) -> None:
+                                         runtime: tuple[Any, WireStub]) -> None:
     config_id = configure(store)
     runtime[1].add_response("get_recommendations", answer("1000"),
                             {"campaignArn": CAMPAIGN, "userId": "u9", "numResults": 1})
@@ -127,7 +128,7 @@ def test_an_unknown_recommender_is_a_404_in_the_service_s_shape(serving: FlaskCl
 
 
 def test_answers_are_cached_per_provider_arn(serving: FlaskClient, store: CountingStore,
-                                             runtime: tuple[Any, Stubber]) -> None:
+                                             runtime: tuple[Any, WireStub]) -> None:
     movies = configure(store)
     books = configure(store, RecommendationProviderUri=OTHER_CAMPAIGN)
     runtime[1].add_response("get_recommendations", answer("1000", "1037", "1074"),
@@ -151,7 +152,7 @@ def test_requests_without_a_recommender_never_touch_the_store(serving: FlaskClie
 
 
 def test_a_configuration_is_read_once_per_refresh_interval(serving: FlaskClient, store: CountingStore,
-                                                           runtime: tuple[Any, Stubber]) -> None:
+                                                           runtime: tuple[Any, WireStub]) -> None:
     config_id = configure(store)
     runtime[1].add_response("get_recommendations", answer("1000"),
                             {"campaignArn": CAMPAIGN, "userId": "u9", "numResults": 3})
@@ -206,7 +207,7 @@ def test_one_guarded_recommender_per_arn_and_role(serving_app: Flask, store: Cou
 
 
 def test_a_failing_provider_goes_to_the_fallback(serving: FlaskClient, store: CountingStore,
-                                                 runtime: tuple[Any, Stubber]) -> None:
+                                                 runtime: tuple[Any, WireStub]) -> None:
     config_id = configure(store)
     runtime[1].add_client_error("get_recommendations", "ThrottlingException", http_status_code=400)
     response = serving.get(f"/recommendations?user_id=u9&recommender={config_id}")
@@ -232,7 +233,7 @@ def test_a_deleted_configuration_is_unknown_at_once_in_this_process(make_app: Ca
 
 
 def test_format_attributes_from_the_catalog(serving: FlaskClient, store: CountingStore,
-                                            runtime: tuple[Any, Stubber]) -> None:
+                                            runtime: tuple[Any, WireStub]) -> None:
     config_id = configure(store, Attributes={"Title": "Title", "Category": "Category", "Price": "Price"})
     runtime[1].add_response("get_recommendations", answer("1000", "1037"),
                             {"campaignArn": CAMPAIGN, "userId": "u9", "numResults": 2})
@@ -264,14 +265,14 @@ def lambda_answer(payload: Any, function_error: str | None = None) -> dict[str, 
     return answer
 
 
-def with_transformer(store: CountingStore, runtime: tuple[Any, Stubber]) -> str:
+def with_transformer(store: CountingStore, runtime: tuple[Any, WireStub]) -> str:
     runtime[1].add_response("get_recommendations", answer("1000", "1037", "1074"),
                             {"campaignArn": CAMPAIGN, "userId": "u9", "numResults": 3})
     return configure(store, RecommendationTransformerUri=TRANSFORMER, Attributes={"Title": "Title", "Blurb": "Blurb"})
 
 
 def test_the_transformer_lambda_gives_the_attributes(serving: FlaskClient, store: CountingStore,
-                                                     runtime: tuple[Any, Stubber],
+                                                     runtime: tuple[Any, WireStub],
                                                      lambda_stub: tuple[Any, Stubber]) -> None:
     config_id = with_transformer(store, runtime)
     event = {"Endpoints": {"u9": {"User": {"UserId": "u9"}, "RecommendationItems": ["1000", "1037", "1074"]}}}
@@ -286,7 +287,7 @@ def test_the_transformer_lambda_gives_the_attributes(serving: FlaskClient, store
 
 
 def test_a_transformer_answering_in_an_endpoints_wrapper_is_read_too(serving: FlaskClient, store: CountingStore,
-                                                                    runtime: tuple[Any, Stubber],
+                                                                    runtime: tuple[Any, WireStub],
                                                                     lambda_stub: tuple[Any, Stubber]) -> None:
     config_id = with_transformer(store, runtime)
     returned = {"Endpoints": {"u9": {"Recommendations": {"Title": ["A"], "Blurb": ["b"]}}}}
@@ -302,7 +303,7 @@ def test_a_transformer_answering_in_an_endpoints_wrapper_is_read_too(serving: Fl
     ({"someone-else": {}}, None, "transformer_failed"),
 ])
 def test_a_failing_transformer_falls_back_to_the_catalog(serving: FlaskClient, store: CountingStore,
-                                                         runtime: tuple[Any, Stubber],
+                                                         runtime: tuple[Any, WireStub],
                                                          lambda_stub: tuple[Any, Stubber],
                                                          payload: Any, function_error: str | None,
                                                          reason: str) -> None:
@@ -317,7 +318,7 @@ def test_a_failing_transformer_falls_back_to_the_catalog(serving: FlaskClient, s
 
 
 def test_a_lambda_service_error_falls_back_too(serving: FlaskClient, store: CountingStore,
-                                              runtime: tuple[Any, Stubber],
+                                              runtime: tuple[Any, WireStub],
                                               lambda_stub: tuple[Any, Stubber]) -> None:
     config_id = with_transformer(store, runtime)
     lambda_stub[1].add_client_error("invoke", "ResourceNotFoundException", http_status_code=404)
@@ -500,7 +501,7 @@ def lambda_attributes(title: str) -> dict[str, Any]:
 
 
 def test_a_repeated_attributes_request_within_the_ttl_does_not_invoke_the_lambda(
-    serving: FlaskClient, cache_dir: str, store: CountingStore, runtime: tuple[Any, Stubber],
+    serving: FlaskClient, cache_dir: str, store: CountingStore, runtime: tuple[Any, WireStub],
     lambda_stub: tuple[Any, Stubber],
 ) -> None:
     config_id = with_transformer(store, runtime)  # Personalize answers once; the second request is a HIT
@@ -521,7 +522,7 @@ def test_a_repeated_attributes_request_within_the_ttl_does_not_invoke_the_lambda
 
 
 def test_a_transformer_fallback_is_never_cached(serving: FlaskClient, store: CountingStore,
-                                               runtime: tuple[Any, Stubber],
+                                               runtime: tuple[Any, WireStub],
                                                lambda_stub: tuple[Any, Stubber]) -> None:
     config_id = with_transformer(store, runtime)
     lambda_stub[1].add_response("invoke", lambda_answer({"errorMessage": "boom"}, "Unhandled"))

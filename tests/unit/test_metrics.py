@@ -5,13 +5,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from botocore.stub import Stubber
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import warm_up
 from app.errors import UpstreamError
+from tests.wire_stub import WireStub
 from tests.conftest import FakeAws, FakeRecommender
 from tests.unit.test_fallback import store_answer
 
@@ -82,7 +82,7 @@ def test_stale_answer_and_fallback_are_counted_with_their_reason(make_app: Calla
 
 
 def test_personalize_calls_latency_and_errors_by_code(make_app: Callable[..., Flask],
-                                                      runtime: tuple[Any, Stubber]) -> None:
+                                                      runtime: tuple[Any, WireStub]) -> None:
     client, stubber = runtime
     stubber.add_response("get_recommendations", {"itemList": [{"itemId": "1000"}], "recommendationId": "r1"})
     stubber.add_client_error("get_recommendations", "ThrottlingException", http_status_code=400)

@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from botocore.stub import Stubber
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
@@ -23,6 +22,7 @@ from werkzeug.test import TestResponse
 from app.components import components
 from app.settings import ConfigError
 from app.sources.recommender import Options
+from tests.wire_stub import WireStub
 from tests.conftest import FakeAws, FakeRecommender
 
 CAMPAIGN_ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/braze-recs"
@@ -328,7 +328,7 @@ def test_context_and_filter_values_do_not_collide_in_the_cache(client: FlaskClie
 
 
 # --------------------------------------------------------------------------------------------------
-# What reaches Personalize: a real boto3 client under botocore's Stubber
+# What reaches Personalize: the signed request's JSON body, answered on the wire (tests/wire_stub.py)
 
 
 def personalize_app(make_app: Callable[..., Flask], client: Any, **settings: Any) -> FlaskClient:
@@ -337,9 +337,9 @@ def personalize_app(make_app: Callable[..., Flask], client: Any, **settings: Any
     return app.test_client()
 
 
-def call_personalize(client: FlaskClient, stubber: Stubber, query: str, expected: dict[str, Any]) -> TestResponse:
+def call_personalize(client: FlaskClient, stubber: WireStub, query: str, expected: dict[str, Any]) -> TestResponse:
     """Answer one GetRecommendations whose parameters must equal expected, and check it was Personalize that
-    answered: the Stubber's mismatch error is a BotoCoreError, which the service would turn into a fallback."""
+    answered: the stub's mismatch error is an AssertionError, which the service would turn into a fallback."""
     stubber.add_response(
         "get_recommendations",
         {"itemList": [{"itemId": "1074"}, {"itemId": "1000"}], "recommendationId": "RID-1"},
@@ -356,7 +356,7 @@ def call_personalize(client: FlaskClient, stubber: Stubber, query: str, expected
 
 
 def test_personalize_gets_item_id_without_user_id(
-    make_app: Callable[..., Flask], runtime: tuple[Any, Stubber]
+    make_app: Callable[..., Flask], runtime: tuple[Any, WireStub]
 ) -> None:
     client, stubber = runtime
     app = personalize_app(make_app, client)
@@ -364,7 +364,7 @@ def test_personalize_gets_item_id_without_user_id(
     call_personalize(app, stubber, "item_id=1000", {"itemId": "1000"})
 
 
-def test_personalize_gets_user_and_item(make_app: Callable[..., Flask], runtime: tuple[Any, Stubber]) -> None:
+def test_personalize_gets_user_and_item(make_app: Callable[..., Flask], runtime: tuple[Any, WireStub]) -> None:
     client, stubber = runtime
     app = personalize_app(make_app, client)
 
@@ -372,7 +372,7 @@ def test_personalize_gets_user_and_item(make_app: Callable[..., Flask], runtime:
 
 
 def test_personalize_gets_filter_arn_and_quoted_values(
-    make_app: Callable[..., Flask], runtime: tuple[Any, Stubber]
+    make_app: Callable[..., Flask], runtime: tuple[Any, WireStub]
 ) -> None:
     client, stubber = runtime
     app = personalize_app(make_app, client)
@@ -385,7 +385,7 @@ def test_personalize_gets_filter_arn_and_quoted_values(
 
 
 def test_personalize_gets_filter_arn_without_values(
-    make_app: Callable[..., Flask], runtime: tuple[Any, Stubber]
+    make_app: Callable[..., Flask], runtime: tuple[Any, WireStub]
 ) -> None:
     client, stubber = runtime
     app = personalize_app(make_app, client)
@@ -393,7 +393,7 @@ def test_personalize_gets_filter_arn_without_values(
     call_personalize(app, stubber, "user_id=u1&filter=instock", {"userId": "u1", "filterArn": STOCK_FILTER_ARN})
 
 
-def test_personalize_gets_context(make_app: Callable[..., Flask], runtime: tuple[Any, Stubber]) -> None:
+def test_personalize_gets_context(make_app: Callable[..., Flask], runtime: tuple[Any, WireStub]) -> None:
     client, stubber = runtime
     app = personalize_app(make_app, client)
 
@@ -401,7 +401,7 @@ def test_personalize_gets_context(make_app: Callable[..., Flask], runtime: tuple
                      {"userId": "u1", "context": {"DEVICE": "mobile", "TIME": "evening"}})
 
 
-def test_personalize_gets_the_promotion(make_app: Callable[..., Flask], runtime: tuple[Any, Stubber]) -> None:
+def test_personalize_gets_the_promotion(make_app: Callable[..., Flask], runtime: tuple[Any, WireStub]) -> None:
     client, stubber = runtime
     app = personalize_app(make_app, client, promotion_filter_arn=PROMO_ARN, promotion_percent="25",
                           promotion_name="summer-sale")
@@ -419,7 +419,7 @@ def test_personalize_gets_the_promotion(make_app: Callable[..., Flask], runtime:
     )
 
 
-def test_personalize_promotion_defaults(make_app: Callable[..., Flask], runtime: tuple[Any, Stubber]) -> None:
+def test_personalize_promotion_defaults(make_app: Callable[..., Flask], runtime: tuple[Any, WireStub]) -> None:
     client, stubber = runtime
     app = personalize_app(make_app, client, promotion_filter_arn=PROMO_ARN)
 
@@ -429,7 +429,7 @@ def test_personalize_promotion_defaults(make_app: Callable[..., Flask], runtime:
     })
 
 
-def test_personalize_gets_no_extras_by_default(make_app: Callable[..., Flask], runtime: tuple[Any, Stubber]) -> None:
+def test_personalize_gets_no_extras_by_default(make_app: Callable[..., Flask], runtime: tuple[Any, WireStub]) -> None:
     client, stubber = runtime
     app = personalize_app(make_app, client)
 

@@ -1,4 +1,5 @@
-"""app/sources/personalize.py against a real boto3 personalize-runtime client stubbed with botocore's Stubber."""
+"""app/sources/personalize.py on a personalize-runtime client as AwsClients makes it, answered on the wire
+(tests/wire_stub.py): requests are serialised, signed, sent and parsed as in production."""
 from __future__ import annotations
 
 import datetime
@@ -16,7 +17,6 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
-from botocore.stub import Stubber
 
 from app.aws import AwsClients, Timeouts
 from app.errors import InvalidParameterError, UpstreamError
@@ -25,6 +25,8 @@ from app.sources.personalize import (
     request_for,
 )
 from app.sources.recommender import CALL_DEADLINE, Recommendation
+from tests.conftest import TEST_CREDENTIALS
+from tests.wire_stub import WireStub
 
 CAMPAIGN_ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/braze-recs"
 RECOMMENDER_ARN = "arn:aws:personalize:us-east-1:123456789012:recommender/top-picks"
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("dummy_aws")
 
 
 def recommender_on(client: Any, arn: str = CAMPAIGN_ARN) -> PersonalizeRecommender:
-    return PersonalizeRecommender(arn, lambda: client)
+    return PersonalizeRecommender(arn, lambda: client, credentials=lambda: TEST_CREDENTIALS)
 
 
 # --- request building -------------------------------------------------------------------------------
@@ -53,7 +55,7 @@ def test_request_for_recommender_arn_uses_recommender_arn() -> None:
     }
 
 
-def test_campaign_request_reaches_the_client_exactly(runtime: tuple[Any, Stubber]) -> None:
+def test_campaign_request_reaches_the_client_exactly(runtime: tuple[Any, WireStub]) -> None:
     client, stubber = runtime
     stubber.add_response(
         "get_recommendations",
@@ -63,7 +65,7 @@ def test_campaign_request_reaches_the_client_exactly(runtime: tuple[Any, Stubber
     assert recommender_on(client).recommend("user 42/é", 5).item_ids == ["1000"]
 
 
-def test_recommender_request_reaches_the_client_exactly(runtime: tuple[Any, Stubber]) -> None:
+def test_recommender_request_reaches_the_client_exactly(runtime: tuple[Any, WireStub]) -> None:
     client, stubber = runtime
     stubber.add_response(
         "get_recommendations",
@@ -76,7 +78,7 @@ def test_recommender_request_reaches_the_client_exactly(runtime: tuple[Any, Stub
 # --- responses ----------------------------------------------------------------------------------------
 
 
-def test_response_becomes_recommendation_in_order(runtime: tuple[Any, Stubber]) -> None:
+def test_response_becomes_recommendation_in_order(runtime: tuple[Any, WireStub]) -> None:
     client, stubber = runtime
     stubber.add_response(
         "get_recommendations",
@@ -94,7 +96,7 @@ def test_response_becomes_recommendation_in_order(runtime: tuple[Any, Stubber]) 
     assert answer == Recommendation(item_ids=["1740", "1333", "1000"], recommendation_id="RID-abc")
 
 
-def test_entries_without_item_id_are_dropped(runtime: tuple[Any, Stubber]) -> None:
+def test_entries_without_item_id_are_dropped(runtime: tuple[Any, WireStub]) -> None:
     client, stubber = runtime
     stubber.add_response(
         "get_recommendations",
@@ -103,7 +105,7 @@ def test_entries_without_item_id_are_dropped(runtime: tuple[Any, Stubber]) -> No
     assert recommender_on(client).recommend("u1", 10).item_ids == ["a", "b"]
 
 
-def test_empty_response_gives_no_items_and_no_id(runtime: tuple[Any, Stubber]) -> None:
+def test_empty_response_gives_no_items_and_no_id(runtime: tuple[Any, WireStub]) -> None:
     client, stubber = runtime
     stubber.add_response("get_recommendations", {})
     assert recommender_on(client).recommend("u1", 10) == Recommendation(item_ids=[], recommendation_id=None)
@@ -112,7 +114,7 @@ def test_empty_response_gives_no_items_and_no_id(runtime: tuple[Any, Stubber]) -
 # --- error mapping from Personalize's answers -------------------------------------------------------
 
 
-def call_with_error(runtime: tuple[Any, Stubber], code: str, status: int, message: str = "nope") -> Exception:
+def call_with_error(runtime: tuple[Any, WireStub], code: str, status: int, message: str = "nope") -> Exception:
     client, stubber = runtime
     stubber.add_client_error(
         "get_recommendations", service_error_code=code, service_message=message, http_status_code=status
@@ -122,14 +124,14 @@ def call_with_error(runtime: tuple[Any, Stubber], code: str, status: int, messag
     return info.value
 
 
-def test_invalid_input_is_a_400_rejected_by_personalize(runtime: tuple[Any, Stubber]) -> None:
+def test_invalid_input_is_a_400_rejected_by_personalize(runtime: tuple[Any, WireStub]) -> None:
     error = call_with_error(runtime, "InvalidInputException", 400, "userId is too long")
     assert isinstance(error, InvalidParameterError)
     assert (error.status, error.code) == (400, "rejected_by_personalize")
     assert "userId is too long" in error.message
 
 
-def test_resource_not_found_is_a_502_recommender_not_found(runtime: tuple[Any, Stubber],
+def test_resource_not_found_is_a_502_recommender_not_found(runtime: tuple[Any, WireStub],
                                                           caplog: pytest.LogCaptureFixture) -> None:
     error = call_with_error(runtime, "ResourceNotFoundException", 404)
     assert isinstance(error, UpstreamError)
@@ -142,13 +144,13 @@ def test_resource_not_found_is_a_502_recommender_not_found(runtime: tuple[Any, S
 
 @pytest.mark.parametrize(("code", "status"), [("ThrottlingException", 400), ("TooManyRequestsException", 400),
                                               ("SlowDown", 429)])
-def test_throttling_is_a_503_with_retry_after(runtime: tuple[Any, Stubber], code: str, status: int) -> None:
+def test_throttling_is_a_503_with_retry_after(runtime: tuple[Any, WireStub], code: str, status: int) -> None:
     error = call_with_error(runtime, code, status)
     assert isinstance(error, UpstreamError)
     assert (error.status, error.code, error.retry_after) == (503, "upstream_throttled", 1)
 
 
-def test_internal_failure_is_a_502_upstream_error(runtime: tuple[Any, Stubber]) -> None:
+def test_internal_failure_is_a_502_upstream_error(runtime: tuple[Any, WireStub]) -> None:
     error = call_with_error(runtime, "InternalFailure", 500)
     assert isinstance(error, UpstreamError)
     assert (error.status, error.code, error.retry_after) == (502, "upstream_error", None)
@@ -156,7 +158,7 @@ def test_internal_failure_is_a_502_upstream_error(runtime: tuple[Any, Stubber]) 
 
 
 @pytest.mark.parametrize("code", ["AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException"])
-def test_refused_credentials_are_upstream_access_denied(runtime: tuple[Any, Stubber], code: str,
+def test_refused_credentials_are_upstream_access_denied(runtime: tuple[Any, WireStub], code: str,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     error = call_with_error(runtime, code, 403)
     assert isinstance(error, UpstreamError)
@@ -169,18 +171,6 @@ def test_refused_credentials_are_upstream_access_denied(runtime: tuple[Any, Stub
 # --- errors raised by botocore itself -----------------------------------------------------------------
 
 
-class RaisingClient:
-    """Stands in for the boto3 client: every call raises the given exception."""
-
-    def __init__(self, exc: Exception) -> None:
-        self.exc = exc
-        self.calls = 0
-
-    def get_recommendations(self, **params: Any) -> dict[str, Any]:
-        self.calls += 1
-        raise self.exc
-
-
 ENDPOINT = "https://personalize-runtime.us-east-1.amazonaws.com"
 
 
@@ -190,17 +180,35 @@ ENDPOINT = "https://personalize-runtime.us-east-1.amazonaws.com"
         (ReadTimeoutError(endpoint_url=ENDPOINT), 504, "upstream_timeout"),
         (ConnectTimeoutError(endpoint_url=ENDPOINT), 504, "upstream_timeout"),
         (EndpointConnectionError(endpoint_url=ENDPOINT), 502, "upstream_unavailable"),
-        (NoCredentialsError(), 503, "upstream_credentials"),
     ],
-    ids=["read-timeout", "connect-timeout", "endpoint-connection", "no-credentials"],
+    ids=["read-timeout", "connect-timeout", "endpoint-connection"],
 )
-def test_transport_errors_are_mapped(exc: Exception, status: int, code: str) -> None:
-    client = RaisingClient(exc)
+def test_transport_errors_are_mapped(runtime: tuple[Any, WireStub], exc: Exception, status: int, code: str) -> None:
+    client, _ = runtime
+    sent: list[Any] = []
+
+    def fail(request: Any, **kwargs: Any) -> None:  # where botocore's HTTP session raises them
+        sent.append(request)
+        raise exc
+
+    client.meta.events.register_first("before-send.personalize-runtime.GetRecommendations", fail)
     with pytest.raises(UpstreamError) as info:
         recommender_on(client).recommend("u1", 5)
     assert (info.value.status, info.value.code) == (status, code)
     assert info.value.__cause__ is exc
-    assert client.calls == 1
+    assert len(sent) == 1
+
+
+def test_no_credentials_is_upstream_credentials_and_sends_nothing(runtime: tuple[Any, WireStub]) -> None:
+    client, stub = runtime
+    said: list[bool] = []
+    recommender = PersonalizeRecommender(CAMPAIGN_ARN, lambda: client, credentials=lambda: None,
+                                         on_no_credentials=lambda: said.append(True))
+    with pytest.raises(UpstreamError) as info:
+        recommender.recommend("u1", 5)
+    assert (info.value.status, info.value.code) == (503, "upstream_credentials")
+    assert isinstance(info.value.__cause__, NoCredentialsError)
+    assert said == [True] and stub.requests == []
 
 
 # --- client configuration and construction ---------------------------------------------------------
@@ -245,7 +253,7 @@ def test_max_attempts_is_the_total_number_of_attempts(monkeypatch: pytest.Monkey
     assert len(sent) == max_attempts
 
 
-def test_client_is_built_once_not_at_construction(runtime: tuple[Any, Stubber]) -> None:
+def test_client_is_built_once_not_at_construction(runtime: tuple[Any, WireStub]) -> None:
     client, stubber = runtime
     built: list[Any] = []
 
@@ -253,7 +261,7 @@ def test_client_is_built_once_not_at_construction(runtime: tuple[Any, Stubber]) 
         built.append(client)
         return client
 
-    recommender = PersonalizeRecommender(CAMPAIGN_ARN, factory)
+    recommender = PersonalizeRecommender(CAMPAIGN_ARN, factory, credentials=lambda: TEST_CREDENTIALS)
     assert built == []  # not at construction (create_app runs before gunicorn forks)
     recommender.check_ready()  # warm_up builds it in the worker, before the first request
     assert built == [client]

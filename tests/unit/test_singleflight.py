@@ -13,14 +13,14 @@ import redis
 from cachelib import SimpleCache
 
 from app.caching import singleflight
-from app.caching.answers import AnswerCache, CachedAnswer
+from app.caching.answers import AnswerCache, CachedAnswer, encode_answer
 from app.caching.singleflight import SingleFlight
 from app.components import components
 from app.errors import UpstreamError
 from app.sources.recommender import Recommendation
 from tests.conftest import FakeRecommender
 
-KEY = "recs:v1:test-key"
+KEY = "recs:v1:{test-key}"
 WAIT = 5.0  # upper bound on any wait for another thread; never reached when the code works
 
 
@@ -426,3 +426,98 @@ def test_a_request_is_served_when_the_redis_cache_and_lock_are_down(make_app: Ca
     assert [item["id"] for item in response.get_json()] == ["1000", "1037"]
     assert response.headers["X-Recommendations-Source"] == "fake"
     assert fake.calls == [("u1", 2)]
+
+
+class CountingConnection(redis.Connection):
+    """A redis-py connection that counts the request thread's round trips: a command, or a whole pipeline, is one
+    send (the recently-recommended counts are flushed by a thread of their own)."""
+
+    trips = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if threading.current_thread() is threading.main_thread():
+            type(self).trips += 1
+        super().send_packed_command(command, check_health)
+
+
+def test_a_miss_costs_two_redis_round_trips_and_a_hit_one(make_app: Callable[..., Any], redis_url: str,
+                                                          redis_client: redis.Redis) -> None:
+    """The read that takes the lock when there is no answer, then the write with the lock's release (not four:
+    GET, SET NX, SET, release); a hit only reads, and takes no lock."""
+    lock = redis.Redis(connection_pool=redis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection))
+    fake = FakeRecommender({"u0": ["1000"], "u1": ["1037", "1074"]})
+    app = make_app({"recommender": fake, "lock_client": lock}, cache_redis_url=redis_url)
+    backend = components(app).service.cache.backend
+    backend._read_client = backend._write_client = lock  # the answer cache's trips are counted too (one Redis)
+    http = app.test_client()
+    http.get("/recommendations?user_id=u0")  # the release script's first use on this Redis loads it
+    CountingConnection.trips = 0
+
+    assert http.get("/recommendations?user_id=u1").headers["X-Cache"] == "MISS"
+
+    assert CountingConnection.trips == 2
+    service = components(app).service
+    key = service.answer_key(service.recommender, "u1", 10)
+    stored = redis_client.get(service.cache.redis_key(key))
+    assert stored is not None and b'"1037"' in stored
+    assert redis_client.exists(f"{key}:lock") == 0
+    components(app).service.cache._local = None  # this process's copy off: the hit goes to Redis
+    CountingConnection.trips = 0
+    assert http.get("/recommendations?user_id=u1").headers["X-Cache"] == "HIT" and len(fake.calls) == 2
+    assert CountingConnection.trips == 1 and redis_client.exists(f"{key}:lock") == 0
+    lock.close()
+
+
+def test_an_answer_and_its_lock_share_a_cluster_slot(redis_cache: PolledCache) -> None:
+    from redis.crc import key_slot
+
+    key = AnswerCache.key("source", "u1", {"num_results": 10})
+    answer_key = redis_cache.redis_key(key)
+    assert answer_key is not None and answer_key != key  # the backend's prefix is in it
+    assert key_slot(answer_key.encode()) == key_slot(f"{key}:lock".encode())
+    assert key_slot(AnswerCache.key("source", "u2", {"num_results": 10}).encode()) != key_slot(key.encode())
+
+
+def test_an_answer_written_since_the_miss_is_served_without_a_fetch(
+    redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis], redis_client: redis.Redis
+) -> None:
+    """Another worker stored the answer and released its lock between this caller's miss and its lock."""
+    redis_cache.put(KEY, Recommendation(["1000"], "rid-other"))
+    fetches = Fetches()
+    answer = SingleFlight(redis_cache, lock_clients()).run(KEY, fetches.for_("A"), deadline())
+    assert answer == Recommendation(["1000"], "rid-other")
+    assert fetches.calls == []
+    assert redis_client.exists(f"{KEY}:lock") == 0
+
+
+def test_lookup_claims_a_miss_but_not_a_stale_answer(redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis],
+                                                     redis_client: redis.Redis) -> None:
+    flights = SingleFlight(redis_cache, lock_clients())
+    answer, claim = flights.lookup(KEY, deadline())
+    assert answer is None and claim is not None and redis_client.get(f"{KEY}:lock") == claim
+    assert flights.lookup(KEY, deadline()) == (None, None)  # taken: the second caller has no claim
+    assert flights.run(KEY, Fetches().for_("A"), deadline(), claim).recommendation_id == "rid-1-A"
+    assert redis_client.exists(f"{KEY}:lock") == 0
+
+    stale = CachedAnswer(Recommendation(["1000"], "old"), time.time() - redis_cache.ttl - 1)
+    redis_client.set(redis_cache.redis_key(KEY), encode_answer(stale))
+    answer, claim = SingleFlight(redis_cache, lock_clients()).lookup(KEY, deadline())
+    assert answer == stale and claim is None  # kept for stale-if-error; run() takes the lock itself
+
+
+def test_the_caller_holding_the_lock_fetches_even_when_another_thread_leads_here(
+    redis_cache: PolledCache, lock_clients: Callable[[], redis.Redis], redis_client: redis.Redis
+) -> None:
+    """Thread A's lookup took the lock; thread B, without it, reached run() first and polls Redis for the
+    holder's answer. A must fetch it rather than wait for B (each would wait for the other until the deadline)."""
+    flights = SingleFlight(redis_cache, lock_clients())
+    _, claim = flights.lookup(KEY, deadline())
+    assert claim is not None
+    fetches = Fetches()
+    with ThreadPoolExecutor(1) as pool:
+        b = pool.submit(flights.run, KEY, fetches.for_("B"), deadline())
+        assert redis_cache.polled.wait(WAIT)  # B leads here, found the lock taken and polls for the answer
+        a = flights.run(KEY, fetches.for_("A"), deadline(), claim)
+        assert b.result(WAIT) == a == Recommendation(["1000", "1037"], "rid-1-A")
+    assert fetches.calls == ["A"]
+    assert redis_client.exists(f"{KEY}:lock") == 0
