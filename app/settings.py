@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import os
 import re
 import ssl
@@ -145,17 +146,23 @@ def _filter_arn(variable: str, arn: str | None) -> str | None:
     return arn
 
 
+def _pairs(raw: Any, variable: str, form: str) -> list[tuple[str, str]]:
+    """Split a comma-separated list of NAME=VALUE pairs, refusing an entry without '=' by the setting's form."""
+    pairs = []
+    for entry in _list(raw):
+        name, sep, value = entry.partition("=")
+        if not sep:
+            raise ConfigError(f"{variable}: {entry!r} is not {form}.")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
 def _filters(raw: Any) -> dict[str, str]:
     """Parse FILTERS, NAME=FILTER_ARN pairs separated by commas, into {name: arn}."""
     if isinstance(raw, dict):
         pairs = list(raw.items())
     else:
-        pairs = []
-        for entry in _list(raw):
-            name, sep, arn = entry.partition("=")
-            if not sep:
-                raise ConfigError(f"FILTERS: {entry!r} is not NAME=FILTER_ARN.")
-            pairs.append((name.strip(), arn.strip()))
+        pairs = _pairs(raw, "FILTERS", "NAME=FILTER_ARN")
     filters = {}
     for name, arn in pairs:
         if not NAME_PATTERN.match(name):
@@ -190,6 +197,39 @@ def _link_query(query: str | None) -> str | None:
     if tracked := sorted({pair.partition("=")[0] for pair in query.split("&")} & TRACKING_PARAMETERS):
         raise ConfigError(f"LINK_QUERY: {', '.join(tracked)} is LINK_TRACKING's own parameter; name yours otherwise.")
     return query
+
+
+# Braze Currents event types sent to Personalize, and the eventType each becomes (CURRENTS_EVENT_TYPES adds to or
+# changes these; `TYPE=` with nothing after the = turns one off).
+CURRENTS_DEFAULT_EVENT_TYPES = {"users.messages.email.Click": "click", "users.behaviors.Purchase": "purchase"}
+CURRENTS_TYPE_PATTERN = re.compile(r"^users(\.[A-Za-z_]+)+$")
+
+
+def _currents_event_types(raw: Any) -> dict[str, str]:
+    """Parse CURRENTS_EVENT_TYPES (TYPE=eventType pairs, comma-separated, or a JSON object) over the defaults."""
+    if isinstance(raw, dict):
+        pairs = list(raw.items())
+    elif str(raw or "").strip().startswith(("{", "[")):
+        try:
+            loaded = json.loads(str(raw))
+        except ValueError as exc:
+            raise ConfigError(f"CURRENTS_EVENT_TYPES is not valid JSON ({exc}); give a JSON object "
+                              '{"users.messages.contentcard.Click": "click"} or TYPE=eventType pairs.') from None
+        if not isinstance(loaded, dict):
+            raise ConfigError("CURRENTS_EVENT_TYPES must be a JSON object of Currents type to Personalize eventType.")
+        pairs = list(loaded.items())
+    else:
+        pairs = _pairs(raw, "CURRENTS_EVENT_TYPES", "TYPE=eventType, e.g. users.messages.contentcard.Click=click")
+    mapping = dict(CURRENTS_DEFAULT_EVENT_TYPES)
+    for name, event_type in pairs:
+        if not isinstance(name, str) or not CURRENTS_TYPE_PATTERN.match(name):
+            raise ConfigError(f"CURRENTS_EVENT_TYPES: {name!r} is not a Braze Currents event type, such as "
+                              "users.messages.email.Click.")
+        if not isinstance(event_type, str) or len(event_type) > 256:
+            raise ConfigError(f"CURRENTS_EVENT_TYPES: the eventType for {name} must be text of at most 256 "
+                              "characters (empty turns the type off).")
+        mapping[name] = event_type.strip()
+    return {name: event_type for name, event_type in mapping.items() if event_type}
 
 
 def _tracking_id(tracking_id: str | None) -> str | None:
@@ -379,6 +419,9 @@ class Settings:
     personalize_tracking_id: str | None = None  # POST /events is off without it
     put_events_max_tps: float = 100.0  # PutEvents calls a second from one host, shared by its workers
     web_concurrency: int = 2  # gunicorn's workers (gunicorn.conf.py reads the same variable): they share the cap
+    # What ingest-currents sends from Braze Currents (README, "From Braze Currents: ingest-currents").
+    currents_event_types: dict[str, str] = field(default_factory=lambda: dict(CURRENTS_DEFAULT_EVENT_TYPES))
+    currents_dedup_days: int = 7  # how long sent Currents event ids are remembered, against a late re-delivery
 
     @property
     def admin_api_on(self) -> bool:
@@ -504,6 +547,8 @@ class Settings:
             personalize_tracking_id=_tracking_id(_text(raw.get("personalize_tracking_id"))),
             put_events_max_tps=conv("put_events_max_tps", 0.1, 100_000),
             web_concurrency=conv("web_concurrency", 1, 1000),
+            currents_event_types=_currents_event_types(raw.get("currents_event_types")),
+            currents_dedup_days=conv("currents_dedup_days", 1, 365),
         )
         if settings.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}.")

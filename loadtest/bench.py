@@ -29,6 +29,9 @@ each scenario for --duration seconds (after a 1 s warm-up, except the upstream-f
                then a 40-user job served, for its workers' RSS
     batch-10m  10,000,000 users (--batch-users) loaded into SQLite and served; each worker's RSS beside a
                40-user job's (heavy: minutes, about 2 GB of disk; only run when named with --only)
+    currents   ingest-currents of 1,000,000 email clicks in 20 Avro files into the PutEvents stand-in (10 ms):
+               events/s, calls of 10, each event once, the peak calls a second against PUT_EVENTS_MAX_TPS
+               (loadtest/currents.py, which also runs alone)
 
 --only NAME (repeatable, or comma-separated) runs those scenarios and the yardsticks they are compared to.
 The service runs with production's defaults, its JSON request log lines included (they go to the
@@ -67,6 +70,7 @@ from typing import Any
 
 import redis
 
+from loadtest import currents
 from tests.redis_server import RedisClusterServers, RedisServer
 from tests.standin.personalize import Control
 from tests.standin.personalize_events import EventsControl
@@ -77,7 +81,7 @@ ARN = "arn:aws:personalize:us-east-1:123456789012:campaign/bench"
 HIT_USERS = 100  # the users hits.lua asks for
 CATALOG_ROWS = 1_000_000
 SCENARIOS = ("baseline", "proxy", "hits", "misses", "cpu", "mix", "events", "slow", "failing", "memory", "batch-load",
-             "batch-serve", "batch-10m")
+             "batch-serve", "batch-10m", "currents")
 NEEDS = {"hits": {"baseline"}, "misses": {"proxy"}, "mix": {"baseline"}, "slow": {"baseline"},
          "failing": {"baseline"}, "events": {"baseline", "mix"}, "batch-serve": {"hits", "batch-load"},
          "batch-10m": {"hits"}}
@@ -900,6 +904,12 @@ def main() -> int:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose among {', '.join(SCENARIOS)}")
     wanted = set(only or set(SCENARIOS) - HEAVY)
     wanted |= {need for name in list(wanted) for need in NEEDS.get(name, ())}
+    currents_ok = True
+    if "currents" in wanted:  # no service, no wrk: the command against the PutEvents stand-in
+        wanted.discard("currents")
+        currents_ok = currents.report(currents.run(1_000_000, 20, 10, 1000.0, 2, 16))
+        if not wanted:
+            return 0 if currents_ok else 1
     if shutil.which("wrk") is None and args.serve is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
@@ -919,7 +929,7 @@ def main() -> int:
         for name in SCENARIOS:
             if name in wanted:
                 getattr(runner, "memory_scenario" if name == "memory" else name.replace("-", "_"))()
-        return runner.report()
+        return max(runner.report(), 0 if currents_ok else 1)
     finally:
         if runner is not None:
             shutil.rmtree(runner.workdir, ignore_errors=True)  # the generated batch jobs and their stores
