@@ -40,7 +40,8 @@ def answer(parts: Components, query: Query, started: float, probe: bool = False)
     elif probe or (repeat := parts.rendered.get(query, parts.service.current_catalog())) is None:
         result = parts.service.recommend(query.user_id, query.num_results, started, query.options, probe=probe)
         body = parts.presenter.render(result, query)
-        if not probe:
+        # A batch job's answer can change with the next version at any moment: it is read again (one store read).
+        if not probe and not parts.service.recommender.precomputed:
             parts.rendered.put(query, result, body)
     else:  # the same query within seconds: the bytes rendered then
         result, body = repeat

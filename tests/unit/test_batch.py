@@ -374,3 +374,22 @@ def test_an_estimated_total_moves_the_bar_only_when_it_changed_enough() -> None:
         bar.advance(2_100)  # the estimate fell short: the bar ends full
 
     assert "2200/2200" in stream.getvalue()
+
+
+def test_a_repeat_after_a_switch_gets_the_new_job_not_bytes_rendered_before(make_app: Callable[..., Flask],
+                                                                            tmp_path: Path) -> None:
+    """Rendered bodies are kept for repeats within CACHE_LOCAL_SECONDS, but never a batch answer's: the e2e
+    switch under load caught job A's bytes served after job B was switched to."""
+    write_folder(tmp_path / "a", 10, 1, lambda i: ["1740", "1333"])
+    app = make_app(recommendations_uri=str(tmp_path / "a"), cache_local_seconds=5)
+    parts = components(app)
+    parts.service.recommender.inner.pointer_seconds = 0  # each request looks at the store's pointer
+    client = app.test_client()
+    assert [i["id"] for i in client.get("/recommendations?user_id=user3&num_results=2").get_json()] == ["1740", "1333"]
+    write_folder(tmp_path / "b", 10, 1, lambda i: ["1000", "1037"])
+    load_job(LocalFiles(str(tmp_path / "b")), parts.batch_store, grace=0)
+
+    response = client.get("/recommendations?user_id=user3&num_results=2")
+
+    assert [i["id"] for i in response.get_json()] == ["1000", "1037"]
+    assert response.headers["X-Recommendations-Source"] == "batch"
