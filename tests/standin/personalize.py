@@ -33,8 +33,8 @@ from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.error import HTTPError
-from urllib.request import Request, urlopen
+
+from tests.standin.control import ControlClient
 
 DEFAULT_NUM_RESULTS = 25
 MAX_NUM_RESULTS = 500
@@ -365,36 +365,12 @@ def items_from(spec: str) -> list[str]:
     return [part.strip() for part in spec.split(",") if part.strip()]
 
 
-class Control:
+class Control(ControlClient):
     """A client of a stand-in running in another process, with the same methods as StandinHandle."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = Request(self.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
-        try:
-            with urlopen(request, timeout=5) as response:  # noqa: S310 - a local URL
-                return json.loads(response.read())
-        except HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
-            exc.close()
-            raise RuntimeError(f"stand-in control {path} failed: HTTP {exc.code} {detail}") from None
-
-    def calls(self) -> dict[str, Any]:
-        return self._call("GET", "/_control/calls")
-
-    def set_fault(self, mode: str, latency_ms: int = 0, status: int = 500, times: int | None = None) -> None:
-        self._call("POST", "/_control/fault", {"mode": mode, "latency_ms": latency_ms, "status": status,
-                                                "times": times})
 
     def set_answer(self, user_id: str, item_ids: Sequence[str], recommendation_id: str | None = None) -> None:
         self._call("POST", "/_control/answer", {"userId": user_id, "itemIds": list(item_ids),
                                                  "recommendationId": recommendation_id})
-
-    def reset(self) -> None:
-        self._call("POST", "/_control/reset", {})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,8 +27,8 @@ import time
 from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.error import HTTPError
-from urllib.request import Request, urlopen
+
+from tests.standin.control import ControlClient
 
 FAULT_MODES = ("ok", "latency", "error500", "throttle")
 MAX_EVENTS_PER_CALL = 10
@@ -273,32 +273,8 @@ def start_events_standin(tracking_ids: Iterable[str] = (), host: str = "127.0.0.
     return EventsStandinHandle(server, thread)
 
 
-class EventsControl:
+class EventsControl(ControlClient):
     """A client of a stand-in running in another process, with the same methods as EventsStandinHandle."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = Request(self.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
-        try:
-            with urlopen(request, timeout=5) as response:  # noqa: S310 - a local URL
-                return json.loads(response.read())
-        except HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
-            exc.close()
-            raise RuntimeError(f"events stand-in control {path} failed: HTTP {exc.code} {detail}") from None
-
-    def calls(self) -> dict[str, Any]:
-        return self._call("GET", "/_control/calls")
-
-    def set_fault(self, mode: str, latency_ms: int = 0, status: int = 500, times: int | None = None) -> None:
-        self._call("POST", "/_control/fault", {"mode": mode, "latency_ms": latency_ms, "status": status,
-                                                "times": times})
-
-    def reset(self) -> None:
-        self._call("POST", "/_control/reset", {})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
