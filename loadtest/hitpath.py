@@ -4,9 +4,10 @@ against the bare-Flask yardstick, microseconds per request (best of 5 rounds of 
     python -m loadtest.hitpath [--profile]
 
 Steadier than loadtest.bench on a busy machine, so use it to compare two versions of the request path;
-the bench still decides the targets. The service runs on the sample catalog and batch file with the Redis
-cache (127.0.0.1:6379, database 12, flushed) and production's other defaults, request log lines included
-(written to /dev/null here). --profile prints cProfile's top functions for the service.
+the bench still decides the targets. The service runs on the sample catalog with a source in the process
+(a batch job's answers skip the answer cache, so they would not be hits), the Redis cache on a redis-server of
+the run's own, and production's other defaults, request log lines included (written to /dev/null here).
+--profile prints cProfile's top functions for the service.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Any
 from werkzeug.test import EnvironBuilder
 
 from app.components import components
+from tests.conftest import FakeRecommender
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,9 +60,10 @@ def main() -> None:
     from app import create_app, warm_up
     from loadtest.baseline import app as baseline
 
+    source = FakeRecommender({"user123": ["1740", "1333", "1925", "1000", "1037"]})
     service = create_app({"catalog_uri": str(ROOT / "sample" / "catalog.csv"),
                           "recommendations_uri": str(ROOT / "sample" / "batch-output.json.out"),
-                          "cache_redis_url": redis_server.url})
+                          "cache_redis_url": redis_server.url}, recommender=source)
     warm_up(service)
     with open(os.devnull, "wb") as devnull:
         components(service).request_log.fd = devnull.fileno()
@@ -68,6 +71,7 @@ def main() -> None:
         bare = caller(baseline, "/recommendations")
         print(f"bare Flask  {microseconds(bare):6.1f} us/request")
         print(f"cache hit   {microseconds(hit):6.1f} us/request")
+        assert len(source.calls) == 1, "every call after the first must be a cache hit"
         if args.profile:
             profile = cProfile.Profile()
             profile.runcall(lambda: [hit() for _ in range(CALLS)])
