@@ -907,7 +907,7 @@ def main() -> int:
     currents_ok = True
     if "currents" in wanted:  # no service, no wrk: the command against the PutEvents stand-in
         wanted.discard("currents")
-        currents_ok = currents.report(currents.run(1_000_000, 20, 10, 1000.0, 2, 16))
+        currents_ok = currents.report(currents.run(1_000_000, 20, 10, currents.BENCH_MAX_TPS, 2, 16))
         if not wanted:
             return 0 if currents_ok else 1
     if shutil.which("wrk") is None and args.serve is None:

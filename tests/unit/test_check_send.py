@@ -1,6 +1,8 @@
 """`flask check-send FILE`: what each recipient of a send would get, on the sample data and a recording fake."""
 from __future__ import annotations
 
+import bisect
+
 import csv
 import io
 import itertools
@@ -292,6 +294,32 @@ def test_the_pace_spaces_calls_evenly(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert [round(b - a) for a, b in itertools.pairwise(starts)] == [250, 250, 250, 250]
     assert starts[0] == 1_000_000.0  # the first call does not wait
+
+
+@pytest.mark.parametrize("per_second", [485, 1000, 2000])
+def test_the_pace_keeps_rates_that_are_not_whole_milliseconds_apart(monkeypatch: pytest.MonkeyPatch,
+                                                                   per_second: int) -> None:
+    """pyrate-limiter waits whole milliseconds: a one-token bucket let 485 a second through as 334."""
+    now = [1_000_000.0]  # milliseconds
+
+    class Clock:
+        def now(self) -> int:
+            return int(now[0])
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds * 1000
+
+    monkeypatch.setattr("pyrate_limiter.limiter.sleep", sleep)
+    starts: list[float] = []
+    with Pace(per_second, clock=Clock()) as pace:  # type: ignore[arg-type]
+        for _ in range(per_second * 3):
+            pace.wait()
+            starts.append(now[0])
+
+    seconds = (starts[-1] - starts[0]) / 1000
+    assert 0.97 * per_second <= (len(starts) - 1) / seconds <= per_second + 1
+    busiest = max(bisect.bisect_left(starts, start + 1000) - n for n, start in enumerate(starts))
+    assert busiest <= per_second + 1  # never more than the cap (and the one the bucket starts with) in a second
 
 
 def test_the_command_ends_with_a_summary_on_stderr(batch_app: Flask, mixed: Path) -> None:
