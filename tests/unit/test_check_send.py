@@ -10,6 +10,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -275,8 +276,10 @@ def test_a_batch_only_service_is_not_capped(batch_app: Flask, tmp_path: Path) ->
     assert "uncapped" in result.stdout
 
 
-def test_the_pace_spaces_calls_evenly(monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [1_000_000.0]  # milliseconds
+@pytest.fixture
+def fake_time(monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], Any]:
+    """A millisecond clock for pyrate-limiter that its sleeps move forward: [now in ms], and the clock."""
+    now = [1_000_000.0]
 
     class Clock:
         def now(self) -> int:
@@ -286,7 +289,12 @@ def test_the_pace_spaces_calls_evenly(monkeypatch: pytest.MonkeyPatch) -> None:
         now[0] += seconds * 1000
 
     monkeypatch.setattr("pyrate_limiter.limiter.sleep", sleep)
-    with Pace(4, clock=Clock()) as pace:  # type: ignore[arg-type]
+    return now, Clock()
+
+
+def test_the_pace_spaces_calls_evenly(fake_time: tuple[list[float], Any]) -> None:
+    now, clock = fake_time
+    with Pace(4, clock=clock) as pace:  # type: ignore[arg-type]
         starts = []
         for _ in range(5):
             pace.wait()
@@ -297,21 +305,12 @@ def test_the_pace_spaces_calls_evenly(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("per_second", [485, 1000, 2000])
-def test_the_pace_keeps_rates_that_are_not_whole_milliseconds_apart(monkeypatch: pytest.MonkeyPatch,
+def test_the_pace_keeps_rates_that_are_not_whole_milliseconds_apart(fake_time: tuple[list[float], Any],
                                                                    per_second: int) -> None:
     """pyrate-limiter waits whole milliseconds: a one-token bucket let 485 a second through as 334."""
-    now = [1_000_000.0]  # milliseconds
-
-    class Clock:
-        def now(self) -> int:
-            return int(now[0])
-
-    def sleep(seconds: float) -> None:
-        now[0] += seconds * 1000
-
-    monkeypatch.setattr("pyrate_limiter.limiter.sleep", sleep)
+    now, clock = fake_time
     starts: list[float] = []
-    with Pace(per_second, clock=Clock()) as pace:  # type: ignore[arg-type]
+    with Pace(per_second, clock=clock) as pace:  # type: ignore[arg-type]
         for _ in range(per_second * 3):
             pace.wait()
             starts.append(now[0])
