@@ -10,8 +10,8 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result as CliResult
