@@ -22,6 +22,7 @@ import orjson
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
+from botocore.parsers import create_parser
 
 # A batch job can wait: a call whose answer is late is sent again, and while Personalize ignores the repeated
 # eventId, the same events then count twice in what was sent (on a busy machine 1 s cut 14 calls in 100,000).
@@ -48,6 +49,7 @@ class SignedPutEvents:
         self._ssl = ssl.create_default_context() if self._https else None
         self._opened: list[http.client.HTTPConnection] = []  # every thread's, to close them all at the end
         self._lock = threading.Lock()
+        self._errors = create_parser("rest-json")
 
     @classmethod
     def endpoint_of(cls, client: Any) -> tuple[str, str, str]:
@@ -96,24 +98,6 @@ class SignedPutEvents:
                 raise EndpointConnectionError(endpoint_url=self.url, error=exc) from exc
         if response.status == 200:
             return {}
-        raise ClientError({"Error": {"Code": _error_code(response, data), "Message": _message(data)},
-                           "ResponseMetadata": {"HTTPStatusCode": response.status}}, "PutEvents")
-
-
-def _error_code(response: Any, data: bytes) -> str:
-    """Return the error's code as rest-json names it: the x-amzn-ErrorType header, else the body's __type."""
-    code = response.headers.get("x-amzn-ErrorType") or ""
-    if not code:
-        try:
-            code = str(orjson.loads(data).get("__type", ""))
-        except (orjson.JSONDecodeError, AttributeError):
-            code = ""
-    # "ThrottlingException:http://internal.amazon.com/..." or "com.amazon...#ThrottlingException"
-    return code.split(":", 1)[0].rsplit("#", 1)[-1] or f"HTTP{response.status}"
-
-
-def _message(data: bytes) -> str:
-    try:
-        return str(orjson.loads(data).get("message", ""))
-    except (orjson.JSONDecodeError, AttributeError):
-        return ""
+        # botocore's rest-json parser, as a boto3 client reads an error: x-amzn-ErrorType, else the body's __type
+        raise ClientError(self._errors.parse({"status_code": response.status, "headers": response.headers,
+                                              "body": data}, None), "PutEvents")
