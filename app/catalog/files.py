@@ -152,16 +152,21 @@ class HttpFile:
         return Snapshot(_decompress(self.uri, response.content, self._gzipped), version)
 
 
+def where(uri: str) -> str:
+    """Return where a URI points, "local", "s3" or "http", from its scheme; raise FileError for any other."""
+    scheme = urlparse(uri).scheme.lower() if "://" in uri else ""
+    kinds = {"": "local", "file": "local", "s3": "s3", "https": "http", "http": "http"}
+    if scheme not in kinds:
+        raise FileError(f"{uri}: unsupported scheme {scheme!r}; use a path, file://, s3:// or https://.")
+    return kinds[scheme]
+
+
 def open_file(uri: str, s3_client_factory: Callable[[], Any], http_session: Any = None) -> FileReader:
     """Pick the reader for a URI by its scheme (http_session: a requests.Session for https:// feeds)."""
-    scheme = urlparse(uri).scheme.lower() if "://" in uri else ""
-    if scheme in ("", "file"):
-        return LocalFile(uri)
-    if scheme == "s3":
+    kind = where(uri)
+    if kind == "s3":
         return S3File(uri, s3_client_factory)
-    if scheme in ("https", "http"):
-        return HttpFile(uri, http_session)
-    raise FileError(f"{uri}: unsupported scheme {scheme!r}; use a path, file://, s3:// or https://.")
+    return HttpFile(uri, http_session) if kind == "http" else LocalFile(uri)
 
 
 # -- many files read as one, streamed: the output of a batch inference job --------------------------------------
@@ -308,14 +313,10 @@ def _some(uri: str, found: list[Part]) -> list[Part]:
 
 def open_files(uri: str, s3_client_factory: Callable[[], Any], http_session: Any = None) -> FileSet:
     """Pick the lister of a job's files by the URI's scheme: a path or folder, s3://bucket/prefix/, https://."""
-    scheme = urlparse(uri).scheme.lower() if "://" in uri else ""
-    if scheme in ("", "file"):
-        return LocalFiles(uri)
-    if scheme == "s3":
+    kind = where(uri)
+    if kind == "s3":
         return S3Files(uri, s3_client_factory)
-    if scheme in ("https", "http"):
-        return HttpFiles(uri, http_session)
-    raise FileError(f"{uri}: unsupported scheme {scheme!r}; use a path, file://, s3:// or https://.")
+    return HttpFiles(uri, http_session) if kind == "http" else LocalFiles(uri)
 
 
 class Counted:

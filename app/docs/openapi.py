@@ -226,10 +226,6 @@ def _recommendations_operation(settings: Settings, sources: list[str], item_list
                       "item in stock to fall back on (no_recommendations), or the configurations cannot be read "
                       "(recommender_store_unavailable)."),
     }
-    if security:
-        responses["401"] = _error("No valid API key came with the request (unauthorized).")
-    if settings.allowed_cidrs:
-        responses["403"] = _error("The caller's address is not in ALLOWED_CIDRS (forbidden).")
     operation: dict[str, Any] = {
         "summary": "Recommend catalog items for a user",
         "description": "Give user_id, item_id (related items), or both. Unknown parameters are ignored.",
@@ -240,8 +236,18 @@ def _recommendations_operation(settings: Settings, sources: list[str], item_list
     }
     if settings.filters:
         operation["description"] += f" Filters: {', '.join(sorted(settings.filters))}."
+    return _guarded(operation, settings, security)
+
+
+def _guarded(operation: dict[str, Any], settings: Settings, security: list[dict[str, list[str]]]
+             ) -> dict[str, Any]:
+    """Add what API_KEYS and ALLOWED_CIDRS guard (app/recommendations/auth.py build_guard): the key, its 401,
+    and the 403 of an address outside the list."""
     if security:
         operation["security"] = security
+        operation["responses"]["401"] = _error("No valid API key came with the request (unauthorized).")
+    if settings.allowed_cidrs:
+        operation["responses"]["403"] = _error("The caller's address is not in ALLOWED_CIDRS (forbidden).")
     return operation
 
 
@@ -260,12 +266,7 @@ def _preview_operation(settings: Settings, security: list[dict[str, list[str]]])
         "responses": {"200": {"description": "The page.", **page},
                       "400": {"description": f"More than {MAX_PREVIEW_USERS} user ids: the page says so.", **page}},
     }
-    if security:
-        operation["security"] = security
-        operation["responses"]["401"] = _error("No valid API key came with the request (unauthorized).")
-    if settings.allowed_cidrs:
-        operation["responses"]["403"] = _error("The caller's address is not in ALLOWED_CIDRS (forbidden).")
-    return operation
+    return _guarded(operation, settings, security)
 
 
 def _events_operation(settings: Settings, security: list[dict[str, list[str]]]) -> dict[str, Any]:
@@ -292,12 +293,7 @@ def _events_operation(settings: Settings, security: list[dict[str, list[str]]]) 
                           "store cannot be written, nothing was kept: retry."),
         },
     }
-    if security:
-        operation["security"] = security
-        operation["responses"]["401"] = _error("No valid API key came with the request (unauthorized).")
-    if settings.allowed_cidrs:
-        operation["responses"]["403"] = _error("The caller's address is not in ALLOWED_CIDRS (forbidden).")
-    return operation
+    return _guarded(operation, settings, security)
 
 
 def _admin_paths(spec: APISpec) -> None:
