@@ -27,14 +27,17 @@ FILTER_KEY = re.compile(r"[A-Za-z0-9_]{1,50}")
 CONTEXT_KEY = re.compile(r"[A-Za-z0-9_]{1,150}")
 MAX_LINK_VALUE_LENGTH = 200
 # An id with a control character, or only spaces, is a template mistake, not a user: say so instead of
-# asking Personalize (and caching an answer) for it.
-ID_PATTERN = r"^(?=.*\S)[^\x00-\x1f\x7f]+$"
+# asking Personalize (and caching an answer) for it. \Z, not $: $ would let one trailing newline (%0A) through.
+ID_PATTERN = r"^(?=.*\S)[^\x00-\x1f\x7f]+\Z"
+VALID_ID = re.compile(ID_PATTERN)
 ID_ERROR = "Give a printable id (no control characters, not only spaces); check the template's url_param_escape."
 FORMATS = ("array", "object", "attributes")
 ASCII_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 # A percent-escape of a byte above 0x7f, or such a byte sent raw: only then can a parameter be invalid UTF-8.
 NON_ASCII = re.compile(rb"%[89a-fA-F]|[\x80-\xff]")
 UTF8_ERROR = "Not valid UTF-8 once percent-decoded; check the template's url_param_escape."
+# The query of nearly every request of a send: ?user_id=U, perhaps with &num_results=N.
+PLAIN_NAMES = frozenset({"user_id", "num_results"})
 
 
 def whole_number(raw: str) -> int | None:
@@ -182,6 +185,29 @@ class QueryParser:
 
     def parse(self, args: MultiDict[str, str]) -> Query:
         """Return the Query, or raise InvalidParameterError naming every bad parameter."""
+        plain = self._plain(args)
+        return plain if plain is not None else self._parse(args)
+
+    def _plain(self, args: MultiDict[str, str]) -> Query | None:
+        """The Query of a valid user_id with perhaps num_results, each given once, and no other parameter: what the
+        schema would return, for a tenth of its CPU (tests/unit/test_query.py compares the two). Anything
+        else, valid or not, is None: the schema decides, and words its errors."""
+        if not args.keys() <= PLAIN_NAMES:
+            return None
+        users, counts = args.getlist("user_id"), args.getlist("num_results")
+        if len(users) != 1 or len(counts) > 1 or len(users[0]) > MAX_ID_LENGTH or not VALID_ID.match(users[0]):
+            return None
+        num_results = whole_number(counts[0]) if counts else self.default_num_results
+        if num_results is None or not 1 <= num_results <= MAX_NUM_RESULTS:
+            return None
+        link_values = {name: args.get(name, "") for name in self.link_names}
+        if any(len(value) > MAX_LINK_VALUE_LENGTH for value in link_values.values()):
+            return None
+        return Query(user_id=users[0], num_results=num_results, options=Options(), link_values=link_values,
+                     num_results_default=not counts)
+
+    def _parse(self, args: MultiDict[str, str]) -> Query:
+        """Validate args with the schema and the settings."""
         errors: dict[str, Any] = {name: ["Give this parameter once."] for name in self.names
                                   if len(args.getlist(name)) > 1}
         values: dict[str, Any] = {}

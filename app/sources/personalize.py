@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
+from botocore.awsrequest import AWSPreparedRequest, AWSRequest, HeadersDict
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -23,11 +22,11 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
-from botocore.handlers import add_retry_headers
 from botocore.parsers import create_parser
 
 from app.aws import StandardRetries, attempt_seconds
 from app.errors import InvalidParameterError, ServiceError, UpstreamError
+from app.wire import CurlSession, Signer
 from app.sources.recommender import NO_OPTIONS, Options, Recommendation
 
 log = logging.getLogger(__name__)
@@ -112,28 +111,31 @@ def request_template(client: Any) -> RequestTemplate:
 
 
 class PersonalizeRuntime:
-    """GetRecommendations with botocore's pieces, without its per-call machinery (half the CPU of a boto3 call).
+    """GetRecommendations with botocore's pieces, without its per-call machinery (a fifth of a boto3 call's CPU).
 
     Built once per client (one per role and region, AwsClients): the request botocore would send
-    (request_template), signed with botocore's SigV4Auth and the credentials the client signs with (refreshed
-    by botocore, AssumeRole and instance roles included), sent on the client's own connection pool
-    (its timeouts, pool size, proxies and TLS settings), retried by botocore's standard retry handler within
-    the deadline (StandardRetries), errors parsed by botocore's rest-json parser into the ClientError a client
+    (request_template), signed as botocore's SigV4Auth signs it (app/wire.py, Signer) with the credentials the
+    client signs with (refreshed by botocore, AssumeRole and instance roles included), sent with libcurl under
+    the client's timeouts, pool size and CA bundle (app/wire.py, CurlSession; the client's own HTTP session
+    when it needs a proxy or a client certificate), retried by botocore's standard retry handler within the
+    deadline (StandardRetries), errors parsed by botocore's rest-json parser into the ClientError a client
     raises. Each attempt is offered to the client's before-send handlers first, as botocore's endpoint does.
     The body is json.dumps of the parameters, as botocore's rest-json serialiser writes it; answers are
     parsed with orjson.
     """
 
     def __init__(self, client: Any, credentials: Any) -> None:
-        self.template = request_template(client)
+        self.template = template = request_template(client)
         self.credentials = credentials  # botocore's (refreshable) credentials object, or None when there are none
         self.attempt_seconds = attempt_seconds(client.meta.config)
         self._retries = StandardRetries(client, OPERATION)
         self.events = client.meta.events  # the client's: its before-send handlers see (and may answer) each attempt
         self._before_send = f"before-send.{client.meta.service_model.service_id.hyphenize()}.{OPERATION}"
-        # botocore's own HTTP session of the client: one pool per client, as with the boto3 call. A test
-        # (tests/unit/test_personalize_wire.py) fails loudly if an upgrade moves it.
+        self._signer = Signer(template.url, template.headers, template.signing_name, template.region)
+        # botocore's own HTTP session of the client, for what libcurl is not given here (a proxy, a client
+        # certificate). A test (tests/unit/test_personalize_wire.py) fails loudly if an upgrade moves it.
         self._http = client._endpoint.http_session
+        self.curl = CurlSession.for_client(client, template.url)
         self._errors = create_parser(client.meta.service_model.resolved_protocol)
 
     def get_recommendations(self, **params: Any) -> dict[str, Any]:
@@ -144,7 +146,7 @@ class PersonalizeRuntime:
         while True:
             http_response = parsed = error = None
             try:
-                http_response = self._send(body, context)
+                http_response = self._send(body, retries)
             except Exception as exc:  # botocore's endpoint hands every send failure to the retry handler
                 error = exc
             else:
@@ -163,20 +165,22 @@ class PersonalizeRuntime:
             raise error
         raise ClientError(parsed, OPERATION)  # type: ignore[arg-type]
 
-    def _send(self, body: bytes, context: dict[str, Any]) -> Any:
-        """Sign and send one attempt; return botocore's AWSResponse."""
-        template = self.template
-        request = AWSRequest("POST", template.url, dict(template.headers), body)
-        request.context = context
+    def _send(self, body: bytes, retries: dict[str, Any]) -> Any:
+        """Sign and send one attempt; return its answer (status_code, headers, content)."""
         if self.credentials is None:
             raise NoCredentialsError()
-        SigV4Auth(self.credentials.get_frozen_credentials(), template.signing_name, template.region).add_auth(request)
-        add_retry_headers(request)
-        prepared = request.prepare()
+        headers = self._signer.sign(body, self.credentials.get_frozen_credentials())
+        # botocore's add_retry_headers, then the length its request preparer adds.
+        headers += [("amz-sdk-invocation-id", retries["invocation-id"]),
+                    ("amz-sdk-request", f"attempt={retries['attempt']}; max={retries['max']}"),
+                    ("Content-Length", str(len(body)))]
+        prepared = AWSPreparedRequest("POST", self.template.url, HeadersDict(headers), body, False)
         for _, response in self.events.emit(self._before_send, request=prepared):
             if response is not None:
                 return response
-        return self._http.send(prepared)
+        if self.curl is None:
+            return self._http.send(prepared)
+        return self.curl.post(headers, body)
 
     def _parse_error(self, http_response: Any) -> dict[str, Any]:
         """Return botocore's parse of an error answer ({"Error": {"Code", "Message"}, "ResponseMetadata"})."""

@@ -22,7 +22,7 @@ def parser() -> QueryParser:
 
 
 def test_same_query_string_is_validated_once(parser: QueryParser) -> None:
-    with mock.patch.object(parser.schema, "load", wraps=parser.schema.load) as load:
+    with mock.patch.object(parser, "parse", wraps=parser.parse) as load:
         first = parser.parse_request(request("user_id=u1&num_results=3"))
         again = parser.parse_request(request("user_id=u1&num_results=3"))
     assert again is first
