@@ -72,6 +72,8 @@ class SingleFlight:
         self._release = lock_client.register_script(RELEASE_LOCK) if lock_client is not None else None
         self._read_or_lock = lock_client.register_script(READ_OR_LOCK) if lock_client is not None else None
         self._store_release = lock_client.register_script(STORE_AND_RELEASE) if lock_client is not None else None
+        # SharedRedis: a connection kept per thread for the miss path's two scripts; a plain client: itself.
+        self._thread_client = getattr(lock_client, "for_this_thread", lambda: lock_client)
 
     def lookup(self, key: str, deadline: float) -> tuple[CachedAnswer | None, bytes | None]:
         """Return the cached answer (fresh or not) and, when there was none, this caller's claim on fetching it.
@@ -89,7 +91,8 @@ class SingleFlight:
         token = os.urandom(8)
         lock_ms = max(int((deadline - time.monotonic()) * 1000), 50)
         try:
-            data, locked = self._read_or_lock(keys=[shared, f"{key}:lock"], args=[token, lock_ms])
+            data, locked = self._read_or_lock(keys=[shared, f"{key}:lock"], args=[token, lock_ms],
+                                              client=self._thread_client())
         except RedisError as exc:
             self.cache.read_failed(exc)
             return None, None
@@ -182,7 +185,8 @@ class SingleFlight:
         assert self._store_release is not None
         data = self.cache.remember(key, answer)
         try:
-            self._store_release(keys=[shared, lock_key], args=[data, token, self.cache.keep_seconds or 0])
+            self._store_release(keys=[shared, lock_key], args=[data, token, self.cache.keep_seconds or 0],
+                                client=self._thread_client())
         except RedisError as exc:  # Redis went away (the lock expires anyway) or refused the write
             self.cache.written(exc)
             return

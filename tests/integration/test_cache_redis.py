@@ -290,3 +290,44 @@ def two_workers_count(make_client: Callable[[], Any]) -> list[str]:
     tops = [worker.top() for worker in workers]
     assert tops[0] == tops[1] and not any(worker._failing for worker in workers)
     return tops[0]
+
+
+def test_each_thread_keeps_one_connection_for_the_miss_path(redis_url: str) -> None:
+    """SharedRedis.for_this_thread: the same client, on the same connection, every time in one thread; another
+    thread's own; a new one once the shared client is rebuilt. The miss path's scripts run on it."""
+    import threading
+
+    from app.caching.redis import shared_redis
+
+    shared = shared_redis(redis_url)
+    assert shared is not None
+    mine = shared.for_this_thread()
+    mine.set("thread-test", "1")
+    connection = mine.connection
+    assert shared.for_this_thread() is mine and mine.get("thread-test") == b"1" and mine.connection is connection
+    others: list[Any] = []
+    thread = threading.Thread(target=lambda: others.append(shared.for_this_thread()))
+    thread.start()
+    thread.join()
+    assert others[0] is not mine and others[0].connection_pool is mine.connection_pool
+    shared.close()
+    rebuilt = shared.for_this_thread()
+    assert rebuilt is not mine and rebuilt.get("thread-test") == b"1"
+    shared.close()
+
+
+def test_the_miss_path_scripts_run_on_the_thread_s_connection(make_app: Callable[..., Flask], redis_url: str) -> None:
+    app = make_app({"recommender": FakeRecommender()}, cache_redis_url=redis_url)
+    from app.components import components
+
+    shared = components(app).service.flights.lock_client
+    client = app.test_client()
+    assert client.get("/recommendations?user_id=thread-u1").status_code == 200
+    kept = shared.for_this_thread()
+    kept_id = kept.client_id()  # this connection's last command is now CLIENT ID
+    assert client.get("/recommendations?user_id=thread-u2").headers["X-Cache"] == "MISS"
+    observer = redis.Redis.from_url(redis_url)
+    (entry,) = [c for c in observer.client_list() if int(c["id"]) == kept_id]
+    observer.close()
+    assert entry["cmd"] == "evalsha"  # the miss's lock-and-read and its write-and-release went through it
+    assert client.get("/recommendations?user_id=thread-u2").headers["X-Cache"] == "HIT"
