@@ -35,6 +35,7 @@ from app.recommendations.presentation import Presenter, RenderedAnswers
 from app.recommendations.query import QueryParser
 from app.recommendations.service import RecommendationService
 from app.recommendations.views import bp
+from app.recommendations.repeats import RepeatLane
 from app.server.proxies import TrustedProxies
 from app.settings import ConfigError, Settings
 from app.sources.batch import BatchRecommender
@@ -84,7 +85,6 @@ def create_app(
     _warn_about_filters(settings)
     app = Flask(__name__)
     app.config.update(SETTINGS=settings)
-    _trust_proxies(app, settings)
     _prepare_data_folders(settings)
     aws = aws or AwsClients(settings.aws_region, _personalize_timeouts(settings), settings.transformer_timeout_ms / 1000)
     metrics = Metrics()
@@ -120,6 +120,9 @@ def create_app(
         batch_store=batch_store,
         batch=batch,
     )
+    # A repeat of a recent GET /recommendations is answered before Flask; the caller's address is worked out first.
+    app.wsgi_app = RepeatLane(app.wsgi_app, components(app))  # type: ignore[method-assign]
+    _trust_proxies(app, settings)
     _register_blueprints(app)
     register_commands(app)
     register_error_handlers(app)

@@ -13,7 +13,8 @@ each scenario for --duration seconds (after a 1 s warm-up, except the upstream-f
 
     baseline   bare Flask, 64 connections                          yardstick for hits and the others
     proxy      boto3 proxy, 64 and 256 connections                 yardstick for misses
-    hits       100 users, all cached (hits.lua), 64 connections    -> bare Flask
+    hits       100 users, all cached (hits.lua), 64 connections    -> bare Flask; run twice each, alternating
+               with bare Flask, better run kept
     misses     a new user every request (misses.lua), 64 and 256   -> boto3 proxy at the same connections
     cpu        misses, 256, the service and the proxy both with 64  -> boto3 proxy, req/s and CPU us/request
                threads per worker (CPU-bound, not thread-bound); run twice each, alternating, better run kept
@@ -82,7 +83,7 @@ HIT_USERS = 100  # the users hits.lua asks for
 CATALOG_ROWS = 1_000_000
 SCENARIOS = ("baseline", "proxy", "hits", "misses", "cpu", "mix", "events", "slow", "failing", "memory", "batch-load",
              "batch-serve", "batch-10m", "currents")
-NEEDS = {"hits": {"baseline"}, "misses": {"proxy"}, "mix": {"baseline"}, "slow": {"baseline"},
+NEEDS = {"misses": {"proxy"}, "mix": {"baseline"}, "slow": {"baseline"},
          "failing": {"baseline"}, "events": {"baseline", "mix"}, "batch-serve": {"hits", "batch-load"},
          "batch-10m": {"hits"}}
 HEAVY = {"batch-10m"}  # run only when named with --only
@@ -423,11 +424,21 @@ class Runner:
             self.add(f"proxy-{connections}", "boto3 proxy (yardstick)", connections, figures, None, calls)
 
     def hits(self) -> None:
+        """Cache hits against bare Flask, alternating (bare Flask, service, bare Flask, service) as cpu() does, so
+        that whatever else the machine runs weighs on both alike; each row keeps the better of its two runs.
+        The bare-Flask runs are a row of their own (baseline-hits): the baseline scenario's run stays the
+        yardstick of the others."""
+        baseline = self.bench.yardstick("baseline") + "/recommendations"
         with self.bench.service("hits") as (url, _):
             for n in range(HIT_USERS):
                 urllib.request.urlopen(f"{url}/recommendations?user_id=bench-hit-{n}", timeout=5).read()
-            figures, calls = self.drive(url, "hits.lua", 64, warm_up=True)
-        self.add("hits", "cache hits (Redis)", 64, figures, "baseline", calls)
+            for _ in range(2):
+                for key, label, target, script, yardstick in (
+                        ("baseline-hits", "bare Flask, beside hits", baseline, None, None),
+                        ("hits", "cache hits (Redis)", url, "hits.lua", "baseline-hits")):
+                    figures, calls = self.drive(target, script, 64, warm_up=True)
+                    if key not in self.rows or figures["rps"] > self.rows[key].figures["rps"]:
+                        self.add(key, label, 64, figures, yardstick, None if script is None else calls)
 
     def misses(self) -> None:
         with self.bench.service("misses") as (url, _):
@@ -630,7 +641,7 @@ class Runner:
         def fig(key: str, name: str) -> Any:
             return rows[key].figures[name]
 
-        check("hits: >= 0.9x bare Flask req/s, p99 < 50 ms @64", ["hits", "baseline"],
+        check("hits: >= 0.9x bare Flask req/s, p99 < 50 ms @64", ["hits", "baseline-hits"],
               lambda: ratio("hits") >= 0.9 and fig("hits", "p99") < 50,
               lambda: f"{ratio('hits'):.2f}x, p99 {fig('hits', 'p99'):.1f} ms")
         check("misses: >= 0.9x boto3 proxy req/s @64", ["misses-64", "proxy-64"],

@@ -167,6 +167,10 @@ class QueryParser:
                 self._recent[key] = query
         return query
 
+    def recent_query(self, query_string: bytes) -> Query | None:
+        """Return the valid Query of a query string seen lately, or None (nothing is validated here)."""
+        return self._recent.get(query_string)
+
     def request_args(self, request: Request) -> MultiDict[str, str]:
         """Return the request's parameters; raise InvalidParameterError if one this service reads is not UTF-8."""
         try:

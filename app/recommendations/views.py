@@ -46,21 +46,24 @@ def answer(parts: Components, query: Query, started: float, probe: bool = False)
     else:  # the same query within seconds: the bytes rendered then
         result, body = repeat
     response = Response(body, mimetype="application/json")
-    # A new response has none of these headers, so add() (set() first looks for one to replace).
-    add = response.headers.add
-    add("X-Cache", result.cache)
-    add("X-Recommendations-Source", result.source)
-    # A fallback is for this send only: nobody should keep it as if it were the user's answer.
-    add("Cache-Control", f"private, max-age={result.max_age}" if result.max_age else "no-store")
-    if result.recommendation_id and result.recommendation_id.isascii() and result.recommendation_id.isprintable():
-        add("X-Recommendation-Id", result.recommendation_id)
-    if result.fallback_reason:
-        add("X-Fallback-Reason", result.fallback_reason)
-    if result.backfilled:
-        add("X-Backfilled", str(result.backfilled))
-    if result.source in SOURCES_WITHOUT_OPTIONS and (ignored := _personalize_only(query.options)):
-        add("X-Ignored-Parameters", ignored)  # a Braze send must not break, but the template's author should know
+    response.headers.extend(answer_headers(result, query))
     return result, response
+
+
+def answer_headers(result: Result, query: Query) -> list[tuple[str, str]]:
+    """Return the headers that say where an answer came from, how long it may be kept, and what it left out."""
+    headers = [("X-Cache", result.cache), ("X-Recommendations-Source", result.source),
+               # A fallback is for this send only: nobody should keep it as if it were the user's answer.
+               ("Cache-Control", f"private, max-age={result.max_age}" if result.max_age else "no-store")]
+    if result.recommendation_id and result.recommendation_id.isascii() and result.recommendation_id.isprintable():
+        headers.append(("X-Recommendation-Id", result.recommendation_id))
+    if result.fallback_reason:
+        headers.append(("X-Fallback-Reason", result.fallback_reason))
+    if result.backfilled:
+        headers.append(("X-Backfilled", str(result.backfilled)))
+    if result.source in SOURCES_WITHOUT_OPTIONS and (ignored := _personalize_only(query.options)):
+        headers.append(("X-Ignored-Parameters", ignored))  # a Braze send must not break, but the author should know
+    return headers
 
 
 def _personalize_only(options: Options) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from flask import Flask, Response, g, request
 
@@ -29,17 +30,22 @@ def init_app(app: Flask, metrics: Metrics, request_log: RequestLog) -> None:
         response.headers.add("X-Request-Id", rid)
         rule = req.url_rule
         route = rule.rule if rule is not None else "unmatched"  # never the raw path: it is unbounded
-        status = response.status_code
-        result = getattr(ctx, "result", None)  # the view's Result, when the service answered
-        cache = source = reason = None
-        if result is not None:
-            cache, source, reason = result.cache, result.source, result.fallback_reason
-        metrics.observe_request(route, status, seconds, cache, reason, source)
-        if request_log.enabled:
-            fields = {"request_id": rid, "method": req.method, "route": route, "status": status,
-                      "ms": round(seconds * 1000, 2), "cache": cache, "source": source, "fallback_reason": reason}
-            # The parsed query's user id: reading request.args again would parse the query string again.
-            if (user := request_log.user_hash(getattr(ctx, "user_id", None))) is not None:
-                fields["user"] = user
-            request_log.write(fields)
+        record_request(metrics, request_log, rid, req.method, route, response.status_code, seconds,
+                       getattr(ctx, "result", None),  # the view's Result, when the service answered
+                       getattr(ctx, "user_id", None))  # the parsed query's: request.args would parse it again
         return response
+
+
+def record_request(metrics: Metrics, request_log: RequestLog, rid: str, method: str, route: str, status: int,
+                   seconds: float, result: Any, user_id: str | None) -> None:
+    """Record a request's metrics and write its log line (result: the service's Result, when it answered)."""
+    cache = source = reason = None
+    if result is not None:
+        cache, source, reason = result.cache, result.source, result.fallback_reason
+    metrics.observe_request(route, status, seconds, cache, reason, source)
+    if request_log.enabled:
+        fields = {"request_id": rid, "method": method, "route": route, "status": status,
+                  "ms": round(seconds * 1000, 2), "cache": cache, "source": source, "fallback_reason": reason}
+        if (user := request_log.user_hash(user_id)) is not None:
+            fields["user"] = user
+        request_log.write(fields)
