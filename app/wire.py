@@ -209,7 +209,10 @@ class CurlSession:
     def _failure(self, handle: pycurl.Curl, exc: pycurl.error) -> Exception:
         code, message = exc.args[0], str(exc.args[1])
         if code == pycurl.E_OPERATION_TIMEDOUT:
-            connected = handle.getinfo(pycurl.PRETRANSFER_TIME) > 0
+            # Connected, as urllib3 counts it: this attempt made its TCP connection (a TLS handshake that times out
+            # is a read timeout there too), or sent its request on a kept one. Not PRETRANSFER_TIME: libcurl sets
+            # it when it gives up connecting as well.
+            connected = handle.getinfo(pycurl.CONNECT_TIME) > 0 or handle.getinfo(pycurl.REQUEST_SIZE) > 0
             return (ReadTimeoutError if connected else ConnectTimeoutError)(endpoint_url=self.url, error=message)
         if code in _UNREACHABLE:
             return EndpointConnectionError(endpoint_url=self.url, error=message)
