@@ -151,9 +151,10 @@ class CurlSession:
 
     pool: how many idle handles (so connections) are kept, as botocore's max_pool_connections; more callers
     at once each get a handle of their own, closed after use, as urllib3 does past its pool size.
-    Timeouts: connecting may take connect_timeout seconds; on a handle whose connection is open, the whole
-    attempt may take read_timeout seconds (botocore's read timeout, counted for the whole answer rather than
-    for each read); on a new handle, connect_timeout + read_timeout in all. libcurl has no timeout for one read.
+    Timeouts: connecting may take connect_timeout seconds, and the whole attempt connect_timeout + read_timeout
+    (botocore's longest attempt, attempt_seconds, which the deadline checks count on). libcurl has no timeout
+    for one read, and its clock runs while the answer waits for the GIL: on a worker whose threads all queue
+    for it, read_timeout alone would cut answers that have arrived.
     """
 
     def __init__(self, url: str, connect_timeout: float, read_timeout: float, pool: int,
@@ -161,8 +162,7 @@ class CurlSession:
         self.url = url
         self.pool = pool
         self._connect_ms = max(int(connect_timeout * 1000), 1)
-        self._read_ms = max(int(read_timeout * 1000), 1)
-        self._first_ms = self._connect_ms + self._read_ms
+        self._attempt_ms = max(int((connect_timeout + read_timeout) * 1000), 1)
         self._ca_bundle = ca_bundle  # None: not verified (botocore's verify=False, or plain http)
         self._tcp_keepalive = tcp_keepalive
         self._idle: deque[pycurl.Curl] = deque()  # each has answered once, so has its connection open
@@ -185,10 +185,8 @@ class CurlSession:
         """Send one POST; return its answer or raise the botocore exception of the failure."""
         try:
             handle = self._idle.pop()  # the most recently used: its connection is the likeliest to be alive
-            handle.setopt(pycurl.TIMEOUT_MS, self._read_ms)
         except IndexError:
             handle = self._new_handle()
-            handle.setopt(pycurl.TIMEOUT_MS, self._first_ms)
         chunks: list[bytes] = []
         header_lines: list[bytes] = []
         handle.setopt(pycurl.HTTPHEADER, [f"{name}: {value}" for name, value in headers]
@@ -200,7 +198,7 @@ class CurlSession:
             handle.perform()
         except pycurl.error as exc:
             failure = self._failure(handle, exc)
-            handle.close()  # its connection is in doubt: the next caller starts afresh, under the longer timeout
+            handle.close()  # its connection is in doubt: the next caller starts afresh
             raise failure from None
         status = handle.getinfo(pycurl.RESPONSE_CODE)
         self._give_back(handle)
@@ -234,6 +232,7 @@ class CurlSession:
         handle.setopt(pycurl.URL, self.url)
         handle.setopt(pycurl.NOSIGNAL, 1)  # threads: no SIGALRM for name look-up timeouts
         handle.setopt(pycurl.CONNECTTIMEOUT_MS, self._connect_ms)
+        handle.setopt(pycurl.TIMEOUT_MS, self._attempt_ms)
         handle.setopt(pycurl.PROXY, "")  # botocore's session had no proxy for this URL: ignore *_proxy here too
         handle.setopt(pycurl.FOLLOWLOCATION, 0)
         if self._tcp_keepalive:
