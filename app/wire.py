@@ -59,7 +59,6 @@ class Signer:
         parts = urlsplit(url)
         if parts.query:
             raise ValueError("the signer signs requests without a query string")
-        self.url = url
         self.headers = tuple(h for h in headers if h[0].lower() not in ("authorization", "x-amz-date",
                                                                          "x-amz-security-token"))
         self._scope_tail = f"{region}/{signing_name}/aws4_request"

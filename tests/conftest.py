@@ -220,6 +220,29 @@ def dummy_aws(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture
+def isolated_aws(dummy_aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """dummy_aws, and nothing else from the machine: no config or credentials file, CA bundle or proxy."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    for name in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
+                 "http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+EVENTS_TRACKER = "tracker-1"
+
+
+@pytest.fixture
+def events_standin(dummy_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A PutEvents stand-in knowing EVENTS_TRACKER, where AWS_ENDPOINT_URL_PERSONALIZE_EVENTS points."""
+    from tests.standin.personalize_events import start_events_standin
+
+    with start_events_standin([EVENTS_TRACKER]) as handle:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_PERSONALIZE_EVENTS", handle.url)
+        yield handle
+
+
 @contextmanager
 def stubbed(service_name: str, region: str = "us-east-1") -> Iterator[tuple[Any, Stubber]]:
     """Yield a real boto3 client under botocore's Stubber; every queued answer must be used."""

@@ -194,7 +194,7 @@ class QueryParser:
 
     def _plain(self, args: MultiDict[str, str]) -> Query | None:
         """The Query of a valid user_id with perhaps num_results, each given once, and no other parameter: what the
-        schema would return, for a tenth of its CPU (tests/unit/test_query.py compares the two). Anything
+        schema would return, for a tenth of its CPU (tests/unit/test_query_plain.py compares the two). Anything
         else, valid or not, is None: the schema decides, and words its errors."""
         if not args.keys() <= PLAIN_NAMES:
             return None

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +23,19 @@ from app.events import dispatch
 from app.events.currents import BOT, NO_ITEM
 from app.events.putevents import Event, PutEventsSender, SendError
 from app.events.wire import SignedPutEvents
-from tests.conftest import ROOT, SAMPLE_BATCH, SAMPLE_CATALOG
+from tests.conftest import EVENTS_TRACKER, ROOT, SAMPLE_BATCH, SAMPLE_CATALOG
 from tests.integration.conftest import BUCKET
 from tests.currents_files import CARD_CLICK, EMAIL_CLICK, PURCHASE, record, write_currents
-from tests.standin.personalize_events import EventsStandinHandle, start_events_standin
+from tests.standin.personalize_events import EventsStandinHandle
 
-TRACKER = "tracker-1"
+TRACKER = EVENTS_TRACKER
 T0 = 1_764_583_200
 TRACKED = "https://shop.example.com/p/1740/trail-mix-variety-pack?utm_source=braze&recs_item=1740&recs_rid=RID-7"
 
 
 @pytest.fixture
-def standin(dummy_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[EventsStandinHandle]:
-    with start_events_standin([TRACKER]) as handle:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_PERSONALIZE_EVENTS", handle.url)
-        yield handle
+def standin(events_standin: EventsStandinHandle) -> EventsStandinHandle:
+    return events_standin
 
 
 @pytest.fixture

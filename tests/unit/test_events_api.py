@@ -17,16 +17,15 @@ from flask.testing import FlaskClient
 from app.components import components
 from app.events.body import derived_session_id, parse_events
 from app.events.queue import RedisEventQueue
-from tests.standin.personalize_events import EventsStandinHandle, start_events_standin
+from tests.conftest import EVENTS_TRACKER
+from tests.standin.personalize_events import EventsStandinHandle
 
-TRACKING_ID = "tracker-1"
+TRACKING_ID = EVENTS_TRACKER
 
 
 @pytest.fixture
-def standin(dummy_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[EventsStandinHandle]:
-    with start_events_standin([TRACKING_ID]) as handle:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_PERSONALIZE_EVENTS", handle.url)
-        yield handle
+def standin(events_standin: EventsStandinHandle) -> EventsStandinHandle:
+    return events_standin
 
 
 @pytest.fixture

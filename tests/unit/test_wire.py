@@ -170,19 +170,6 @@ def test_an_interim_100_continue_leaves_only_the_final_headers() -> None:
 # -- CurlSession.for_client -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Dummy keys, and nothing from the machine: no config file, CA bundle, endpoint or proxy."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "AWS_ENDPOINT_URL",
-                 "AWS_ENDPOINT_URL_PERSONALIZE_RUNTIME", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
-                 "http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
 ENDPOINT = "https://personalize-runtime.us-east-1.amazonaws.com"
 URL = ENDPOINT + "/recommendations"
 
@@ -193,7 +180,7 @@ def client(config: Config | None = None, **kwargs: Any) -> Any:
                                           config=base.merge(config) if config else base, **kwargs)
 
 
-def test_a_client_straight_to_the_endpoint_gets_a_session_with_its_settings(aws_env: None) -> None:
+def test_a_client_straight_to_the_endpoint_gets_a_session_with_its_settings(isolated_aws: None) -> None:
     session = CurlSession.for_client(client(), URL)
 
     assert session is not None
@@ -206,14 +193,14 @@ def test_a_client_straight_to_the_endpoint_gets_a_session_with_its_settings(aws_
 
 
 @pytest.mark.parametrize("proxy_env", ["HTTPS_PROXY", "https_proxy"])
-def test_a_proxy_from_the_environment_keeps_botocore_s_session(aws_env: None, monkeypatch: pytest.MonkeyPatch,
+def test_a_proxy_from_the_environment_keeps_botocore_s_session(isolated_aws: None, monkeypatch: pytest.MonkeyPatch,
                                                                proxy_env: str) -> None:
     monkeypatch.setenv(proxy_env, "http://proxy.internal.example:3128")
 
     assert CurlSession.for_client(client(), URL) is None
 
 
-def test_an_http_proxy_applies_to_an_http_endpoint(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_http_proxy_applies_to_an_http_endpoint(isolated_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal.example:3128")
     plain = "http://personalize.internal.example"
 
@@ -222,7 +209,7 @@ def test_an_http_proxy_applies_to_an_http_endpoint(aws_env: None, monkeypatch: p
 
 
 @pytest.mark.parametrize(("proxy_env", "value"), [("NO_PROXY", ".amazonaws.com"), ("no_proxy", "*")])
-def test_a_proxy_the_endpoint_bypasses_gets_a_session(aws_env: None, monkeypatch: pytest.MonkeyPatch,
+def test_a_proxy_the_endpoint_bypasses_gets_a_session(isolated_aws: None, monkeypatch: pytest.MonkeyPatch,
                                                       proxy_env: str, value: str) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal.example:3128")
     monkeypatch.setenv(proxy_env, value)
@@ -230,28 +217,28 @@ def test_a_proxy_the_endpoint_bypasses_gets_a_session(aws_env: None, monkeypatch
     assert CurlSession.for_client(client(), URL) is not None
 
 
-def test_all_proxy_which_botocore_does_not_read_gets_a_session(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_all_proxy_which_botocore_does_not_read_gets_a_session(isolated_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """botocore takes a URL's proxy by its scheme only; libcurl, which would read ALL_PROXY, is told no proxy."""
     monkeypatch.setenv("ALL_PROXY", "http://proxy.internal.example:3128")
 
     assert CurlSession.for_client(client(), URL) is not None
 
 
-def test_a_configured_proxy_keeps_botocore_s_session(aws_env: None) -> None:
+def test_a_configured_proxy_keeps_botocore_s_session(isolated_aws: None) -> None:
     assert CurlSession.for_client(client(Config(proxies={"https": "proxy.internal.example:3128"})), URL) is None
     # botocore sends an https endpoint through the https proxy only: an http-only proxy is not used.
     assert CurlSession.for_client(client(Config(proxies={"http": "proxy.internal.example:3128"})), URL) is not None
 
 
 @pytest.mark.parametrize("cert", ["client.pem", ("client.crt", "client.key")], ids=["one-file", "cert-and-key"])
-def test_a_client_certificate_keeps_botocore_s_session(aws_env: None, tmp_path: Path, cert: Any) -> None:
+def test_a_client_certificate_keeps_botocore_s_session(isolated_aws: None, tmp_path: Path, cert: Any) -> None:
     client_cert = str(tmp_path / cert) if isinstance(cert, str) else tuple(str(tmp_path / c) for c in cert)
 
     assert CurlSession.for_client(client(Config(client_cert=client_cert)), URL) is None
 
 
 @pytest.mark.parametrize("variable", ["AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE"])
-def test_a_ca_bundle_botocore_reads_is_the_session_s(aws_env: None, monkeypatch: pytest.MonkeyPatch,
+def test_a_ca_bundle_botocore_reads_is_the_session_s(isolated_aws: None, monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path, variable: str) -> None:
     bundle = tmp_path / "corporate-ca.pem"
     bundle.write_text("not read here\n")
@@ -264,7 +251,7 @@ def test_a_ca_bundle_botocore_reads_is_the_session_s(aws_env: None, monkeypatch:
     assert explicit is not None and explicit._ca_bundle == str(tmp_path / "other.pem")
 
 
-def test_verify_false_and_plain_http_verify_nothing(aws_env: None, monkeypatch: pytest.MonkeyPatch,
+def test_verify_false_and_plain_http_verify_nothing(isolated_aws: None, monkeypatch: pytest.MonkeyPatch,
                                                     tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "ignored.pem"))
 
